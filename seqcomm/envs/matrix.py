@@ -1,0 +1,130 @@
+"""RGMComm's two-agent one-step matrix game (DESIGN.md section 5, RGMComm Fig. 1 / App. C.4).
+
+Agent 1 sees o1 and picks a1; agent 2 sees o2, has a single action and can only help by
+talking. Observations are uniform and independent; the team reward is ``table[o1, a1, o2]``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+
+from seqcomm.envs.base import ACTION, AGENTS, MultiAgentEnv
+
+# table[o1, a1, o2]; the o12 rows for o22..o24 are reconstructed (DESIGN.md section 5).
+RGMCOMM_TABLE = torch.tensor(
+    [
+        [[53.2, 4.5, 58.5, 0.3], [42.9, 1.2, 64.0, 16.1]],
+        [[31.8, 12.6, 34.1, 34.9], [22.9, 28.0, 10.0, 81.5]],
+    ]
+)
+
+
+def random_table(n_obs1: int, n_actions: int, n_obs2: int, seed: int) -> torch.Tensor:
+    """A seeded random reward table ``[n_obs1, n_actions, n_obs2]`` with entries in [0, 100)."""
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(n_obs1, n_actions, n_obs2, generator=gen) * 100).round(decimals=1)
+
+
+def full_obs_value(table: torch.Tensor) -> float:
+    """Expected return when agent 1 also sees o2 (RGMComm's pi*)."""
+    return table.max(dim=1).values.mean().item()
+
+
+def no_comm_value(table: torch.Tensor) -> float:
+    """Expected return of the best policy of agent 1 that sees only o1."""
+    return table.mean(dim=2).max(dim=1).values.mean().item()
+
+
+def best_message_value(table: torch.Tensor, n_labels: int) -> tuple[float, tuple[int, ...]]:
+    """Brute-force best return when agent 2 sends one of ``n_labels`` labels about o2.
+
+    Returns the value and the labelling of o2 (a tuple, one label per o2) that reaches it.
+    """
+    n_obs2 = table.shape[2]
+    best, best_labels = -float("inf"), ()
+    for labels in itertools.product(range(n_labels), repeat=n_obs2):
+        lab = torch.tensor(labels)
+        value = 0.0
+        for m in range(n_labels):
+            cols = lab == m
+            if cols.any():
+                # agent 1 picks, per o1, the action best on average over the o2 in this label
+                value += table[:, :, cols].sum(dim=2).max(dim=1).values.sum().item()
+        value /= table.shape[0] * n_obs2
+        if value > best + 1e-9:
+            best, best_labels = value, labels
+    return best, best_labels
+
+
+class MatrixGame(MultiAgentEnv):
+    """RGMComm's matrix game, or a seeded random game of any size.
+
+    Args:
+        num_envs: number of parallel copies.
+        seed: seed of the observation draws.
+        device: torch device.
+        table: ``"rgmcomm"`` (the paper's table) or ``"random"``.
+        n_obs1: agent 1's observation count (random tables only).
+        n_obs2: agent 2's observation count (random tables only).
+        n_actions: agent 1's action count (random tables only).
+        table_seed: seed of the random table.
+    """
+
+    metrics = ()
+    episode_limit = 1
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        seed: int = 0,
+        device: str = "cpu",
+        table: str = "rgmcomm",
+        n_obs1: int = 2,
+        n_obs2: int = 4,
+        n_actions: int = 2,
+        table_seed: int = 0,
+    ) -> None:
+        if table == "rgmcomm":
+            values = RGMCOMM_TABLE.clone()
+        elif table == "random":
+            if min(n_obs1, n_obs2, n_actions) < 1:
+                raise ValueError("matrix: n_obs1, n_obs2 and n_actions must all be >= 1")
+            values = random_table(n_obs1, n_actions, n_obs2, table_seed)
+        else:
+            raise ValueError(f"matrix: unknown table {table!r}; use 'rgmcomm' or 'random'")
+        self.n_obs1, self.n_actions, self.n_obs2 = values.shape
+        self.n_agents = 2
+        self.obs_dim = self.state_dim = self.n_obs1 + self.n_obs2
+        super().__init__(num_envs, seed, device)
+        self.table = values.to(self.device)
+        self.o1 = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        self.o2 = torch.zeros_like(self.o1)
+
+    def _reset_where(self, mask: torch.Tensor) -> None:
+        self.o1 = torch.where(mask, self.randint(self.n_obs1, self.num_envs), self.o1)
+        self.o2 = torch.where(mask, self.randint(self.n_obs2, self.num_envs), self.o2)
+
+    def _observe(self) -> TensorDictBase:
+        E, dev = self.num_envs, self.device
+        one1 = torch.nn.functional.one_hot(self.o1, self.n_obs1).float()
+        one2 = torch.nn.functional.one_hot(self.o2, self.n_obs2).float()
+        obs = torch.zeros(E, 2, self.obs_dim, device=dev)
+        obs[:, 0, : self.n_obs1] = one1
+        obs[:, 1, self.n_obs1 :] = one2
+        mask = torch.zeros(E, 2, self.n_actions, dtype=torch.bool, device=dev)
+        mask[:, 0] = True
+        mask[:, 1, 0] = True  # agent 2 has a single (no-op) action
+        agents = TensorDict({"observation": obs, "action_mask": mask}, batch_size=(E, 2))
+        return TensorDict({AGENTS: agents, "state": torch.cat([one1, one2], -1)}, batch_size=(E,))
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        a1 = tensordict[ACTION][:, 0]
+        reward = self.table[self.o1, a1, self.o2].unsqueeze(-1)
+        out = self._observe()
+        done = torch.ones(self.num_envs, 1, dtype=torch.bool, device=self.device)
+        out.update({"reward": reward, "done": done, "terminated": done.clone(),
+                    "truncated": torch.zeros_like(done)})
+        return out
