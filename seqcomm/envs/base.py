@@ -35,7 +35,7 @@ STATE = "state"
 INFO = "info"
 
 
-@dataclass(frozen=True)
+@dataclass
 class EnvInfo:
     """Sizes a model needs, read from an environment's specs (never typed in a config)."""
 
@@ -58,12 +58,24 @@ def env_info(env: EnvBase) -> EnvInfo:
         obs_dim=int(obs[-1]),
         state_dim=int(env.observation_spec[STATE].shape[-1]),
         n_actions=int(env.full_action_spec[ACTION].n),
-        episode_limit=int(getattr(env, "episode_limit")),
+        episode_limit=int(env.episode_limit),
         metrics=metrics,
     )
 
 
-class MultiAgentEnv(EnvBase):
+class ConfigurableEnv:
+    """Mixin that lets LightningCLI / jsonargparse read a TorchRL env's ``__init__`` signature.
+
+    ``EnvBase.__new__`` is re-bound per class, which makes jsonargparse document ``__new__``'s
+    private arguments instead of ``__init__``'s; a plain ``__new__`` defined once here is the
+    same object in every subclass, so ``__init__`` is used. Put it first in the bases.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(cls, *args, **kwargs)
+
+
+class MultiAgentEnv(ConfigurableEnv, EnvBase):
     """Base class of the pure-torch batched tasks: specs, seeding and reset plumbing.
 
     Subclasses set ``n_agents``, ``obs_dim``, ``state_dim``, ``n_actions``,

@@ -71,6 +71,9 @@ class MatrixGame(MultiAgentEnv):
         n_obs2: agent 2's observation count (random tables only).
         n_actions: agent 1's action count (random tables only).
         table_seed: seed of the random table.
+        exhaustive: copy ``k`` always draws the ``k``-th (o1, o2) pair (copies beyond
+            ``n_obs1 * n_obs2`` wrap around), so an evaluation on ``n_obs1 * n_obs2`` copies
+            is the exact expectation instead of a Monte-Carlo estimate.
     """
 
     metrics = ()
@@ -86,6 +89,7 @@ class MatrixGame(MultiAgentEnv):
         n_obs2: int = 4,
         n_actions: int = 2,
         table_seed: int = 0,
+        exhaustive: bool = False,
     ) -> None:
         if table == "rgmcomm":
             values = RGMCOMM_TABLE.clone()
@@ -100,12 +104,19 @@ class MatrixGame(MultiAgentEnv):
         self.obs_dim = self.state_dim = self.n_obs1 + self.n_obs2
         super().__init__(num_envs, seed, device)
         self.table = values.to(self.device)
+        self.exhaustive = exhaustive
         self.o1 = torch.zeros(num_envs, dtype=torch.long, device=self.device)
         self.o2 = torch.zeros_like(self.o1)
 
     def _reset_where(self, mask: torch.Tensor) -> None:
-        self.o1 = torch.where(mask, self.randint(self.n_obs1, self.num_envs), self.o1)
-        self.o2 = torch.where(mask, self.randint(self.n_obs2, self.num_envs), self.o2)
+        if self.exhaustive:
+            k = torch.arange(self.num_envs, device=self.device) % (self.n_obs1 * self.n_obs2)
+            o1, o2 = k // self.n_obs2, k % self.n_obs2
+        else:
+            o1 = self.randint(self.n_obs1, self.num_envs)
+            o2 = self.randint(self.n_obs2, self.num_envs)
+        self.o1 = torch.where(mask, o1, self.o1)
+        self.o2 = torch.where(mask, o2, self.o2)
 
     def _observe(self) -> TensorDictBase:
         E, dev = self.num_envs, self.device

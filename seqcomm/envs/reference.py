@@ -38,7 +38,11 @@ def evaluate_policy(env: EnvBase, policy: Policy, n_episodes: int) -> dict[str, 
     done_count = torch.zeros(E, dtype=torch.long, device=env.device)
     returns, metrics = [], {}
     while bool((done_count < per_copy).any()):
-        td[ACTION] = policy(td)
+        out = policy(td)
+        if isinstance(out, TensorDictBase):  # a TensorDict policy writes its action itself
+            td = out
+        else:
+            td[ACTION] = out
         td, root = env.step_and_maybe_reset(td)
         nxt = td["next"]
         ret += nxt["reward"].reshape(E)

@@ -1,0 +1,47 @@
+"""Run bookkeeping as Lightning callbacks (DESIGN.md sections 6-7): the final summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import lightning as L
+import torch
+
+
+class RunSummary(L.Callback):
+    """At the end of ``fit``, a final greedy evaluation written to ``<run dir>/summary.json``
+    (mean return and every task metric, env steps, wall seconds, seed), on rank 0 only.
+
+    Args:
+        eval_episodes: episodes of the final evaluation (default: data.eval_episodes).
+    """
+
+    def __init__(self, eval_episodes: int | None = None) -> None:
+        self.eval_episodes = eval_episodes
+        self.start = time.perf_counter()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.start = time.perf_counter()
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        data = trainer.datamodule
+        episodes = self.eval_episodes or data.eval_episodes
+        result = pl_module.evaluate(episodes)
+        summary = {
+            "eval": result,
+            "episodes": episodes,
+            "env_steps": data.frames * trainer.world_size,
+            "updates": trainer.global_step,
+            "wall_seconds": round(time.perf_counter() - self.start, 2),
+            "seed": torch.initial_seed(),
+            "world_size": trainer.world_size,
+        }
+        path = os.path.join(trainer.log_dir or trainer.default_root_dir, "summary.json")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(summary, f, indent=2)
+        print(f"seqcomm: summary {json.dumps(result)} -> {path}")

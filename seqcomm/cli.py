@@ -1,0 +1,155 @@
+"""The ``seqcomm`` command (DESIGN.md section 6): LightningCLI in OmegaConf mode, plus the
+``env-info`` and ``sweep`` commands. Bad input ends with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+
+import torch
+from jsonargparse import ArgumentParser
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, Logger
+
+from seqcomm.callbacks import RunSummary
+from seqcomm.data import EpisodeData
+from seqcomm.learner import QLearner
+
+
+class ConfigError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+def wandb_key_configured() -> bool:
+    """Whether W&B can log online: an API key in the environment or in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = os.path.expanduser("~/.netrc")
+    return os.path.exists(netrc) and "api.wandb.ai" in open(netrc).read()
+
+
+class SeqcommCLI(LightningCLI):
+    """LightningCLI with env sizes linked into the model and seqcomm's loggers."""
+
+    def add_arguments_to_parser(self, parser: ArgumentParser) -> None:
+        parser.link_arguments("data.info", "model.init_args.env_info", apply_on="instantiate")
+        parser.add_argument("--run_name", type=str, default="run",
+                            help="runs go to <trainer.default_root_dir>/<run_name>/version_<k>")
+        parser.add_argument("--wandb", type=bool, default=True,
+                            help="log to Weights & Biases (offline unless an API key is set)")
+        parser.add_argument("--wandb_project", type=str, default="seqcomm")
+        parser.add_argument("--tensorboard", type=bool, default=False,
+                            help="also write TensorBoard event files")
+        parser.add_argument("--threads", type=int, default=1,
+                            help="torch CPU threads (small MARL nets run fastest on one)")
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        ckpt = cfg.get("ckpt_path")
+        if ckpt == "last":
+            root = cfg.trainer.default_root_dir or "."
+            found = sorted(glob.glob(os.path.join(root, cfg.run_name, "version_*",
+                                                  "checkpoints", "last.ckpt")),
+                           key=lambda p: int(p.split("version_")[1].split(os.sep)[0]))
+            if not found:
+                raise ConfigError(f"--ckpt_path last: no {cfg.run_name}/version_*/checkpoints/"
+                                  f"last.ckpt under {root!r}; check --run_name and "
+                                  "--trainer.default_root_dir, or pass a checkpoint file")
+            cfg.ckpt_path = found[-1]
+        elif ckpt is not None and not os.path.isfile(ckpt):
+            raise ConfigError(f"--ckpt_path {ckpt!r} is not a file; pass an existing .ckpt "
+                              "or 'last'")
+
+    def instantiate_classes(self) -> None:
+        cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        if cfg.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {cfg.threads}")
+        torch.set_num_threads(cfg.threads)
+        try:
+            super().instantiate_classes()
+        except (ValueError, ImportError) as err:
+            raise ConfigError(str(err).strip().splitlines()[0]) from err
+
+    def instantiate_trainer(self, **kwargs):
+        cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        if cfg.trainer.get("logger") in (None, True):
+            kwargs["logger"] = self.loggers(cfg)
+        return super().instantiate_trainer(**kwargs)
+
+    def loggers(self, cfg) -> list[Logger]:
+        """CSV always; W&B (offline without a key) and TensorBoard on request."""
+        root = cfg.trainer.default_root_dir or "runs"
+        csv = CSVLogger(save_dir=root, name=cfg.run_name)
+        loggers: list[Logger] = [csv]
+        if cfg.wandb:
+            from lightning.pytorch.loggers import WandbLogger
+
+            if not wandb_key_configured():
+                os.environ.setdefault("WANDB_MODE", "offline")
+            os.environ.setdefault("WANDB_SILENT", "true")
+            loggers.append(WandbLogger(project=cfg.wandb_project, save_dir=csv.log_dir,
+                                       name=f"{cfg.run_name}-v{csv.version}"))
+        if cfg.tensorboard:
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            loggers.append(TensorBoardLogger(save_dir=csv.log_dir, name="", version="tb"))
+        return loggers
+
+
+def lightning_main(args: list[str]) -> None:
+    SeqcommCLI(
+        QLearner,
+        EpisodeData,
+        subclass_mode_model=True,
+        parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        trainer_defaults={
+            "default_root_dir": "runs",
+            "max_epochs": 1,
+            "val_check_interval": 200,
+            "check_val_every_n_epoch": None,
+            "num_sanity_val_steps": 0,
+            "log_every_n_steps": 10,
+            "enable_model_summary": False,
+            "callbacks": [ModelCheckpoint(save_last=True, every_n_train_steps=200),
+                          RunSummary()],
+        },
+        args=args,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``seqcomm`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args and args[0] == "env-info":
+            from seqcomm.commands import env_info_main
+
+            env_info_main(args[1:])
+        elif args and args[0] == "sweep":
+            from seqcomm.commands import sweep_main
+
+            sweep_main(args[1:])
+        else:
+            lightning_main(args)
+    except ConfigError as err:
+        print(f"seqcomm: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as err:  # jsonargparse's ArgumentError when exit_on_error is off
+        if type(err).__name__ != "ArgumentError":
+            raise
+        print(f"seqcomm: error: {_first_line(str(err))}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _first_line(message: str) -> str:
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return " ".join(lines[:2]) if lines else "invalid arguments (see seqcomm --help)"
+
+
+if __name__ == "__main__":
+    main()

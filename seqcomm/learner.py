@@ -1,0 +1,196 @@
+"""QMIX with pluggable communication: the LightningModule every method builds on
+(DESIGN.md sections 1, 6 and 7).
+
+The module organises; its parts come from the config: the message generator (``comm``, by
+class_path), the agent/mixer sizes, the optimiser and exploration numbers. Collection and
+replay live in ``seqcomm.data.EpisodeData``; evaluation runs as Lightning validation.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import lightning as L
+import torch
+from tensordict import TensorDictBase
+
+from seqcomm.envs.base import ACTION, MASK, OBS, STATE, EnvInfo
+from seqcomm.envs.reference import evaluate_policy
+from seqcomm.policy import EpsilonGreedyPolicy
+from seqcomm.team_q import CommFactory, TeamQ, masked_argmax
+
+NEXT = "next"
+
+
+class QLearner(L.LightningModule):
+    """QMIX (Rashid et al. 2018) on recurrent agents, with messages when ``comm`` is set.
+
+    Args:
+        env_info: environment sizes; linked from ``data.info`` by the CLI, never typed.
+        comm: message generator (``class_path`` of a ``seqcomm.comm`` class); none = QMIX.
+        hidden_dim: agent GRU size (PyMARL 64).
+        mixer_embed_dim: mixing network width (PyMARL 32).
+        full_obs: every agent also observes the global state (the upper reference).
+        lr: Adam learning rate (PyMARL 5e-4).
+        gamma: discount.
+        grad_clip: gradient-norm clip (PyMARL 10).
+        double_q: double-Q targets (online argmax, target evaluation).
+        target_update_interval: updates between hard target copies (used when target_tau=0).
+        target_tau: Polyak rate of the target networks (0 = hard copies).
+        eps_start: initial exploration rate.
+        eps_end: final exploration rate.
+        eps_anneal_frames: env steps over which epsilon anneals (PyMARL 50k).
+    """
+
+    def __init__(
+        self,
+        env_info: EnvInfo | None = None,
+        comm: CommFactory | None = None,
+        hidden_dim: int = 64,
+        mixer_embed_dim: int = 32,
+        full_obs: bool = False,
+        lr: float = 5e-4,
+        gamma: float = 0.99,
+        grad_clip: float = 10.0,
+        double_q: bool = True,
+        target_update_interval: int = 200,
+        target_tau: float = 0.0,
+        eps_start: float = 1.0,
+        eps_end: float = 0.05,
+        eps_anneal_frames: int = 50_000,
+    ) -> None:
+        super().__init__()
+        if env_info is None:
+            raise ValueError("model.env_info is missing: run through `seqcomm fit`, which links "
+                             "it from the environment, or pass seqcomm.envs.base.env_info(env)")
+        if not 0.0 <= gamma <= 1.0 or not 0.0 <= target_tau <= 1.0:
+            raise ValueError("model.gamma and model.target_tau must lie in [0, 1]")
+        self.save_hyperparameters(ignore=["comm"])
+        self.automatic_optimization = False
+        self.info = env_info
+        self.net = TeamQ(env_info, comm, hidden_dim, mixer_embed_dim, full_obs)
+        self.target = copy.deepcopy(self.net).requires_grad_(False)
+        self.policy = EpsilonGreedyPolicy(self.net, eps_start, eps_end, eps_anneal_frames)
+        self._clock: tuple[float, int, int] | None = None
+
+    # -- the QMIX loss ----------------------------------------------------------------
+    def recurrent_states(self, net: TeamQ, batch: TensorDictBase):
+        """States at each step and after each step's next observation (``[B, T, n, H]``).
+
+        Bootstrapping from ``next`` observations (one batched GRU step on top of the unrolled
+        states) stays correct across episode ends and at the chunk's last step.
+        """
+        h = net.agent.unroll(net.inputs(batch[OBS], batch[STATE]), batch["is_init"].squeeze(-1))
+        h_next = net.agent.encode(net.inputs(batch[NEXT, *OBS], batch[NEXT, STATE]), h)
+        return h, h_next
+
+    def td_loss(self, batch: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """1-step double-Q TD loss on ``Q_tot``; returns the loss and the tensors other losses
+        reuse (states, utilities, messenger aux)."""
+        h, h_next = self.recurrent_states(self.net, batch)
+        q, aux = self.net.utilities(h)
+        chosen = q.gather(-1, batch[ACTION].unsqueeze(-1)).squeeze(-1)
+        q_tot = self.net.mix(chosen, batch[STATE])
+        target = self.td_target(batch, h_next)
+        # padded steps do not exist: every stored step is a real transition
+        loss = (q_tot - target).pow(2).mean()
+        return loss, {"h": h, "h_next": h_next, "q": q, "q_tot": q_tot, "aux": aux}
+
+    @torch.no_grad()
+    def td_target(self, batch: TensorDictBase, h_next_online: torch.Tensor) -> torch.Tensor:
+        """``r + gamma (1 - terminated) Q_tot^-(s', argmax_a Q(s', a))``."""
+        _, ht_next = self.recurrent_states(self.target, batch)
+        q_next_t, _ = self.target.utilities(ht_next)
+        next_mask = batch[NEXT, *MASK]
+        if self.hparams.double_q:
+            q_next_online, _ = self.net.utilities(h_next_online)
+            a_next = masked_argmax(q_next_online, next_mask)
+        else:
+            a_next = masked_argmax(q_next_t, next_mask)
+        chosen_next = q_next_t.gather(-1, a_next.unsqueeze(-1)).squeeze(-1)
+        q_tot_next = self.target.mix(chosen_next, batch[NEXT, STATE])
+        not_term = (~batch[NEXT, "terminated"]).to(q_tot_next.dtype)
+        return batch[NEXT, "reward"] + self.hparams.gamma * not_term * q_tot_next
+
+    # -- optimisation -------------------------------------------------------------------
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)
+
+    def step_optimizer(self, opt, loss: torch.Tensor, params) -> torch.Tensor:
+        """zero_grad, backward, clip, step; returns the pre-clip gradient norm."""
+        opt.zero_grad()
+        self.manual_backward(loss)
+        norm = torch.nn.utils.clip_grad_norm_(params, self.hparams.grad_clip)
+        opt.step()
+        return norm
+
+    @torch.no_grad()
+    def update_targets(self) -> None:
+        """Polyak averaging, or a hard copy every ``target_update_interval`` updates."""
+        tau = self.hparams.target_tau
+        if tau > 0:
+            for p_t, p in zip(self.target.parameters(), self.net.parameters(), strict=True):
+                p_t.lerp_(p, tau)
+        elif self.global_step % self.hparams.target_update_interval == 0:
+            self.target.load_state_dict(self.net.state_dict())
+
+    def training_step(self, dataloader_iter) -> None:
+        batch, _, _ = next(dataloader_iter)  # no prefetch: collection stays in step with updates
+        loss, _ = self.td_loss(batch)
+        grad_norm = self.step_optimizer(self.optimizers(), loss, self.net.parameters())
+        self.update_targets()
+        self.log_training({"loss/td": loss, "train/grad_norm": grad_norm})
+
+    # -- logging, evaluation ------------------------------------------------------------
+    def log_training(self, values: dict[str, torch.Tensor | float]) -> None:
+        """Losses plus the collection statistics (DESIGN.md section 7 names)."""
+        data = self.trainer.datamodule
+        for key, value in data.last_episodes.items():
+            self.log(f"train/{_metric_name(key)}", value, prog_bar=key == "return", batch_size=1)
+        self.log("perf/env_steps", float(data.frames), prog_bar=True, batch_size=1)
+        self.log("train/epsilon", self.policy.epsilon, batch_size=1)
+        self.log("comm/bits_per_step", self.net.comm.bits_per_step(), batch_size=1)
+        now = time.perf_counter()
+        if self._clock is not None and now > self._clock[0]:
+            dt = now - self._clock[0]
+            self.log("perf/env_steps_per_s", (data.frames - self._clock[1]) / dt, batch_size=1)
+            self.log("perf/updates_per_s", (self.global_step - self._clock[2]) / dt, batch_size=1)
+        self._clock = (now, data.frames, self.global_step)
+        for key, value in values.items():
+            self.log(key, value, batch_size=1)
+
+    def setup(self, stage: str) -> None:
+        """Seed exploration from the run's seed (offset by rank); a checkpoint restores it."""
+        self.policy.generator.manual_seed(torch.initial_seed() + 7919 * self.global_rank)
+
+    def on_train_start(self) -> None:
+        self.trainer.datamodule.restore_generators()
+
+    @torch.no_grad()
+    def evaluate(self, n_episodes: int) -> dict[str, float]:
+        """Greedy return and task metrics on the evaluation copies."""
+        data = self.trainer.datamodule
+        self.policy.greedy = True
+        try:
+            result = evaluate_policy(data.eval_env, self.policy, n_episodes)
+        finally:
+            self.policy.greedy = False
+        return {_metric_name(k): v for k, v in result.items()}
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        for key, value in self.evaluate(self.trainer.datamodule.eval_episodes).items():
+            self.log(f"eval/{key}", value, prog_bar=key == "return", batch_size=1)
+
+    test_step = validation_step
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["policy_rng"] = self.policy.generator.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.policy.generator.set_state(checkpoint["policy_rng"])
+
+
+def _metric_name(key: str) -> str:
+    """Environment info keys to DESIGN.md section 7 names (``won`` is logged as win rate)."""
+    return {"won": "win_rate"}.get(key, key)

@@ -1,0 +1,72 @@
+"""The acting policy the TorchRL collector runs (DESIGN.md sections 1 and 6).
+
+Recurrent, epsilon-greedy over available actions, messages included: it runs exactly the
+``TeamQ`` forward the learner trains (same communication pass, same order), one step at a time.
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from torchrl.data import Composite, Unbounded
+
+from seqcomm.envs.base import ACTION, MASK, OBS, STATE
+from seqcomm.team_q import TeamQ, masked_argmax
+
+HIDDEN = "hidden"  # [E, n, H] at the root, so nested agent batch sizes never clash
+
+
+class EpsilonGreedyPolicy(TensorDictModuleBase):
+    """Epsilon-greedy over ``TeamQ`` utilities, epsilon annealed by global env steps.
+
+    Args:
+        net: the online value network.
+        eps_start: epsilon at step 0.
+        eps_end: final epsilon.
+        eps_anneal_frames: env steps over which epsilon falls linearly.
+    """
+
+    def __init__(self, net: TeamQ, eps_start: float = 1.0, eps_end: float = 0.05,
+                 eps_anneal_frames: int = 50_000) -> None:
+        super().__init__()
+        self.net = net
+        self.in_keys = [OBS, MASK, STATE, HIDDEN, "is_init"]
+        self.out_keys = [ACTION, ("next", HIDDEN)]
+        self.eps_start, self.eps_end, self.eps_anneal_frames = eps_start, eps_end, eps_anneal_frames
+        self.register_buffer("frames", torch.zeros((), dtype=torch.long))
+        self.greedy = False
+        self.generator = torch.Generator()
+
+    @property
+    def epsilon(self) -> float:
+        frac = min(self.frames.item() / max(self.eps_anneal_frames, 1), 1.0)
+        return self.eps_start + frac * (self.eps_end - self.eps_start)
+
+    def primer_spec(self, num_envs: int) -> Composite:
+        """Spec of the recurrent state, for ``TensorDictPrimer`` on the environment."""
+        n, H = self.net.info.n_agents, self.net.agent.hidden_dim
+        return Composite({HIDDEN: Unbounded((num_envs, n, H))}, shape=(num_envs,))
+
+    @torch.no_grad()
+    def forward(self, td: TensorDictBase) -> TensorDictBase:
+        obs, mask = td[OBS], td[MASK]
+        h = td.get(HIDDEN, None)
+        if h is None:
+            h = obs.new_zeros(*obs.shape[:-1], self.net.agent.hidden_dim)
+        reset = td.get("is_init", None)
+        if reset is not None:
+            h = h * (~reset).to(h.dtype).unsqueeze(-1)
+        h = self.net.agent.encode(self.net.inputs(obs, td[STATE]), h)
+        q, _ = self.net.utilities(h)
+        action = masked_argmax(q, mask)
+        if not self.greedy:
+            gen_device = self.generator.device
+            explore = torch.rand(action.shape, generator=self.generator, device=gen_device)
+            explore = explore.to(action.device) < self.epsilon
+            flat = mask.reshape(-1, mask.shape[-1]).float().to(gen_device)
+            rand = torch.multinomial(flat, 1, generator=self.generator).view(action.shape)
+            action = torch.where(explore, rand.to(action.device), action)
+        td.set(ACTION, action)
+        td.set(("next", HIDDEN), h)
+        return td

@@ -1,0 +1,77 @@
+"""The value parameters ``w`` of DESIGN.md section 3: agents, messages and mixer together.
+
+``TeamQ`` is what the learner optimises, copies into a target network, hands to the world
+model's inner loop, and what the acting policy runs. All methods are batched over agents and
+over any leading dimensions (time, batch, counterfactual message masks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from seqcomm.agent import RNNAgent
+from seqcomm.comm.base import Communication, NoComm
+from seqcomm.envs.base import EnvInfo
+from seqcomm.mixer import MonotonicMixer
+
+#: A message generator configured by class_path; the learner supplies (hidden_dim, n_agents).
+CommFactory = Callable[[int, int], Communication]
+
+
+class TeamQ(nn.Module):
+    """Agents + communication + monotonic mixer (DESIGN.md sections 1-2).
+
+    Args:
+        info: environment sizes (read from the specs).
+        comm: message generator factory (``None`` = no communication).
+        hidden_dim: agent GRU size.
+        mixer_embed_dim: QMIX mixing width.
+        full_obs: every agent also observes the global state (the upper reference).
+    """
+
+    def __init__(
+        self,
+        info: EnvInfo,
+        comm: CommFactory | None = None,
+        hidden_dim: int = 64,
+        mixer_embed_dim: int = 32,
+        full_obs: bool = False,
+    ) -> None:
+        super().__init__()
+        self.info, self.full_obs = info, full_obs
+        self.comm = comm(hidden_dim, info.n_agents) if comm is not None else NoComm(
+            hidden_dim, info.n_agents)
+        in_dim = info.obs_dim + (info.state_dim if full_obs else 0)
+        self.agent = RNNAgent(in_dim, info.n_agents, info.n_actions, hidden_dim,
+                              self.comm.ctx_dim)
+        self.mixer = MonotonicMixer(info.state_dim, info.n_agents, mixer_embed_dim)
+
+    def inputs(self, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Agent inputs: the observation, plus the global state under ``full_obs``."""
+        if not self.full_obs:
+            return obs
+        return torch.cat([obs, state.unsqueeze(-2).expand(*obs.shape[:-1], -1)], dim=-1)
+
+    def utilities(
+        self, h: torch.Tensor, deliver: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-agent utilities ``[*B, n, A]`` after communication, and the messenger's aux."""
+        ctx, aux = self.comm(h, deliver)
+        return self.agent.q(h, ctx), aux
+
+    def mix(self, chosen: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """``Q_tot [*B, 1]`` from chosen utilities ``[*B, n]`` and the state."""
+        return self.mixer(chosen, state)
+
+
+def masked_argmax(q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Greedy action among the available ones (an agent with none available picks 0)."""
+    return q.masked_fill(~mask, -float("inf")).argmax(dim=-1)
+
+
+def masked_max(q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``max_a Q`` over available actions."""
+    return q.gather(-1, masked_argmax(q, mask).unsqueeze(-1)).squeeze(-1)
