@@ -1,0 +1,1 @@
+"""Decision-focused world model and its implicit gradient (DESIGN.md section 3)."""

@@ -1,0 +1,204 @@
+"""Implicit hypergradient of Optimal Model Design and its unrolled ablation (DESIGN.md s. 3).
+
+Bilevel problem: ``w*(theta) = argmin_w L_model(w; theta)``, ``min_theta L_true(w*(theta))``.
+By the implicit function theorem (Nikishin et al. 2022; Lorraine et al. 2020)
+
+    dL_true/dtheta = - (d^2 L_model / dtheta dw)^T v,   (H + lambda I) v = dL_true/dw,
+
+with ``H = d^2 L_model / dw^2``. ``v`` is found from Hessian-vector products only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+SOLVERS = ("cg", "neumann", "identity")
+
+
+def _dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
+    return sum((x * y).sum() for x, y in zip(xs, ys, strict=True))
+
+
+def _norm(xs: Sequence[Tensor]) -> float:
+    return float(_dot(xs, xs).sqrt())
+
+
+def _grad_or_zeros(
+    outputs: Sequence[Tensor], inputs: Sequence[Tensor], grad_outputs: Sequence[Tensor],
+    retain_graph: bool,
+) -> list[Tensor]:
+    """``sum_i grad_outputs_i . d outputs_i / d inputs`` with zeros where there is no path."""
+    live = [i for i, x in enumerate(inputs) if x.requires_grad]
+    grads: Sequence[Tensor | None] = [None] * len(live)
+    if outputs and live:
+        grads = torch.autograd.grad(
+            outputs, [inputs[i] for i in live], grad_outputs=grad_outputs,
+            retain_graph=retain_graph, allow_unused=True,
+        )
+    result = [torch.zeros_like(x) for x in inputs]
+    for i, g in zip(live, grads, strict=True):
+        if g is not None:
+            result[i] = g.detach()
+    return result
+
+
+def implicit_hypergradient(
+    inner_grad: Sequence[Tensor | None],
+    outer_grad: Sequence[Tensor | None],
+    w: Sequence[Tensor],
+    theta: Sequence[Tensor],
+    solver: str = "cg",
+    iters: int = 5,
+    damping: float = 1e-3,
+    neumann_lr: float = 0.01,
+    tol: float = 0.0,
+    retain_graph: bool = False,
+) -> tuple[tuple[Tensor, ...], dict[str, float]]:
+    """Return ``(dL_true/dtheta per theta tensor, info)``.
+
+    Args:
+        inner_grad: ``dL_model/dw`` computed with ``create_graph=True`` (so it depends on
+            ``w`` and ``theta``), one entry per ``w`` tensor; ``None`` counts as no graph.
+        outer_grad: ``dL_true/dw`` at the inner solution (no graph); ``None`` means zeros.
+        w: inner (value) parameters, e.g. ``list(value_module.parameters())``.
+        theta: outer (world-model) parameters; entries without a path get zeros.
+        solver: ``"cg"`` (conjugate gradient), ``"neumann"`` (truncated Neumann series
+            ``lr * sum_{k=0..iters} (I - lr (H + lambda I))^k b``) or ``"identity"``
+            (``v = dL_true/dw``, the OMD default; ignores ``iters`` and ``damping``).
+        iters: CG iterations or Neumann terms beyond the first.
+        damping: ``lambda`` in ``(H + lambda I) v = dL_true/dw``.
+        neumann_lr: step ``lr`` of the Neumann series; it converges when
+            ``lr < 2 / lambda_max(H + lambda I)``.
+        tol: CG stops early once the relative residual falls below ``tol``.
+        retain_graph: keep the graph of ``inner_grad`` after the call.
+
+    ``info`` holds ``residual`` (relative residual ``||(H + lambda I) v - b|| / ||b||`` of
+    the returned ``v``, for every solver: log it as ``dfl/cg_residual``), ``iters`` (the
+    iterations actually run) and ``v_norm``.
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"solver={solver!r} is unknown; choose one of {SOLVERS}.")
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
+        raise ValueError(f"iters={iters!r} must be an integer >= 0.")
+    if damping < 0:
+        raise ValueError(f"damping={damping} must be >= 0 (it is the ridge lambda).")
+    if solver == "neumann" and neumann_lr <= 0:
+        raise ValueError(f"neumann_lr={neumann_lr} must be > 0.")
+    w, theta = list(w), list(theta)
+    if not len(inner_grad) == len(outer_grad) == len(w):
+        raise ValueError(
+            f"inner_grad ({len(inner_grad)}), outer_grad ({len(outer_grad)}) and w ({len(w)}) "
+            "must have one entry per inner parameter tensor, in the same order."
+        )
+    b = [
+        torch.zeros_like(p) if g is None else g.detach()
+        for g, p in zip(outer_grad, w, strict=True)
+    ]
+    for g, p in zip(b, w, strict=True):
+        if g.shape != p.shape:
+            raise ValueError(f"outer_grad entry of shape {tuple(g.shape)} != w shape "
+                             f"{tuple(p.shape)}; pass gradients in the order of w.")
+    live = [i for i, g in enumerate(inner_grad) if g is not None and g.requires_grad]
+    if not live:
+        raise ValueError(
+            "inner_grad carries no graph: compute it with "
+            "torch.autograd.grad(L_model, w, create_graph=True)."
+        )
+    outs = [inner_grad[i] for i in live]
+
+    # Hessian-vector products by double backward through the graph the caller already built
+    # for inner_grad: one forward pass serves every CG iteration, and the caller's
+    # nn.Modules need no functional rewrite (torch.func's forward-over-reverse would redo
+    # the forward per product and needs the loss as a pure function of w and theta).
+    def damped_hvp(vec: list[Tensor]) -> list[Tensor]:
+        hv = _grad_or_zeros(outs, w, [vec[i] for i in live], retain_graph=True)
+        return [h + damping * x for h, x in zip(hv, vec, strict=True)]
+
+    b_norm = _norm(b)
+    n_run = 0
+    if solver == "identity":
+        v = [x.clone() for x in b]
+    elif solver == "neumann":
+        term, acc = [x.clone() for x in b], [x.clone() for x in b]
+        for _ in range(iters):
+            a_term = damped_hvp(term)
+            term = [t - neumann_lr * at for t, at in zip(term, a_term, strict=True)]
+            acc = [a + t for a, t in zip(acc, term, strict=True)]
+            n_run += 1
+        v = [neumann_lr * a for a in acc]
+    else:  # conjugate gradient from v = 0
+        v = [torch.zeros_like(x) for x in b]
+        r = [x.clone() for x in b]
+        p = [x.clone() for x in b]
+        rr = _dot(r, r)
+        for _ in range(iters):
+            if b_norm == 0.0 or float(rr.sqrt()) <= tol * b_norm:
+                break
+            ap = damped_hvp(p)
+            p_ap = _dot(p, ap)
+            if float(p_ap) <= 0.0:  # non-positive curvature: H + lambda I is not PD here
+                break
+            alpha = rr / p_ap
+            v = [x + alpha * d for x, d in zip(v, p, strict=True)]
+            r = [x - alpha * d for x, d in zip(r, ap, strict=True)]
+            rr_new = _dot(r, r)
+            p = [x + (rr_new / rr) * d for x, d in zip(r, p, strict=True)]
+            rr = rr_new
+            n_run += 1
+
+    if b_norm == 0.0:
+        residual = 0.0
+    else:  # explicit residual (not CG's recursive one), so solvers compare on equal terms
+        av = damped_hvp(v)
+        residual = _norm([x - y for x, y in zip(av, b, strict=True)]) / b_norm
+
+    mixed = _grad_or_zeros(outs, theta, [v[i] for i in live], retain_graph=retain_graph)
+    hypergrad = tuple(-m for m in mixed)
+    info = {"residual": residual, "iters": float(n_run), "v_norm": _norm(v)}
+    return hypergrad, info
+
+
+def unrolled_inner(
+    params: dict[str, Tensor],
+    inner_loss: Callable[[dict[str, Tensor]], Tensor],
+    steps: int,
+    lr: float,
+) -> dict[str, Tensor]:
+    """``steps`` differentiable SGD steps ``w <- w - lr dL_model/dw`` (the ``unrolled`` ablation).
+
+    Args:
+        params: starting inner parameters by name (each must require grad, e.g.
+            ``{k: p.detach().requires_grad_() for k, p in module.named_parameters()}``).
+        inner_loss: ``L_model`` as a function of the parameter dict (e.g. through
+            ``torch.func.functional_call``); its dependence on ``theta`` stays in the graph.
+        steps: number of SGD steps, >= 0.
+        lr: SGD step size, > 0.
+
+    Returns the parameters after the steps, still attached to the graph of ``theta`` and of
+    the starting ``params``, for ``functional_call(module, result, ...)`` in the outer loss.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps={steps!r} must be an integer >= 0.")
+    if lr <= 0:
+        raise ValueError(f"lr={lr} must be > 0.")
+    frozen = [k for k, p in params.items() if not p.requires_grad]
+    if frozen:
+        raise ValueError(
+            f"params {frozen} do not require grad, so SGD cannot move them: call "
+            ".requires_grad_() on the starting copies or leave them out of params."
+        )
+    names = list(params)
+    current = dict(params)
+    for _ in range(steps):
+        loss = inner_loss(current)
+        grads = torch.autograd.grad(
+            loss, [current[k] for k in names], create_graph=True, allow_unused=True
+        )
+        current = {
+            k: current[k] if g is None else current[k] - lr * g
+            for k, g in zip(names, grads, strict=True)
+        }
+    return current
