@@ -1,0 +1,33 @@
+"""Message generators: SeqComm-DFL's sequential messenger and the communication baselines
+(DESIGN.md sections 2 and 4)."""
+
+from seqcomm.comm.base import Communication, NoComm
+from seqcomm.comm.commnet import CommNet
+from seqcomm.comm.messages import MessageEncoder, masked_attention, straight_through_gumbel
+from seqcomm.comm.ordering import Ordering, guidance_potential, order_entropy
+from seqcomm.comm.rgmcomm import (
+    RGMComm,
+    average_cosine_distance,
+    clustering_loss,
+    return_gap_bound,
+)
+from seqcomm.comm.seqcomm import SeqCommMessenger
+from seqcomm.comm.tarmac import TarMAC
+
+__all__ = [
+    "CommNet",
+    "Communication",
+    "MessageEncoder",
+    "NoComm",
+    "Ordering",
+    "RGMComm",
+    "SeqCommMessenger",
+    "TarMAC",
+    "average_cosine_distance",
+    "clustering_loss",
+    "guidance_potential",
+    "masked_attention",
+    "order_entropy",
+    "return_gap_bound",
+    "straight_through_gumbel",
+]

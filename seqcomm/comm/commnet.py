@@ -1,0 +1,41 @@
+"""CommNet baseline (Sukhbaatar et al. 2016; DESIGN.md section 4).
+
+Each receiver gets the mean of the other agents' delivered hidden states through a linear
+layer: ``ctx_j = C * mean_{i != j, delivered} h_i``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from seqcomm.comm.base import Communication
+from seqcomm.comm.messages import expand_to_deliver
+
+
+class CommNet(Communication):
+    """Mean-of-hidden-states communication.
+
+    Args:
+        hidden_dim: size of the agent's recurrent state ``h_i``.
+        n_agents: number of agents.
+        ctx_dim: size of the context each receiver gets.
+    """
+
+    def __init__(self, hidden_dim: int = 64, n_agents: int = 2, ctx_dim: int = 64) -> None:
+        super().__init__(hidden_dim, n_agents)
+        self.ctx_dim = ctx_dim
+        # no bias: a receiver with no delivered sender gets the zero (empty) context
+        self.comm = nn.Linear(hidden_dim, ctx_dim, bias=False)
+
+    def forward(self, h, deliver=None):
+        h, deliver = expand_to_deliver(h, deliver)
+        n = h.shape[-2]
+        others = (1 - torch.eye(n, device=h.device, dtype=h.dtype)) * deliver.unsqueeze(-2)
+        count = others.sum(dim=-1, keepdim=True)
+        mean = (others @ h) / torch.where(count > 0, count, torch.ones_like(count))
+        return self.comm(mean), {"messages": h}
+
+    def bits_per_step(self) -> float:
+        """Every agent broadcasts its hidden state (32-bit floats)."""
+        return 32.0 * self.hidden_dim

@@ -1,0 +1,145 @@
+"""Base messages ``m_i = phi(h_i)`` and their masked aggregation (DESIGN.md section 2, stage 1).
+
+A message is either a continuous vector in ``R^msg_dim`` or one of ``n_labels`` discrete
+labels (straight-through Gumbel-softmax, RGMComm-style few-bit messages) embedded into
+``R^msg_dim`` so that both kinds feed the same code path downstream.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+MESSAGE_KINDS = ("continuous", "discrete")
+
+
+def straight_through_gumbel(
+    logits: torch.Tensor, tau: float = 1.0, sample: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(hard, soft)``: an exactly one-hot forward with the gradient of the softmax.
+
+    ``sample=False`` drops the Gumbel noise (deterministic argmax, used in eval mode).
+    Written by hand rather than with ``F.gumbel_softmax(hard=True)`` because the latter
+    computes ``hard - soft.detach() + soft``, which is not exactly one-hot in floating point.
+    """
+    if sample:
+        gumbels = -torch.empty_like(logits).exponential_().log()
+        logits = logits + gumbels
+    soft = torch.softmax(logits / tau, dim=-1)
+    hard = F.one_hot(soft.argmax(dim=-1), logits.shape[-1]).to(soft.dtype)
+    return hard + (soft - soft.detach()), soft
+
+
+def expand_to_deliver(
+    h: torch.Tensor, deliver: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Broadcast ``h [*B, n, H]`` against ``deliver`` (broadcastable to ``[*B, n]``).
+
+    Returns ``h`` expanded to the joint batch shape (a view) and ``deliver`` as a float
+    tensor of shape ``[*B, n]``; ``deliver=None`` means every message is delivered.
+    """
+    n = h.shape[-2]
+    if deliver is None:
+        return h, h.new_ones(h.shape[:-1])
+    if deliver.dim() == 0 or deliver.shape[-1] not in (1, n):
+        raise ValueError(
+            f"deliver must broadcast to [*B, n_agents={n}], got shape {tuple(deliver.shape)}; "
+            "pass one 0/1 entry per sender in the last dimension"
+        )
+    shape = torch.broadcast_shapes(h.shape[:-1], deliver.shape)
+    return h.expand(*shape, h.shape[-1]), deliver.to(h.dtype).expand(shape)
+
+
+def masked_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Scaled dot-product attention of receivers over senders with an exact 0/1 mask.
+
+    Args:
+        query: ``[*B, n_recv, d]``; key: ``[*B, n_send, d]``; value: ``[*B, n_send, d_v]``.
+        mask: ``[*B, n_recv, n_send]``, 1 = receiver j may attend to sender i, 0 = never.
+            It may carry a straight-through gradient (soft precedence).
+
+    A masked entry contributes exactly nothing (zero value and zero gradient w.r.t. that
+    sender's key/value) and a row with nothing to attend returns the zero (empty) context.
+    Written by hand because ``F.scaled_dot_product_attention`` returns NaN for fully masked
+    rows and cannot multiply the weights by a differentiable mask.
+    """
+    logits = query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1])
+    active = mask != 0
+    any_active = active.any(dim=-1, keepdim=True)
+    # shift by the (detached) max over the active entries; the ratio below is shift-invariant
+    neg = torch.finfo(logits.dtype).min
+    shift = torch.where(
+        any_active,
+        logits.masked_fill(~active, neg).amax(dim=-1, keepdim=True),
+        logits.amax(dim=-1, keepdim=True),
+    ).detach()
+    # active entries are <= 0 after the shift; the clamp only keeps inactive ones finite
+    weights = mask * torch.exp((logits - shift).clamp(max=20.0))
+    total = weights.sum(dim=-1, keepdim=True)
+    weights = weights / torch.where(total > 0, total, torch.ones_like(total))
+    return weights @ value
+
+
+class MessageEncoder(nn.Module):
+    """Base message generator ``phi`` (DESIGN.md section 2, stage 1).
+
+    Args:
+        hidden_dim: size of the agent's recurrent state ``h_i``.
+        kind: ``"continuous"`` (a vector in ``R^msg_dim``) or ``"discrete"`` (one of
+            ``n_labels`` labels, straight-through Gumbel-softmax, embedded to ``msg_dim``).
+        msg_dim: size of the message vector (both kinds).
+        n_labels: alphabet size ``|M|`` of discrete messages.
+        tau: Gumbel-softmax temperature of discrete messages.
+    """
+
+    def __init__(
+        self,
+        hidden_dim: int,
+        kind: str = "continuous",
+        msg_dim: int = 16,
+        n_labels: int = 2,
+        tau: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if kind not in MESSAGE_KINDS:
+            raise ValueError(f"message kind must be one of {MESSAGE_KINDS}, got {kind!r}")
+        if kind == "discrete" and n_labels < 2:
+            raise ValueError(f"discrete messages need n_labels >= 2, got {n_labels}")
+        if tau <= 0:
+            raise ValueError(f"tau must be positive, got {tau}")
+        self.kind, self.msg_dim, self.n_labels, self.tau = kind, msg_dim, n_labels, tau
+        #: size of the pre-message (the vector itself, or the label logits)
+        self.raw_dim = msg_dim if kind == "continuous" else n_labels
+        self.head = nn.Linear(hidden_dim, self.raw_dim)
+        self.embed = nn.Linear(n_labels, msg_dim, bias=False) if kind == "discrete" else None
+
+    @property
+    def discrete(self) -> bool:
+        return self.kind == "discrete"
+
+    def raw(self, h: torch.Tensor) -> torch.Tensor:
+        """Pre-message ``[*B, n, raw_dim]``: the vector (continuous) or label logits."""
+        return self.head(h)
+
+    def emit(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Turn a pre-message into ``(message [*B, n, msg_dim], one-hot labels or None)``.
+
+        Discrete labels are sampled with Gumbel noise in training mode and are the
+        deterministic argmax in eval mode; the forward is exactly one-hot either way.
+        """
+        if self.embed is None:
+            return raw, None
+        labels, _ = straight_through_gumbel(raw, self.tau, sample=self.training)
+        return self.embed(labels), labels
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.emit(self.raw(h))
+
+    def bits_per_step(self) -> float:
+        """log2 |M| per agent for discrete labels, 32 bits per float for vectors."""
+        return math.log2(self.n_labels) if self.discrete else 32.0 * self.msg_dim

@@ -1,0 +1,124 @@
+"""SeqComm-DFL's sequential messenger (DESIGN.md section 2, stages 1-3)."""
+
+import pytest
+import torch
+
+from seqcomm.comm import SeqCommMessenger
+
+H, N = 8, 3
+
+
+def _grad(output, h, agent):
+    """Gradient of ``output.sum()`` w.r.t. ``h[..., agent, :]``."""
+    (g,) = torch.autograd.grad(output.sum(), h, retain_graph=True, allow_unused=False)
+    return g[..., agent, :]
+
+
+@pytest.mark.parametrize("message", ["continuous", "discrete"])
+def test_shapes_and_aux(message):
+    m = SeqCommMessenger(H, N, message=message, msg_dim=5, n_labels=4, attn_dim=6)
+    ctx, aux = m(torch.randn(2, 7, N, H))
+    assert ctx.shape == (2, 7, N, 5) and m.ctx_dim == 5
+    assert aux["messages"].shape == aux["base_messages"].shape == (2, 7, N, 5)
+    assert aux["gp_pred"].shape == aux["order"].shape == (2, 7, N)
+    assert aux["precedence"].shape == (2, 7, N, N)
+    assert ("labels" in aux) == (message == "discrete")
+    assert m.discrete == (message == "discrete")
+
+
+@pytest.mark.parametrize("message", ["continuous", "discrete"])
+def test_leader_never_sees_followers_fixed_order(message):
+    torch.manual_seed(0)
+    m = SeqCommMessenger(H, N, message=message, ordering="fixed")
+    h = torch.randn(4, N, H, requires_grad=True)
+    ctx, aux = m(h)
+    msg = aux["messages"]
+    # agent 0 leads, agent 2 is the last follower
+    assert torch.equal(ctx[:, 0], torch.zeros_like(ctx[:, 0]))  # the leader hears nothing
+    for out in (msg[:, 0], ctx[:, 0], msg[:, 1], ctx[:, 1]):
+        assert torch.equal(_grad(out, h, 2), torch.zeros(4, H))
+    assert _grad(ctx[:, 2], h, 0).abs().sum() > 0
+    assert _grad(ctx[:, 1], h, 0).abs().sum() > 0
+    if message == "continuous":  # the refined message of a follower depends on the leader
+        assert _grad(msg[:, 2], h, 0).abs().sum() > 0
+
+
+def test_prosocial_order_from_given_scores_conditions_causally():
+    torch.manual_seed(0)
+    m = SeqCommMessenger(H, N, ordering="prosocial")
+    h = torch.randn(4, N, H, requires_grad=True)
+    scores = torch.tensor([0.0, 2.0, 1.0]).expand(4, N)  # order 1, 2, 0
+    ctx, aux = m(h, scores=scores)
+    assert torch.equal(aux["order"], torch.tensor([1, 2, 0]).expand(4, N))
+    assert torch.equal(ctx[:, 1], torch.zeros_like(ctx[:, 1]))
+    for follower in (0, 2):
+        assert torch.equal(_grad(ctx[:, 1], h, follower), torch.zeros(4, H))
+        assert torch.equal(_grad(aux["messages"][:, 1], h, follower), torch.zeros(4, H))
+    assert torch.equal(_grad(ctx[:, 2], h, 0), torch.zeros(4, H))  # 0 speaks after 2
+    assert _grad(ctx[:, 0], h, 1).abs().sum() > 0
+
+
+def test_scores_receive_gradient_through_straight_through_order():
+    m = SeqCommMessenger(H, N, ordering="prosocial")
+    scores = torch.randn(5, N, requires_grad=True)
+    ctx, _ = m(torch.randn(5, N, H), scores=scores)
+    (ctx * torch.randn_like(ctx)).sum().backward()
+    assert scores.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("ordering", ["prosocial", "fixed"])
+def test_undelivered_sender_has_exactly_no_influence(ordering):
+    torch.manual_seed(0)
+    m = SeqCommMessenger(H, N, ordering=ordering)
+    h = torch.randn(6, N, H, requires_grad=True)
+    deliver = torch.tensor([1.0, 0.0, 1.0])
+    ctx, aux = m(h, deliver)
+    others = [0, 2]
+    for out in (ctx[:, others], aux["messages"][:, others]):
+        assert torch.equal(_grad(out, h, 1), torch.zeros(6, H))
+    # and the forward of the other agents does not move when agent 1's state changes
+    h2 = h.detach().clone()
+    h2[:, 1] += 5 * torch.randn(6, H)
+    ctx2, aux2 = m(h2, deliver)
+    assert torch.allclose(ctx2[:, others], ctx[:, others].detach(), atol=1e-6)
+    # nothing delivered: every receiver gets the empty context
+    ctx0, _ = m(h, torch.zeros(N))
+    assert torch.equal(ctx0, torch.zeros_like(ctx0))
+
+
+@pytest.mark.parametrize("message", ["continuous", "discrete"])
+@pytest.mark.parametrize("ordering", ["prosocial", "fixed", "random"])
+def test_leading_mask_dimension_equals_separate_calls(message, ordering):
+    torch.manual_seed(0)
+    m = SeqCommMessenger(H, N, message=message, ordering=ordering).eval()
+    h = torch.randn(5, N, H)
+    masks = torch.cat([torch.ones(1, N), 1 - torch.eye(N)])  # all delivered, then i masked
+    k = masks.shape[0]
+    scores = torch.randn(5, N) if ordering == "random" else None  # fix the random keys
+    ctx, aux = m(h.expand(k, 5, N, H), masks.unsqueeze(1), scores=scores)
+    assert ctx.shape == (k, 5, N, m.ctx_dim)
+    ctx_unexpanded, _ = m(h, masks.unsqueeze(1), scores=scores)  # h broadcast inside
+    assert torch.allclose(ctx_unexpanded, ctx, atol=1e-6)
+    for i in range(k):
+        ctx_i, aux_i = m(h, masks[i], scores=scores)
+        assert torch.allclose(ctx[i], ctx_i, atol=1e-6)
+        assert torch.allclose(aux["messages"][i], aux_i["messages"], atol=1e-6)
+        assert torch.equal(aux["order"][i], aux_i["order"])
+
+
+def test_random_order_is_shared_across_the_mask_dimension_without_scores():
+    m = SeqCommMessenger(H, 4, ordering="random")
+    masks = torch.cat([torch.ones(1, 4), 1 - torch.eye(4)]).unsqueeze(1)
+    _, aux = m(torch.randn(16, 4, H), masks)
+    order = aux["order"]
+    assert all(torch.equal(order[0], order[i]) for i in range(1, 5))
+
+
+def test_bits_per_step():
+    assert SeqCommMessenger(H, N, message="discrete", n_labels=4).bits_per_step() == 2 * 2 + 32
+    assert SeqCommMessenger(H, N, msg_dim=4, ordering="fixed").bits_per_step() == 2 * 32 * 4
+
+
+def test_bad_deliver_shape_fails_early():
+    with pytest.raises(ValueError, match="deliver"):
+        SeqCommMessenger(H, N)(torch.randn(2, N, H), torch.ones(2, N + 1))
