@@ -71,7 +71,7 @@ class SeqcommCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, ImportError) as err:
-            raise ConfigError(str(err).strip().splitlines()[0]) from err
+            raise ConfigError(" ".join(str(err).split())) from err
 
     def instantiate_trainer(self, **kwargs):
         cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
@@ -99,7 +99,7 @@ class SeqcommCLI(LightningCLI):
         return loggers
 
 
-def lightning_main(args: list[str]) -> None:
+def lightning_main(args: list[str] | None) -> None:
     SeqcommCLI(
         QLearner,
         EpisodeData,
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
 
             sweep_main(args[1:])
         else:
-            lightning_main(args)
+            lightning_main(None if argv is None else args)
     except ConfigError as err:
         print(f"seqcomm: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -101,7 +101,10 @@ class MatrixGame(MultiAgentEnv):
             raise ValueError(f"matrix: unknown table {table!r}; use 'rgmcomm' or 'random'")
         self.n_obs1, self.n_actions, self.n_obs2 = values.shape
         self.n_agents = 2
-        self.obs_dim = self.state_dim = self.n_obs1 + self.n_obs2
+        self.obs_dim = self.n_obs1 + self.n_obs2
+        # state: both one-hots plus a one-hot of the joint pair, so QMIX's linear hypernetwork
+        # can give every (o1, o2) its own mixing weights
+        self.state_dim = self.obs_dim + self.n_obs1 * self.n_obs2
         super().__init__(num_envs, seed, device)
         self.table = values.to(self.device)
         self.exhaustive = exhaustive
@@ -129,7 +132,10 @@ class MatrixGame(MultiAgentEnv):
         mask[:, 0] = True
         mask[:, 1, 0] = True  # agent 2 has a single (no-op) action
         agents = TensorDict({"observation": obs, "action_mask": mask}, batch_size=(E, 2))
-        return TensorDict({AGENTS: agents, "state": torch.cat([one1, one2], -1)}, batch_size=(E,))
+        joint = torch.nn.functional.one_hot(self.o1 * self.n_obs2 + self.o2,
+                                            self.n_obs1 * self.n_obs2).float()
+        state = torch.cat([one1, one2, joint], -1)
+        return TensorDict({AGENTS: agents, "state": state}, batch_size=(E,))
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         a1 = tensordict[ACTION][:, 0]

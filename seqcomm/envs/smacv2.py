@@ -44,7 +44,7 @@ from torchrl.envs import (
     TransformedEnv,
 )
 
-from seqcomm.envs.base import ACTION, INFO, MASK, OBS
+from seqcomm.envs.base import ACTION, INFO, MASK, OBS, ConfigurableEnv
 
 SMACV2_GIT = "git+https://github.com/oxwhirl/smacv2.git"
 SC2_ZIP = "https://blzdistsc2-a.akamaihd.net/Linux/SC2.4.10.zip"
@@ -216,7 +216,7 @@ def make_smacv2_env(
     return TransformedEnv(env, HideAllies(start, stop))
 
 
-class SMACv2Task(TransformedEnv):
+class SMACv2Task(ConfigurableEnv, TransformedEnv):
     """``num_envs`` StarCraft II games (SMAC / SMACv2) with the project's key contract.
 
     Args:

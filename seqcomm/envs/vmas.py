@@ -35,7 +35,7 @@ from torchrl.envs.utils import MarlGroupMapType
 from vmas.scenarios import navigation
 from vmas.scenarios.mpe import simple_spread, simple_tag
 
-from seqcomm.envs.base import AGENTS, INFO, MASK, OBS, STATE
+from seqcomm.envs.base import AGENTS, INFO, MASK, OBS, STATE, ConfigurableEnv
 from seqcomm.envs.reference import random_policy
 
 SCENARIOS = ("simple_spread", "simple_tag", "navigation")
@@ -174,7 +174,7 @@ class TeamView(Transform):
         return done_spec
 
 
-class VmasTask(TransformedEnv):
+class VmasTask(ConfigurableEnv, TransformedEnv):
     """A VMAS scenario with discrete actions behind the seqcomm key contract.
 
     Scenarios and their team metric (``("info", ...)``, read at episode end):

@@ -1,0 +1,402 @@
+"""``microcombat``: a SMAC-like micromanagement simulator in pure torch (DESIGN.md section 5).
+
+After JaxMARL's SMAX: SMAC's unit types (``units.py``), maps, observation / state / action
+layout and shaped reward, with simple continuous 2-D kinematics instead of StarCraft II.
+Everything is batched over copies and units: per-unit state is ``[E, U]`` and pairwise
+quantities are ``[E, n_agents, U]`` / ``[E, n_enemies, n_agents]`` tensors. Teams start on the
+left and right quarter points of a 32 x 32 map (plus uniform noise), out of sight.
+
+Dynamics. One agent step is SMAC's 8 game loops (0.357 s at "faster" speed), split into
+``ticks_per_step`` ticks. Per tick every living unit with an attack order on a living target
+fires when the target is within weapon reach (weapon range plus both radii, SC2 measures
+range edge to edge) and its weapon is cooled down, else walks towards the target (as SC2 does
+with an attack order); a unit with a move order walks ``speed * dt`` in its direction.
+Volleys deal ``attacks * max(damage + bonus - armour, 0.5)``, to shields first; units die at
+health 0; all shots of a tick land at once (both teams can die together: a draw, not a win).
+A volley adds the weapon cooldown to the unit's timer and the remainder carries over, so the
+rate of fire does not depend on the tick length.
+Not modelled: collisions between units, shield regeneration, auto-acquiring targets after a
+``stop``, terrain. The scripted enemy attack-moves: it fires at the nearest living ally within
+its shoot range, else walks towards the nearest living ally.
+
+Actions (SMAC): 0 no-op (dead agents only), 1 stop, 2-5 move north/south/east/west, 6+j
+attack enemy j (alive and within the agent's shoot range). An action outside the mask is
+executed as stop (no-op for dead agents).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDict, TensorDictBase
+
+from seqcomm.envs.base import ACTION, AGENTS, MASK, OBS, MultiAgentEnv
+from seqcomm.envs.reference import random_policy
+from seqcomm.envs.units import LOOPS_PER_SECOND, MAPS, SMAC_STEP_MUL, UNIT_TYPES
+
+N_NO_ATTACK = 6  # no-op, stop, north, south, east, west
+# SMAC's move directions, in action order 2..5
+DIRECTIONS = ((0.0, 1.0), (0.0, -1.0), (1.0, 0.0), (-1.0, 0.0))
+# SMAC's reward constants
+DEATH_VALUE, WIN_VALUE, NEGATIVE_SCALE = 10.0, 200.0, 0.5
+
+
+class MicroCombat(MultiAgentEnv):
+    """SMAC-style battle of learning allies against a scripted attack-moving enemy.
+
+    Args:
+        num_envs: number of parallel copies.
+        seed: seed of the start positions.
+        device: torch device.
+        map_name: a SMAC map from ``units.MAPS`` (``3m``, ``8m``, ``2s3z``, ...).
+        sight_range: how far agents see (SMAC: 9); lower it to make communication matter.
+        see_allies: False zeroes the ally features of the observations (as SeqComm on SMACv2).
+        episode_limit: steps before truncation; None takes the map's SMAC limit.
+        ticks_per_step: simulation ticks per agent step (weapon cooldowns resolve per tick).
+        state_last_action: append the agents' last actions to the state (SMAC's default).
+        reward_only_positive: SMAC's default; False subtracts half the damage taken.
+        reward_scale_rate: the maximum possible return (SMAC: 20).
+        spawn_spread: half-width of the square around each team's start point.
+    """
+
+    metrics = ("dead_allies", "dead_enemies", "won")
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        seed: int = 0,
+        device: str = "cpu",
+        map_name: str = "3m",
+        sight_range: float = 9.0,
+        see_allies: bool = True,
+        episode_limit: int | None = None,
+        ticks_per_step: int = 2,
+        state_last_action: bool = True,
+        reward_only_positive: bool = True,
+        reward_scale_rate: float = 20.0,
+        spawn_spread: float = 2.0,
+    ) -> None:
+        if map_name not in MAPS:
+            raise ValueError(f"microcombat: unknown map {map_name!r}; known maps: {sorted(MAPS)}")
+        if not sight_range > 0:
+            raise ValueError(f"microcombat: sight_range must be > 0 (SMAC uses 9), got "
+                             f"{sight_range}")
+        if episode_limit is not None and episode_limit < 1:
+            raise ValueError(f"microcombat: episode_limit must be >= 1 or None, got "
+                             f"{episode_limit}")
+        if ticks_per_step < 1:
+            raise ValueError(f"microcombat: ticks_per_step must be >= 1, got {ticks_per_step}")
+        spec = MAPS[map_name]
+        self.map_name, self.size = map_name, spec.size
+        self.sight_range, self.see_allies = float(sight_range), see_allies
+        self.ticks_per_step, self.state_last_action = ticks_per_step, state_last_action
+        self.reward_only_positive, self.spawn_spread = reward_only_positive, spawn_spread
+        self.episode_limit = episode_limit if episode_limit is not None else spec.limit
+        names = spec.allies + spec.enemies
+        self.n_agents, self.n_enemies = len(spec.allies), len(spec.enemies)
+        self.n_actions = N_NO_ATTACK + self.n_enemies
+        # SMAC layout sizes: one-hot types only on mixed maps, shields only for Protoss teams
+        kinds = [k for k in UNIT_TYPES if k in names]
+        self.type_bits = len(kinds) if len(kinds) > 1 else 0
+        self.shield_ally = int(any(UNIT_TYPES[k].shield > 0 for k in spec.allies))
+        self.shield_enemy = int(any(UNIT_TYPES[k].shield > 0 for k in spec.enemies))
+        self.nf_enemy = 5 + self.shield_enemy + self.type_bits
+        self.nf_ally = 5 + self.shield_ally + self.type_bits
+        self.nf_own = 1 + self.shield_ally + self.type_bits
+        self.obs_dim = (4 + self.n_enemies * self.nf_enemy + (self.n_agents - 1) * self.nf_ally
+                        + self.nf_own)
+        self.nf_ally_state = 4 + self.shield_ally + self.type_bits
+        self.nf_enemy_state = 3 + self.shield_enemy + self.type_bits
+        self.state_dim = (self.n_agents * self.nf_ally_state + self.n_enemies * self.nf_enemy_state
+                          + (self.n_agents * self.n_actions if state_last_action else 0))
+        super().__init__(num_envs, seed, device)
+        self._build_tables(names, kinds)
+        max_reward = self.n_enemies * DEATH_VALUE + WIN_VALUE + float(
+            (self.hmax + self.smax)[self.n_agents:].sum())
+        self.reward_scale = reward_scale_rate / max_reward
+        E, U, dev = num_envs, len(names), self.device
+        # structure of arrays: every per-unit quantity is a contiguous [E, U] tensor (small
+        # trailing dimensions such as xy make CPU kernels several times slower)
+        self.x = torch.zeros(E, U, device=dev)
+        self.y = torch.zeros(E, U, device=dev)
+        self.health = self.hmax.expand(E, U).clone()
+        self.shield = self.smax.expand(E, U).clone()
+        self.cooldown = torch.zeros(E, U, device=dev)
+        self.t = torch.zeros(E, dtype=torch.long, device=dev)
+        self.last_action = torch.zeros(E, self.n_agents, self.n_actions, device=dev)
+        self.won = torch.zeros(E, device=dev)
+        self._policy_rng = torch.Generator(device=dev).manual_seed(seed)
+
+    def _build_tables(self, names: tuple[str, ...], kinds: list[str]) -> None:
+        """Per-unit stat vectors [U], flat per-pair tables [U * U] and layout constants."""
+        dev, stats = self.device, [UNIT_TYPES[k] for k in names]
+        n_a, U, W = self.n_agents, len(names), self.size
+
+        def vec(attr: str) -> torch.Tensor:
+            return torch.tensor([float(getattr(s, attr)) for s in stats], device=dev)
+
+        self.hmax, self.smax = vec("health"), vec("shield")
+        self.has_shields = bool((self.smax > 0).any())
+        self.step_seconds = SMAC_STEP_MUL / LOOPS_PER_SECOND
+        self.dt = self.step_seconds / self.ticks_per_step
+        self.step_len = vec("speed") * self.dt  # distance per tick
+        self.weapon_cd = vec("cooldown")
+        self.cd_norm = vec("max_cooldown") / LOOPS_PER_SECOND  # SMAC's max cooldown, seconds
+        self.shoot_range = vec("shoot_range")
+        radius = vec("radius")
+        # weapon reach between centres and damage per volley, for every (shooter, target)
+        self.reach = (vec("weapon_range")[:, None] + radius[:, None] + radius[None, :]).flatten()
+        per_attack = vec("damage")[:, None] + vec("bonus_armoured")[:, None] * vec("armoured")
+        self.volley = (vec("attacks")[:, None]
+                       * (per_attack - vec("armour")[None, :]).clamp_min(0.5)).flatten()
+        self.rows_u = torch.arange(U, device=dev) * U  # row offsets into the flat tables
+        type_id = torch.tensor([kinds.index(k) for k in names], device=dev)
+        self.type_planes = F.one_hot(type_id, len(kinds)).float().T[: self.type_bits]  # [tb, U]
+        # ally j != i of agent i, row by row: [n_a, n_a - 1]
+        others = [[j for j in range(n_a) if j != i] for i in range(n_a)]
+        self.others = torch.tensor(others, dtype=torch.long, device=dev).reshape(n_a, n_a - 1)
+        self.spawn_x = torch.tensor([W / 4] * n_a + [3 * W / 4] * self.n_enemies, device=dev)
+        self.dir_x = torch.tensor([d[0] for d in DIRECTIONS], device=dev)
+        self.dir_y = torch.tensor([d[1] for d in DIRECTIONS], device=dev)
+        # team indicator [U, 2] (allies, enemies): counts and team sums are one matmul
+        team = torch.zeros(U, 2, device=dev)
+        team[:n_a, 0], team[n_a:, 1] = 1.0, 1.0
+        self.team = team
+        ally_weight = 0.0 if self.reward_only_positive else -NEGATIVE_SCALE
+        self.reward_weight = team[:, 1] + ally_weight * team[:, 0]
+
+    # ------------------------------------------------------------------ reset and observe
+    def _reset_where(self, mask: torch.Tensor) -> None:
+        E, U = self.x.shape
+        noise = (self.rand(2, E, U) * 2 - 1) * self.spawn_spread
+        m = mask[:, None]
+        self.x = torch.where(m, self.spawn_x + noise[0], self.x)
+        self.y = torch.where(m, self.size / 2 + noise[1], self.y)
+        self.health = torch.where(m, self.hmax, self.health)
+        self.shield = torch.where(m, self.smax, self.shield)
+        self.cooldown = torch.where(m, 0.0, self.cooldown)
+        self.t = torch.where(mask, 0, self.t)
+        self.last_action = torch.where(m[..., None], 0.0, self.last_action)
+        self.won = torch.where(mask, 0.0, self.won)
+
+    def place_units(self, pos: torch.Tensor, health: torch.Tensor | None = None,
+                    shield: torch.Tensor | None = None) -> TensorDictBase:
+        """Put units by hand (tests, demos): ``pos`` [E, U, 2] or [U, 2], allies first;
+        ``health`` and ``shield`` [E, U] or [U]. Returns the observation TensorDict."""
+        U = self.n_agents + self.n_enemies
+        if pos.shape[-2:] != (U, 2):
+            raise ValueError(f"microcombat: pos must end in ({U}, 2), got {tuple(pos.shape)}")
+        pos = pos.to(self.device, torch.float32)
+        self.x = pos[..., 0].expand_as(self.x).clone()
+        self.y = pos[..., 1].expand_as(self.y).clone()
+        if health is not None:
+            self.health = health.to(self.device, torch.float32).expand_as(self.health).clone()
+        if shield is not None:
+            self.shield = shield.to(self.device, torch.float32).expand_as(self.shield).clone()
+        return self._observe()
+
+    def _move_ok(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """SMAC's ``can_move``: the point one unit away (north, south, east, west) is on the
+        map. [E, n] -> [E, n, 4]."""
+        return torch.stack([y < self.size - 1, y >= 1, x < self.size - 1, x >= 1], -1)
+
+    def _observe(self) -> TensorDictBase:
+        E, n_a, n_e, sr = self.num_envs, self.n_agents, self.n_enemies, self.sight_range
+        alive = self.health > 0
+        a_alive = alive[:, :n_a]
+        xs, ys = self.x / sr, self.y / sr  # geometry in units of the sight range
+        health = self.health / self.hmax
+        shield = self.shield / self.smax.clamp_min(1.0)
+        obs = torch.empty(E, n_a, self.obs_dim, device=self.device)
+        # movement features and action mask: no-op iff dead, stop, moves, attack in range
+        moves = self._move_ok(self.x[:, :n_a], self.y[:, :n_a]) & a_alive[..., None]
+        obs[..., :4] = moves.float()
+        # enemies [E, n_a, n_e]: [available, distance, rel x, rel y, health, (shield), (type)]
+        dx, dy = xs[:, None, n_a:] - xs[:, :n_a, None], ys[:, None, n_a:] - ys[:, :n_a, None]
+        dist = (dx * dx + dy * dy).sqrt_()
+        both = alive[:, None, n_a:] & a_alive[..., None]
+        in_range = both & (dist <= self.shoot_range[:n_a, None] / sr)
+        visible = both & (dist < 1.0)
+        end = 4 + n_e * self.nf_enemy
+        units = [p[..., None, :] for p in
+                 self._unit_planes(health, shield, self.shield_enemy, n_a, None)]
+        self._pair_block(obs[..., 4:end], in_range, dist, dx, dy, visible, units)
+        # allies j != i: [visible, distance, rel x, rel y, health, (shield), (type)]
+        if self.see_allies:
+            others = self.others.flatten()
+            ox, oy = xs.index_select(1, others), ys.index_select(1, others)
+            dx = ox.view(E, n_a, n_a - 1) - xs[:, :n_a, None]
+            dy = oy.view(E, n_a, n_a - 1) - ys[:, :n_a, None]
+            dist = (dx * dx + dy * dy).sqrt_()
+            visible = (alive.index_select(1, others).view(E, n_a, n_a - 1) & a_alive[..., None]
+                       & (dist < 1.0))
+            units = [p.index_select(-1, others).view(*p.shape[:-1], n_a, n_a - 1)
+                     for p in self._unit_planes(health, shield, self.shield_ally, 0, n_a)]
+            self._pair_block(obs[..., end: end + (n_a - 1) * self.nf_ally], visible, dist, dx,
+                             dy, visible, units)
+        else:
+            obs[..., end: end + (n_a - 1) * self.nf_ally] = 0.0
+        # own features: health, (shield), (type)
+        own = self._unit_planes(health, shield, self.shield_ally, 0, n_a)
+        obs[..., -self.nf_own:] = torch.stack([p.expand(E, n_a) for p in own], -1) \
+            * a_alive[..., None]
+        mask = torch.cat([~a_alive[..., None], a_alive[..., None], moves, in_range], -1)
+        agents = TensorDict({"observation": obs, "action_mask": mask}, batch_size=(E, n_a))
+        dead = (~alive).float() @ self.team  # [E, 2]
+        info = TensorDict({"won": self.won, "dead_allies": dead[:, 0],
+                           "dead_enemies": dead[:, 1]}, batch_size=(E,))
+        return TensorDict({AGENTS: agents, "state": self._state(alive, health, shield),
+                           "info": info}, batch_size=(E,))
+
+    def _unit_planes(self, health: torch.Tensor, shield: torch.Tensor, shield_bit: int,
+                     start: int, stop: int | None) -> list[torch.Tensor]:
+        """Per-unit features of units ``start:stop``: health [E, m], (shield), (types [m])."""
+        planes = [health[:, start:stop]] + [shield[:, start:stop]] * shield_bit
+        return planes + [p[start:stop] for p in self.type_planes]
+
+    @staticmethod
+    def _pair_block(dst: torch.Tensor, flag: torch.Tensor, dist: torch.Tensor, dx: torch.Tensor,
+                    dy: torch.Tensor, visible: torch.Tensor, units: list[torch.Tensor]) -> None:
+        """Write per-pair features [E, n_a, m, f] (zero where not visible) into ``dst``;
+        ``units`` are per-target features broadcastable to [E, n_a, m].
+
+        Features are stacked on a leading dimension (contiguous, fast) and transposed once by
+        the copy; building them on the last dimension is several times slower on CPU.
+        """
+        E, n_a, m = dist.shape
+        planes = [flag.to(dist.dtype), dist, dx, dy] + [u.expand(E, n_a, m) for u in units]
+        stacked = torch.stack(planes).mul_(visible.to(dist.dtype))  # [f, E, n_a, m]
+        dst.view(E, n_a, m, len(planes)).copy_(stacked.permute(1, 2, 3, 0))
+
+    def _state(self, alive: torch.Tensor, health: torch.Tensor, shield: torch.Tensor):
+        """SMAC's global state: ally [health, cooldown, x, y, (shield), (type)] and enemy
+        [health, x, y, (shield), (type)] features, positions relative to the map centre."""
+        E, n_a, n_e = self.num_envs, self.n_agents, self.n_enemies
+        x, y = self.x / self.size - 0.5, self.y / self.size - 0.5
+        cool = self.cooldown.clamp_min(0.0) / self.cd_norm
+        types = [p.expand(E, -1) for p in self.type_planes]
+        sh_a, sh_e = [shield] * self.shield_ally, [shield] * self.shield_enemy
+        ally = torch.stack([health, cool, x, y] + sh_a + types)[..., :n_a] * alive[:, :n_a]
+        enemy = torch.stack([health, x, y] + sh_e + types)[..., n_a:] * alive[:, n_a:]
+        state = torch.empty(E, self.state_dim, device=self.device)
+        a_end = n_a * self.nf_ally_state
+        e_end = a_end + n_e * self.nf_enemy_state
+        state[:, :a_end].view(E, n_a, -1).copy_(ally.permute(1, 2, 0))
+        state[:, a_end:e_end].view(E, n_e, -1).copy_(enemy.permute(1, 2, 0))
+        if self.state_last_action:
+            state[:, e_end:] = self.last_action.flatten(1)
+        return state
+
+    # ------------------------------------------------------------------ step
+    def _orders(self, action: torch.Tensor, alive: torch.Tensor):
+        """This step's orders: target unit [E, U], has_target [E, U], move vector x, y [E, U]."""
+        n_a = self.n_agents
+        a_alive, e_alive = alive[:, :n_a], alive[:, n_a:]
+        x, y = self.x, self.y
+        # agents: attack enemy j (alive, within shoot range), or move in one of 4 directions
+        a_tgt = (action - N_NO_ATTACK).clamp(0, self.n_enemies - 1) + n_a
+        tx, ty = x.gather(1, a_tgt) - x[:, :n_a], y.gather(1, a_tgt) - y[:, :n_a]
+        a_att = ((action >= N_NO_ATTACK) & a_alive & alive.gather(1, a_tgt)
+                 & (tx * tx + ty * ty <= self.shoot_range[:n_a] ** 2))
+        d_idx = (action - 2).clamp(0, 3)
+        a_move = (action >= 2) & (action < N_NO_ATTACK) & a_alive
+        a_move = a_move & self._move_ok(x[:, :n_a], y[:, :n_a]).gather(-1, d_idx[..., None])[..., 0]
+        # scripted enemy: attack-move on the nearest living ally
+        ex = x[:, None, :n_a] - x[:, n_a:, None]  # [E, n_e, n_a]
+        ey = y[:, None, :n_a] - y[:, n_a:, None]
+        d_ea = torch.where(a_alive[:, None], (ex * ex + ey * ey).sqrt(), float("inf"))
+        d_min, nearest = d_ea.min(-1)
+        e_att = (d_min <= self.shoot_range[n_a:]) & e_alive
+        walk = (e_alive & ~e_att & torch.isfinite(d_min)) / d_min.clamp_min(1e-6)
+        target = torch.cat([a_tgt, nearest], 1)
+        move_x = torch.cat([self.dir_x[d_idx] * a_move, ex.gather(2, nearest[..., None])[..., 0]
+                            * walk], 1)
+        move_y = torch.cat([self.dir_y[d_idx] * a_move, ey.gather(2, nearest[..., None])[..., 0]
+                            * walk], 1)
+        return target, torch.cat([a_att, e_att], 1), move_x, move_y
+
+    def _simulate(self, target: torch.Tensor, has_target: torch.Tensor, move_x: torch.Tensor,
+                  move_y: torch.Tensor) -> None:
+        """Advance ``ticks_per_step`` ticks of movement and combat for every copy and unit."""
+        flat = self.rows_u + target
+        reach, volley = self.reach.take(flat), self.volley.take(flat)  # [E, U]
+        walk_x, walk_y = move_x * self.step_len, move_y * self.step_len  # zero when attacking
+        x, y, health, shield, cooldown = self.x, self.y, self.health, self.shield, self.cooldown
+        for _ in range(self.ticks_per_step):  # a loop over time, not over copies or units
+            alive = health > 0
+            dx, dy = x.gather(1, target) - x, y.gather(1, target) - y
+            dist = (dx * dx + dy * dy).sqrt()
+            engaged = has_target & alive & alive.gather(1, target)
+            in_reach = dist <= reach
+            fire = engaged & in_reach & (cooldown <= 0)
+            # out of weapon reach: walk towards the target (SC2's attack order)
+            chase = torch.where(engaged & ~in_reach, self.step_len / dist.clamp_min(1e-6), 0.0)
+            x = (x + dx * chase + walk_x).clamp_(0.0, self.size)
+            y = (y + dy * chase + walk_y).clamp_(0.0, self.size)
+            hits = torch.zeros_like(health).scatter_add_(1, target, volley * fire)
+            if self.has_shields:  # shields absorb first
+                absorbed = torch.minimum(shield, hits)
+                shield = shield - absorbed
+                hits = hits - absorbed
+            health = (health - hits).clamp_min_(0.0)
+            # a volley adds the weapon cooldown; the remainder below zero carries over (clamped
+            # at one tick) so the rate of fire does not depend on the tick length
+            cooldown = (torch.where(fire, cooldown + self.weapon_cd, cooldown) - self.dt
+                        ).clamp_min_(-self.dt)
+        self.x, self.y, self.health, self.shield, self.cooldown = x, y, health, shield, cooldown
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        action = tensordict[ACTION]
+        alive0 = self.health > 0
+        hp0 = self.health + self.shield
+        self._simulate(*self._orders(action, alive0))
+        alive = self.health > 0
+        # SMAC's reward_battle: damage dealt + kill bonus (+ win bonus below), scaled
+        lost = hp0 - self.health - self.shield + DEATH_VALUE * (alive0 & ~alive)
+        left = alive.float() @ self.team  # living allies, living enemies
+        won = (left[:, 0] > 0) & (left[:, 1] == 0)
+        terminated = (left == 0).any(-1)  # win, loss or draw
+        reward = (lost @ self.reward_weight + WIN_VALUE * won) * self.reward_scale
+        self.t = self.t + 1
+        truncated = (self.t >= self.episode_limit) & ~terminated
+        self.won = won.float()
+        self.last_action = F.one_hot(action, self.n_actions).float()
+        out = self._observe()
+        terminated, truncated = terminated[:, None], truncated[:, None]
+        out.update({"reward": reward[:, None], "done": terminated | truncated,
+                    "terminated": terminated, "truncated": truncated})
+        return out
+
+    # ------------------------------------------------------------------ scripted policies
+    def reference_policies(self) -> dict[str, Callable[[TensorDictBase], torch.Tensor]]:
+        """``focus_fire`` (everyone shoots the weakest enemy in range, else walks towards the
+        nearest enemy; reads the global state) and ``random`` (uniform over available)."""
+        return {"focus_fire": self._focus_fire,
+                "random": lambda td: random_policy(td, generator=self._policy_rng)}
+
+    def _focus_fire(self, td: TensorDictBase) -> torch.Tensor:
+        n_a, n_e = self.n_agents, self.n_enemies
+        obs, mask, state = td[OBS], td[MASK], td["state"]
+        lead = obs.shape[:-2]  # any batch shape
+        enemy = obs[..., 4: 4 + n_e * self.nf_enemy].reshape(*lead, n_a, n_e, self.nf_enemy)
+        # lowest health (+ shield) first; the closer of two equally weak enemies
+        weakness = enemy[..., 4] + (enemy[..., 5] if self.shield_enemy else 0.0)
+        weakness = weakness + 0.01 * enemy[..., 1]
+        can_attack = mask[..., N_NO_ATTACK:]
+        best = weakness.masked_fill(~can_attack, float("inf")).argmin(-1)
+        # walk towards the nearest living enemy along the longer axis
+        off = n_a * self.nf_ally_state
+        ally_s = state[..., :off].reshape(*lead, n_a, self.nf_ally_state)
+        enemy_s = state[..., off: off + n_e * self.nf_enemy_state].reshape(*lead, n_e, -1)
+        delta = enemy_s[..., None, :, 1:3] - ally_s[..., :, None, 2:4]  # [..., n_a, n_e, 2]
+        dist = delta.norm(dim=-1).masked_fill(enemy_s[..., None, :, 0] <= 0, float("inf"))
+        nearest = dist.argmin(-1)[..., None, None].expand(*dist.shape[:-1], 1, 2)
+        d = delta.gather(-2, nearest).squeeze(-2)
+        horizontal = d[..., 0].abs() >= d[..., 1].abs()
+        move = torch.where(horizontal, torch.where(d[..., 0] > 0, 4, 5),
+                           torch.where(d[..., 1] > 0, 2, 3))
+        move = torch.where(mask.gather(-1, move[..., None]).squeeze(-1), move, 1)
+        action = torch.where(can_attack.any(-1), N_NO_ATTACK + best, move)
+        return torch.where(mask[..., 0], 0, action)

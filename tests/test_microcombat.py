@@ -1,0 +1,217 @@
+"""Tests of the SMAC-like simulator (seqcomm.envs.microcombat, DESIGN.md section 5)."""
+
+import pytest
+import torch
+from torchrl.envs.utils import check_env_specs
+
+from seqcomm.envs.base import ACTION, INFO, MASK, OBS, env_info
+from seqcomm.envs.microcombat import MicroCombat
+from seqcomm.envs.reference import evaluate_policy
+from seqcomm.envs.units import MAPS, UNIT_TYPES
+
+STOP, NORTH, SOUTH, EAST, WEST, ATTACK = 1, 2, 3, 4, 5, 6
+MARINE = UNIT_TYPES["marine"]
+# SMAC's max_reward on 3m: 3 kills x 10 + win 200 + 3 marines x 45 health
+MAX_REWARD_3M = 3 * 10 + 200 + 3 * MARINE.health
+
+
+def far_3m(**changes) -> torch.Tensor:
+    """3m positions [U, 2] with every unit far (> 6) from every enemy; ``changes`` moves
+    unit i (``u0``..``u5``; allies are 0-2) to a given (x, y)."""
+    pos = torch.tensor([[2.0, 2.0], [2.0, 4.0], [4.0, 2.0],
+                        [30.0, 30.0], [30.0, 28.0], [28.0, 30.0]])
+    for name, xy in changes.items():
+        pos[int(name[1:])] = torch.tensor(xy)
+    return pos
+
+
+def step(env: MicroCombat, actions: list[int]):
+    td = env._observe()
+    td[ACTION] = torch.tensor([actions]).expand(env.num_envs, -1)
+    return env.step(td)["next"]
+
+
+@pytest.mark.parametrize("map_name, obs_dim, state_dim, n_actions",
+                         [("3m", 30, 48, 9), ("2s3z", 80, 120, 11)])
+def test_specs_and_smac_sizes(map_name, obs_dim, state_dim, n_actions):
+    env = MicroCombat(num_envs=3, map_name=map_name)
+    check_env_specs(env)
+    info = env_info(env)
+    # SMAC's sizes for these maps (state includes the last actions, SMAC's default)
+    assert (info.obs_dim, info.state_dim, info.n_actions) == (obs_dim, state_dim, n_actions)
+    assert info.n_agents == len(MAPS[map_name].allies)
+    assert info.episode_limit == MAPS[map_name].limit
+    assert info.metrics == ("dead_allies", "dead_enemies", "won")
+    td = env.reset()
+    assert td[OBS].dtype == torch.float32 and td[MASK].dtype == torch.bool
+    assert td[INFO, "won"].shape == (3,)
+
+
+def test_bad_arguments_fail_early():
+    with pytest.raises(ValueError, match="unknown map '4m'.*3m"):
+        MicroCombat(map_name="4m")
+    with pytest.raises(ValueError, match="sight_range must be > 0"):
+        MicroCombat(sight_range=0.0)
+    with pytest.raises(ValueError, match="episode_limit"):
+        MicroCombat(episode_limit=0)
+
+
+def test_attack_mask_needs_alive_enemy_in_shoot_range_and_dead_agents_only_noop():
+    env = MicroCombat(num_envs=1, map_name="3m")
+    env.reset()
+    # agent 0 at (10, 16): enemy 0 at distance 5 (in range), enemy 1 at 7 (out), enemy 2 at
+    # distance 3 but dead; agent 2 dead; agent 1 at the west edge of the map
+    pos = far_3m(u0=(10.0, 16.0), u1=(0.5, 10.0), u3=(15.0, 16.0), u4=(10.0, 23.0),
+                 u5=(13.0, 16.0))
+    health = torch.full((6,), MARINE.health)
+    health[2] = health[5] = 0.0
+    td = env.place_units(pos, health)
+    mask = td[MASK][0]
+    assert mask[0].tolist() == [False, True, True, True, True, True, True, False, False]
+    assert not mask[1, WEST] and mask[1, EAST]  # can't walk off the map
+    assert mask[2].tolist() == [True] + [False] * 8  # dead: only no-op
+    obs = td[OBS][0]
+    assert (obs[2] == 0).all()  # dead agents observe nothing
+    # enemy features of agent 0: [available, distance, rel x, rel y, health] / sight range 9
+    enemy = obs[0, 4:19].reshape(3, 5)
+    assert torch.allclose(enemy[0], torch.tensor([1.0, 5 / 9, 5 / 9, 0.0, 1.0]))
+    assert torch.allclose(enemy[1], torch.tensor([0.0, 7 / 9, 0.0, 7 / 9, 1.0]))
+    assert (enemy[2] == 0).all()  # dead enemies are invisible
+
+
+def test_damage_kill_and_reward_rules():
+    env = MicroCombat(num_envs=1, map_name="3m")
+    env.reset()
+    # agent 0 and enemy 0 face each other at distance 5 (inside a marine's weapon reach)
+    env.place_units(far_3m(u0=(10.0, 16.0), u3=(15.0, 16.0)))
+    out = step(env, [ATTACK + 0, STOP, STOP])
+    hit = MARINE.damage - MARINE.armour
+    # one volley each in the step (cooldown 0.61 s > one step of 0.357 s)
+    assert env.health[0, 3].item() == pytest.approx(MARINE.health - hit)
+    assert env.health[0, 0].item() == pytest.approx(MARINE.health - hit)  # enemy fired back
+    assert env.health[0, [1, 2, 4, 5]].eq(MARINE.health).all()
+    # reward: damage dealt only (damage taken is not subtracted), scaled to a max return of 20
+    assert out["reward"].item() == pytest.approx(hit * 20 / MAX_REWARD_3M)
+    assert not out["done"].item()
+    # a kill: the remaining health plus the kill bonus of 10
+    health = env.health.clone()
+    health[0, 3] = 2.0
+    env.place_units(far_3m(u0=(10.0, 16.0), u3=(15.0, 16.0)), health)
+    env.cooldown.zero_()
+    out = step(env, [ATTACK + 0, STOP, STOP])
+    assert env.health[0, 3].item() == 0.0
+    assert out["reward"].item() == pytest.approx((2.0 + 10) * 20 / MAX_REWARD_3M)
+    assert out[INFO, "dead_enemies"].item() == 1.0 and not out[MASK][0, 0, ATTACK]
+
+
+def test_shields_absorb_first_and_armour_reduces_damage():
+    env = MicroCombat(num_envs=1, map_name="2s3z")
+    env.reset()
+    # allies: stalkers 0-1, zealots 2-4; enemies: stalkers 5-6, zealots 7-9
+    pos = torch.tensor([[2.0, 2.0 + 2 * i] for i in range(5)]
+                       + [[30.0, 30.0 - 2 * i] for i in range(5)])
+    pos[0] = torch.tensor([10.0, 16.0])
+    pos[7] = torch.tensor([15.0, 16.0])  # an enemy zealot 5 away: the stalker reaches it
+    env.place_units(pos)
+    step(env, [ATTACK + 2, STOP, STOP, STOP, STOP])  # the stalker shoots enemy 2 (a zealot)
+    stalker, zealot = UNIT_TYPES["stalker"], UNIT_TYPES["zealot"]
+    hit = stalker.damage - zealot.armour  # zealots are light: no armoured bonus
+    assert env.shield[0, 7].item() == pytest.approx(zealot.shield - hit)
+    assert env.health[0, 7].item() == zealot.health  # shields first
+    # the zealot walked towards the stalker (melee) and did not reach it within one step
+    assert env.x[0, 7].item() < 15.0
+
+
+def test_win_flag_bonus_and_termination():
+    env = MicroCombat(num_envs=1, map_name="3m")
+    env.reset()
+    health = torch.full((6,), MARINE.health)
+    health[3], health[4], health[5] = 3.0, 0.0, 0.0
+    env.place_units(far_3m(u0=(10.0, 16.0), u3=(15.0, 16.0)), health)
+    out = step(env, [ATTACK + 0, STOP, STOP])
+    assert out["terminated"].item() and out["done"].item() and not out["truncated"].item()
+    assert out[INFO, "won"].item() == 1.0
+    assert out["reward"].item() == pytest.approx((3.0 + 10 + 200) * 20 / MAX_REWARD_3M)
+    # a loss: the last agent dies, no win
+    env.reset()
+    health = torch.full((6,), MARINE.health)
+    health[0], health[1], health[2] = 3.0, 0.0, 0.0
+    env.place_units(far_3m(u0=(10.0, 16.0), u3=(15.0, 16.0)), health)
+    out = step(env, [STOP, 0, 0])
+    assert out["terminated"].item() and out[INFO, "won"].item() == 0.0
+    assert out[INFO, "dead_allies"].item() == 3.0 and out["reward"].item() == 0.0
+
+
+def test_won_episodes_return_exactly_the_scale_rate():
+    env = MicroCombat(num_envs=16, seed=1, map_name="3m")
+    policy = env.reference_policies()["focus_fire"]
+    td, ret = env.reset(), torch.zeros(16)
+    finished = torch.zeros(16, dtype=torch.bool)
+    wins = 0
+    for _ in range(env.episode_limit):
+        td[ACTION] = policy(td)
+        assert td[MASK].gather(-1, td[ACTION][..., None]).all()  # only available actions
+        nxt = env.step(td)["next"]
+        ret += nxt["reward"].squeeze(-1) * ~finished
+        newly = nxt["done"].squeeze(-1) & ~finished
+        won = nxt[INFO, "won"] > 0
+        # all damage + all kills + the win: SMAC's max_reward, scaled to 20
+        assert torch.allclose(ret[newly & won], torch.tensor(20.0), atol=1e-4)
+        assert (ret[newly & ~won] < 20.0).all()
+        finished |= newly
+        wins += int((newly & won).sum())
+        td = nxt
+    assert finished.all() and wins > 0
+
+
+def test_episode_limit_truncates():
+    env = MicroCombat(num_envs=2, map_name="3m", episode_limit=3)
+    env.reset()
+    for t in range(3):
+        out = step(env, [STOP, STOP, STOP])  # the teams start 16 apart: nobody fights
+        assert out["done"].squeeze(-1).tolist() == [t == 2] * 2
+    assert out["truncated"].all() and not out["terminated"].any()
+    assert out[INFO, "won"].eq(0).all()
+
+
+def test_seeding_fixes_everything():
+    def run(seed):
+        env = MicroCombat(num_envs=4, seed=seed, map_name="2s3z")
+        policy = env.reference_policies()["random"]
+        return env.rollout(30, lambda td: td.set(ACTION, policy(td)),
+                           break_when_any_done=False)
+
+    a, b, c = run(0), run(0), run(1)
+    assert torch.equal(a["next", OBS], b["next", OBS])
+    assert torch.equal(a["next", "reward"], b["next", "reward"])
+    assert not torch.equal(a[OBS], c[OBS])
+
+
+def test_see_allies_false_zeroes_only_the_ally_features():
+    seen = MicroCombat(num_envs=4, seed=3, map_name="3m")
+    hidden = MicroCombat(num_envs=4, seed=3, map_name="3m", see_allies=False)
+    a, b = seen.reset()[OBS], hidden.reset()[OBS]
+    ally = slice(4 + 3 * 5, 4 + 3 * 5 + 2 * 5)  # move 4, enemies 3x5, allies 2x5, own 1
+    assert a[..., ally].abs().sum() > 0  # allies start within sight of each other
+    assert (b[..., ally] == 0).all()
+    keep = torch.ones(a.shape[-1], dtype=torch.bool)
+    keep[ally] = False
+    assert torch.equal(a[..., keep], b[..., keep])
+
+
+def test_reduced_sight_range_hides_far_units():
+    env = MicroCombat(num_envs=1, map_name="3m", sight_range=3.0)
+    env.reset()
+    td = env.place_units(far_3m(u0=(10.0, 16.0), u1=(14.0, 16.0), u3=(12.0, 16.0)))
+    obs = td[OBS][0, 0]
+    assert obs[4:9].tolist() == pytest.approx([1.0, 2 / 3, 2 / 3, 0.0, 1.0])  # enemy 0 seen
+    assert (obs[19:24] == 0).all()  # ally 1 at distance 4 > 3: hidden
+
+
+def test_focus_fire_beats_random_on_3m():
+    env = MicroCombat(num_envs=32, seed=0, map_name="3m")
+    policies = env.reference_policies()
+    focus = evaluate_policy(env, policies["focus_fire"], 32)
+    rand = evaluate_policy(env, policies["random"], 32)
+    assert focus["won"] > rand["won"] + 0.3
+    assert focus["return"] > rand["return"] + 5.0
