@@ -26,6 +26,7 @@ class RunSummary(L.Callback):
         self.start = time.perf_counter()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        run_dir = trainer.log_dir or trainer.default_root_dir  # a collective: every rank
         if not trainer.is_global_zero:
             return
         data = trainer.datamodule
@@ -40,7 +41,7 @@ class RunSummary(L.Callback):
             "seed": torch.initial_seed(),
             "world_size": trainer.world_size,
         }
-        path = os.path.join(trainer.log_dir or trainer.default_root_dir, "summary.json")
+        path = os.path.join(run_dir, "summary.json")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             json.dump(summary, f, indent=2)

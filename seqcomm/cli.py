@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import sys
 
@@ -100,6 +101,9 @@ class SeqcommCLI(LightningCLI):
 
 
 def lightning_main(args: list[str] | None) -> None:
+    # "Seed set to" would precede an error line on stderr; config.yaml and summary.json
+    # record the seed
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
     SeqcommCLI(
         QLearner,
         EpisodeData,
@@ -148,7 +152,18 @@ def main(argv: list[str] | None = None) -> None:
 
 def _first_line(message: str) -> str:
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    return " ".join(lines[:2]) if lines else "invalid arguments (see seqcomm --help)"
+    if not lines:
+        return "invalid arguments (see seqcomm --help)"
+    # a class_path (Union) error names the real problem only under "Errors:"
+    for i, line in enumerate(lines):
+        if line.startswith("- Problem with given class_path"):
+            detail = []
+            for more in lines[i + 1:]:
+                if more.startswith(("- ", "Given value")):
+                    break
+                detail.append(more)
+            return " ".join([lines[0], line[2:], *detail])
+    return " ".join(lines[:2])
 
 
 if __name__ == "__main__":

@@ -89,8 +89,13 @@ class EpisodeData(L.LightningDataModule):
         if eval_env is not None and env_info(eval_env(1, 0, "cpu")) != self.info:
             raise ValueError("data.eval_env must have the same agents, observation, state and "
                              "action sizes as data.env")
+        # replay sampling draws from its own generator (saved in the buffer's state_dict):
+        # Lightning's dataloaders draw from the global one at every (re)start, which would make
+        # resumed runs sample differently
+        self.sample_rng = torch.Generator()
         self.buffer = ReplayBuffer(storage=LazyTensorStorage(buffer_size, device=device),
-                                   sampler=RandomSampler(), batch_size=batch_size)
+                                   sampler=RandomSampler(), batch_size=batch_size,
+                                   generator=self.sample_rng)
         self.frames = 0  # env steps collected by this rank
         self.pending = 0  # updates still owed to the last collection
         self.last_episodes: dict[str, float] = {}
@@ -111,6 +116,7 @@ class EpisodeData(L.LightningDataModule):
         policy = self.trainer.lightning_module.policy
         if self.env is None and stage == "fit":
             self.env = self.wrap(self.make_env(self.num_envs, self.seed(), self.device), policy)
+            self.sample_rng.manual_seed(self.seed() + 2_000_003)
         if self.eval_env is None:
             raw = self.make_eval_env(self.eval_envs, self.seed() + 1_000_003, self.device)
             self.eval_env = self.wrap(raw, policy)
@@ -119,10 +125,7 @@ class EpisodeData(L.LightningDataModule):
     def collect(self) -> None:
         """One collection: every copy plays ``episode_limit`` steps with the current policy."""
         policy = self.trainer.lightning_module.policy
-        if self.collector is None:
-            self.collector = iter(Collector(
-                self.env, policy, frames_per_batch=self.num_envs * self.info.episode_limit,
-                total_frames=-1, reset_at_each_iter=True, trust_policy=True))
+        self.start_collector()
         policy.frames.fill_(self.frames)
         data = next(self.collector)
         self.frames += data.numel()
@@ -133,6 +136,14 @@ class EpisodeData(L.LightningDataModule):
         if done.any():
             self.last_episodes = {k: v.float().mean().item() for k, v in episodes.items()}
         self.buffer.extend(data.exclude(HIDDEN, ("next", HIDDEN), "collector"))
+
+    def start_collector(self) -> None:
+        """Build the collector once (its construction resets, i.e. draws from, the envs)."""
+        if self.collector is None:
+            self.collector = iter(Collector(
+                self.env, self.trainer.lightning_module.policy,
+                frames_per_batch=self.num_envs * self.info.episode_limit,
+                total_frames=-1, reset_at_each_iter=True, trust_policy=True))
 
     def batches(self) -> Iterator[TensorDictBase]:
         """Collect, then yield ``updates_per_collect`` samples; stop at the frame budget."""
@@ -175,7 +186,10 @@ class EpisodeData(L.LightningDataModule):
         self._restored = state
 
     def restore_generators(self) -> None:
-        """Put back the random generators of a checkpoint (after Lightning's own seeding)."""
+        """Put back the random generators of a checkpoint (after Lightning's own seeding and
+        after the collector's construction, so a resumed run draws what an uninterrupted one
+        would)."""
+        self.start_collector()
         state = getattr(self, "_restored", None)
         if state is None:
             return

@@ -22,6 +22,9 @@ from seqcomm.team_q import CommFactory, TeamQ, masked_argmax
 
 NEXT = "next"
 
+# env_info is a hyperparameter: let checkpoints load under torch.load(weights_only=True)
+torch.serialization.add_safe_globals([EnvInfo])
+
 
 class QLearner(L.LightningModule):
     """QMIX (Rashid et al. 2018) on recurrent agents, with messages when ``comm`` is set.
@@ -73,6 +76,7 @@ class QLearner(L.LightningModule):
         self.target = copy.deepcopy(self.net).requires_grad_(False)
         self.policy = EpsilonGreedyPolicy(self.net, eps_start, eps_end, eps_anneal_frames)
         self._clock: tuple[float, int, int] | None = None
+        self._policy_rng: torch.Tensor | None = None  # a checkpoint's, set in on_train_start
 
     # -- the QMIX loss ----------------------------------------------------------------
     def recurrent_states(self, net: TeamQ, batch: TensorDictBase):
@@ -87,31 +91,38 @@ class QLearner(L.LightningModule):
 
     def td_loss(self, batch: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """1-step double-Q TD loss on ``Q_tot``; returns the loss and the tensors other losses
-        reuse (states, utilities, messenger aux)."""
+        reuse (online and target states, utilities, ``Q_tot``, messenger aux)."""
         h, h_next = self.recurrent_states(self.net, batch)
         q, aux = self.net.utilities(h)
         chosen = q.gather(-1, batch[ACTION].unsqueeze(-1)).squeeze(-1)
         q_tot = self.net.mix(chosen, batch[STATE])
-        target = self.td_target(batch, h_next)
+        with torch.no_grad():
+            h_target, h_target_next = self.recurrent_states(self.target, batch)
+            q_next = self.next_utilities(h_target_next, h_next, batch[NEXT, *MASK])
+            q_tot_next = self.target.mix(q_next, batch[NEXT, STATE])
+            target = self.bootstrap(batch[NEXT, "reward"], batch[NEXT, "terminated"], q_tot_next)
         # padded steps do not exist: every stored step is a real transition
         loss = (q_tot - target).pow(2).mean()
-        return loss, {"h": h, "h_next": h_next, "q": q, "q_tot": q_tot, "aux": aux}
+        cache = {"h": h, "h_next": h_next, "h_target": h_target, "q": q, "q_tot": q_tot,
+                 "aux": aux, "target": target}
+        return loss, cache
 
-    @torch.no_grad()
-    def td_target(self, batch: TensorDictBase, h_next_online: torch.Tensor) -> torch.Tensor:
-        """``r + gamma (1 - terminated) Q_tot^-(s', argmax_a Q(s', a))``."""
-        _, ht_next = self.recurrent_states(self.target, batch)
-        q_next_t, _ = self.target.utilities(ht_next)
-        next_mask = batch[NEXT, *MASK]
-        if self.hparams.double_q:
-            q_next_online, _ = self.net.utilities(h_next_online)
-            a_next = masked_argmax(q_next_online, next_mask)
+    def next_utilities(self, h_target_next: torch.Tensor, h_online_next: torch.Tensor | None,
+                       next_mask: torch.Tensor) -> torch.Tensor:
+        """Target utilities of the bootstrap action ``[*B, n]``: the online argmax under
+        ``double_q`` (when online next states are given), else the target's own argmax."""
+        q_next_t, _ = self.target.utilities(h_target_next)
+        if self.hparams.double_q and h_online_next is not None:
+            a_next = masked_argmax(self.net.utilities(h_online_next)[0], next_mask)
         else:
             a_next = masked_argmax(q_next_t, next_mask)
-        chosen_next = q_next_t.gather(-1, a_next.unsqueeze(-1)).squeeze(-1)
-        q_tot_next = self.target.mix(chosen_next, batch[NEXT, STATE])
-        not_term = (~batch[NEXT, "terminated"]).to(q_tot_next.dtype)
-        return batch[NEXT, "reward"] + self.hparams.gamma * not_term * q_tot_next
+        return q_next_t.gather(-1, a_next.unsqueeze(-1)).squeeze(-1)
+
+    def bootstrap(self, reward: torch.Tensor, terminated: torch.Tensor,
+                  q_tot_next: torch.Tensor) -> torch.Tensor:
+        """``r + gamma (1 - terminated) Q_tot^-(s', a')``; ``terminated`` may be a probability."""
+        not_term = 1.0 - terminated.to(q_tot_next.dtype)
+        return reward + self.hparams.gamma * not_term * q_tot_next
 
     # -- optimisation -------------------------------------------------------------------
     def configure_optimizers(self):
@@ -165,7 +176,11 @@ class QLearner(L.LightningModule):
         self.policy.generator.manual_seed(torch.initial_seed() + 7919 * self.global_rank)
 
     def on_train_start(self) -> None:
+        # after the collector's construction, which runs the policy (and its generator) once
         self.trainer.datamodule.restore_generators()
+        if self._policy_rng is not None:
+            self.policy.generator.set_state(self._policy_rng)
+            self._policy_rng = None
 
     @torch.no_grad()
     def evaluate(self, n_episodes: int) -> dict[str, float]:
@@ -188,7 +203,7 @@ class QLearner(L.LightningModule):
         checkpoint["policy_rng"] = self.policy.generator.get_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.policy.generator.set_state(checkpoint["policy_rng"])
+        self._policy_rng = checkpoint["policy_rng"]
 
 
 def _metric_name(key: str) -> str:

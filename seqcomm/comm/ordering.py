@@ -28,12 +28,18 @@ class Ordering(nn.Module):
             straight-through soft sort), ``"fixed"`` (agent index order, agent 0 leads) or
             ``"random"`` (a fresh random permutation per call, non-differentiable).
         tau: temperature of the pairwise soft relaxation ``sigmoid((s_i - s_j) / tau)``.
+        fixed_order: the speaking order of ``"fixed"`` mode as a permutation of the agent
+            indices (leader first); default ``0, 1, ..., n-1``.
     """
 
-    def __init__(self, hidden_dim: int, mode: str = "prosocial", tau: float = 1.0) -> None:
+    def __init__(self, hidden_dim: int, mode: str = "prosocial", tau: float = 1.0,
+                 fixed_order: list[int] | None = None) -> None:
         super().__init__()
         if mode not in ORDERING_MODES:
             raise ValueError(f"ordering mode must be one of {ORDERING_MODES}, got {mode!r}")
+        if fixed_order is not None and sorted(fixed_order) != list(range(len(fixed_order))):
+            raise ValueError(f"fixed_order must be a permutation of 0..n-1, got {fixed_order}")
+        self.fixed_order = fixed_order
         if tau <= 0:
             raise ValueError(f"ordering tau must be positive, got {tau}")
         self.mode, self.tau = mode, tau
@@ -55,7 +61,10 @@ class Ordering(nn.Module):
         gp_pred = self.psi(h).squeeze(-1)
         batch, n = h.shape[:-1], h.shape[-2]
         if self.mode == "fixed":
-            order = torch.arange(n, device=h.device).expand(batch)
+            if self.fixed_order is not None and len(self.fixed_order) != n:
+                raise ValueError(f"fixed_order has {len(self.fixed_order)} entries for {n} agents")
+            fixed = self.fixed_order if self.fixed_order is not None else list(range(n))
+            order = torch.tensor(fixed, device=h.device).expand(batch)
             return gp_pred, precedence_from_order(order).to(h.dtype), order
         if self.mode == "random":
             if scores is None:

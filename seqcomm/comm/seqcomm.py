@@ -26,6 +26,7 @@ class SeqCommMessenger(Communication):
         msg_dim: message size ``d_m``.
         n_labels: alphabet size ``|M|`` of discrete messages.
         ordering: ``"prosocial"``, ``"fixed"`` or ``"random"`` (see ``Ordering``).
+        fixed_order: leader-first agent order of ``"fixed"`` (default: index order).
         tau: temperature of the Gumbel-softmax and of the soft sort.
         attn_dim: size of the attention queries and keys.
     """
@@ -38,12 +39,13 @@ class SeqCommMessenger(Communication):
         msg_dim: int = 16,
         n_labels: int = 2,
         ordering: str = "prosocial",
+        fixed_order: list[int] | None = None,
         tau: float = 1.0,
         attn_dim: int = 32,
     ) -> None:
         super().__init__(hidden_dim, n_agents)
         self.encoder = MessageEncoder(hidden_dim, message, msg_dim, n_labels, tau)
-        self.ordering = Ordering(hidden_dim, ordering, tau)
+        self.ordering = Ordering(hidden_dim, ordering, tau, fixed_order)
         self.ctx_dim = msg_dim
         self.discrete = self.encoder.discrete
         raw_dim = self.encoder.raw_dim

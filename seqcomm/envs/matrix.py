@@ -74,6 +74,8 @@ class MatrixGame(MultiAgentEnv):
         exhaustive: copy ``k`` always draws the ``k``-th (o1, o2) pair (copies beyond
             ``n_obs1 * n_obs2`` wrap around), so an evaluation on ``n_obs1 * n_obs2`` copies
             is the exact expectation instead of a Monte-Carlo estimate.
+        joint_state: append a one-hot of the joint pair (o1, o2) to the state, which lets
+            QMIX's linear hypernetwork give each pair its own mixing weights.
     """
 
     metrics = ()
@@ -90,6 +92,7 @@ class MatrixGame(MultiAgentEnv):
         n_actions: int = 2,
         table_seed: int = 0,
         exhaustive: bool = False,
+        joint_state: bool = True,
     ) -> None:
         if table == "rgmcomm":
             values = RGMCOMM_TABLE.clone()
@@ -104,7 +107,8 @@ class MatrixGame(MultiAgentEnv):
         self.obs_dim = self.n_obs1 + self.n_obs2
         # state: both one-hots plus a one-hot of the joint pair, so QMIX's linear hypernetwork
         # can give every (o1, o2) its own mixing weights
-        self.state_dim = self.obs_dim + self.n_obs1 * self.n_obs2
+        self.joint_state = joint_state
+        self.state_dim = self.obs_dim + (self.n_obs1 * self.n_obs2 if joint_state else 0)
         super().__init__(num_envs, seed, device)
         self.table = values.to(self.device)
         self.exhaustive = exhaustive
@@ -132,9 +136,11 @@ class MatrixGame(MultiAgentEnv):
         mask[:, 0] = True
         mask[:, 1, 0] = True  # agent 2 has a single (no-op) action
         agents = TensorDict({"observation": obs, "action_mask": mask}, batch_size=(E, 2))
-        joint = torch.nn.functional.one_hot(self.o1 * self.n_obs2 + self.o2,
-                                            self.n_obs1 * self.n_obs2).float()
-        state = torch.cat([one1, one2, joint], -1)
+        parts = [one1, one2]
+        if self.joint_state:
+            pair = self.o1 * self.n_obs2 + self.o2
+            parts.append(torch.nn.functional.one_hot(pair, self.n_obs1 * self.n_obs2).float())
+        state = torch.cat(parts, -1)
         return TensorDict({AGENTS: agents, "state": state}, batch_size=(E,))
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:

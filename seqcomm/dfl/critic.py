@@ -1,0 +1,46 @@
+"""The full-information team critic that scores receivers' decisions (DESIGN.md 2.4).
+
+``Q_c(s, a)`` sees the global state and the joint action and is regressed on the same TD
+targets as ``Q_tot``. Unlike a receiver's own utility, it cannot be raised by a message, so
+the value-aware loss evaluated with it rewards messages that change decisions for the better.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class TeamCritic(nn.Module):
+    """``Q_c(s, a_1..a_n)``, with a batched "agent j switches to action a" evaluation.
+
+    Args:
+        state_dim: size of the global state.
+        n_agents: number of agents.
+        n_actions: number of actions per agent.
+        hidden_dim: width of the MLP.
+    """
+
+    def __init__(self, state_dim: int, n_agents: int, n_actions: int, hidden_dim: int = 128):
+        super().__init__()
+        self.n_agents, self.n_actions = n_agents, n_actions
+        self.net = nn.Sequential(
+            nn.Linear(state_dim + n_agents * n_actions, hidden_dim), nn.ReLU(),
+            nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, 1))
+
+    def forward(self, state: torch.Tensor, joint: torch.Tensor) -> torch.Tensor:
+        """``state [*B, S]``, one-hot ``joint [*B, n, A]`` -> ``[*B, 1]``."""
+        return self.net(torch.cat([state, joint.flatten(-2)], dim=-1))
+
+    def switch_values(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """``[*B, n, A]``: the critic's value when agent j plays a and the others keep
+        ``action [*B, n]``; one batched pass over all (j, a)."""
+        n, A = self.n_agents, self.n_actions
+        joint = F.one_hot(action, A).to(state.dtype)  # [*B, n, A]
+        joint = joint.unsqueeze(-3).unsqueeze(-3).expand(*action.shape[:-1], n, A, n, A).clone()
+        eye_agent = torch.eye(n, dtype=torch.bool, device=state.device).view(n, 1, n, 1)
+        switched = torch.eye(A, dtype=state.dtype, device=state.device).view(1, A, 1, A)
+        joint = torch.where(eye_agent, switched, joint)  # row (j, a): agent j's one-hot -> a
+        state = state.unsqueeze(-2).unsqueeze(-2).expand(*action.shape[:-1], n, A, -1)
+        return self.forward(state, joint).squeeze(-1)

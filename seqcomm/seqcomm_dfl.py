@@ -1,0 +1,335 @@
+"""SeqComm-DFL: value-aware sequential communication with a decision-focused world model
+(DESIGN.md sections 2-4), as a configuration of the QMIX learner.
+
+Parameter split. ``w`` = the value parameters (agents, messenger, mixer: ``self.net``);
+``theta`` = the world model. The message losses (``L_VA``, ``L_inf``, the guidance-potential
+regression) do not depend on ``theta``, so they join ``w``'s objective; DESIGN.md section 3
+lists them in the outer update, where they would act on the same message parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase
+from torch.func import functional_call
+
+from seqcomm.comm.ordering import order_entropy
+from seqcomm.dfl.critic import TeamCritic
+from seqcomm.dfl.implicit_gradient import implicit_hypergradient, unrolled_inner
+from seqcomm.dfl.value_aware import (
+    ReconstructionHead,
+    awareness_loss,
+    blended_gain,
+    influence_loss,
+    masked_log_softmax,
+    mc_gain,
+    receiver_gain,
+    value_aware_loss,
+    warmup_beta,
+)
+from seqcomm.dfl.world_model import WorldModel
+from seqcomm.envs.base import ACTION, MASK, OBS, STATE
+from seqcomm.learner import NEXT, QLearner
+from seqcomm.team_q import masked_max
+
+GRADIENTS = ("implicit", "unrolled", "mle", "none")
+SOLVERS = ("cg", "neumann", "identity")
+EVALUATORS = ("critic", "target")
+
+
+class SeqCommDFL(QLearner):
+    """QMIX + sequential messages + value-aware losses + an OMD-trained world model.
+
+    Args (besides ``QLearner``'s; ``comm`` should be a ``SeqCommMessenger``):
+        world_model_gradient: ``implicit`` (implicit differentiation, OMD), ``unrolled``
+            (backprop through ``k_inner`` SGD steps), ``mle`` (prediction loss) or ``none``
+            (model-free).
+        solver: linear solver of the implicit gradient: ``cg``, ``neumann`` or ``identity``.
+        cg_iters: solver iterations (CG iterations or Neumann terms).
+        damping: ``lambda`` in ``(H + lambda I) v = dL_true/dw``.
+        neumann_lr: step of the Neumann series.
+        k_inner: inner SGD steps of the ``unrolled`` ablation.
+        inner_lr: their step size.
+        model_lr: Adam rate ``eta`` of the world model.
+        model_hidden: world-model width.
+        real_td_weight: weight of the real-data TD loss inside the inner objective (0 = pure
+            OMD: the values learn only from imagined transitions).
+        model_td_weight: weight of the imagined-transition TD loss ``L_model``.
+        value_aware: ``true`` = L_VA + L_inf; ``false`` = messages trained to reconstruct
+            the sender's observation (the intermediate objective).
+        lambda_va: weight of ``L_VA``.
+        lambda_inf: weight of ``L_inf``.
+        lambda_aware: weight of ``L_aware``.
+        lambda_gp: weight of the guidance-potential regression of the ordering head.
+        lambda_recon: weight of the reconstruction loss (``value_aware: false``).
+        aware_margin: ``eps_margin`` of the awareness hinge.
+        influence_tau: temperature of ``pi_j = softmax(Q_j / tau)``.
+        va_evaluator: how a receiver's gain is scored. ``critic``: the change, under the
+            full-information team critic ``Q_c(s, a)``, of the expected value of the
+            receiver's softmax decision (messages cannot raise it by inflating Q);
+            ``target``: DESIGN.md's ``max_a Q_j(m_i) - max_a Q_j(empty)`` with the frozen
+            target utilities.
+        critic_hidden: width of the team critic.
+        va_warmup_updates: ``T_w``: updates over which the receiver gain moves from the
+            Monte-Carlo estimate to the critic.
+    """
+
+    def __init__(
+        self,
+        *args,
+        world_model_gradient: str = "implicit",
+        solver: str = "cg",
+        cg_iters: int = 5,
+        damping: float = 1e-3,
+        neumann_lr: float = 0.01,
+        k_inner: int = 5,
+        inner_lr: float = 0.01,
+        model_lr: float = 1e-3,
+        model_hidden: int = 128,
+        real_td_weight: float = 1.0,
+        model_td_weight: float = 0.5,
+        value_aware: bool = True,
+        lambda_va: float = 0.1,
+        lambda_inf: float = 0.01,
+        lambda_aware: float = 0.1,
+        lambda_gp: float = 1.0,
+        lambda_recon: float = 1.0,
+        aware_margin: float = 0.1,
+        influence_tau: float = 1.0,
+        va_evaluator: str = "critic",
+        critic_hidden: int = 128,
+        va_warmup_updates: int = 1000,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if world_model_gradient not in GRADIENTS:
+            raise ValueError(f"model.world_model_gradient={world_model_gradient!r}; "
+                             f"choose one of {GRADIENTS}")
+        if solver not in SOLVERS:
+            raise ValueError(f"model.solver={solver!r}; choose one of {SOLVERS}")
+        if va_evaluator not in EVALUATORS:
+            raise ValueError(f"model.va_evaluator={va_evaluator!r}; choose one of {EVALUATORS}")
+        if cg_iters < 0 or k_inner < 1:
+            raise ValueError("model.cg_iters must be >= 0 and model.k_inner >= 1")
+        self.save_hyperparameters(ignore=["comm"])
+        info = self.info
+        self.world_model = None
+        if world_model_gradient != "none":
+            self.world_model = WorldModel(info.state_dim, info.obs_dim, info.n_agents,
+                                          info.n_actions, self.net.comm.ctx_dim, model_hidden)
+        self.critic = TeamCritic(info.state_dim, info.n_agents, info.n_actions, critic_hidden)
+        self.decoder = None
+        if not value_aware and self.net.comm.ctx_dim > 0:
+            self.decoder = ReconstructionHead(self.net.comm.ctx_dim, info.obs_dim)
+
+    # -- the algorithm box --------------------------------------------------------------
+    def training_step(self, dataloader_iter) -> None:
+        batch, _, _ = next(dataloader_iter)
+        opts = self.optimizers()
+        opt_w, opt_theta = opts if isinstance(opts, list) else (opts, None)
+        # 1. Stackelberg messages and the real-data QMIX TD loss (DESIGN.md 2.1-2.3)
+        td, cache = self.td_loss(batch)
+        # 2. value-aware message objectives and the order's guidance potential (2.2, 2.4)
+        msg = self.message_losses(batch, cache)
+        # 3. world model imagines transitions from the real (s, o, a, M) (3)
+        pred = self.imagine(batch, cache)
+        model_td = self.imagined_td_loss(batch, cache, pred) if pred is not None else td * 0
+        # 4. inner objective of the value parameters w (and of the critic, which scores L_VA)
+        hp = self.hparams
+        weight = hp.real_td_weight if pred is not None else 1.0
+        inner = (weight * td + hp.model_td_weight * model_td + hp.lambda_aware * msg["aware"]
+                 + hp.lambda_va * msg["va"] + hp.lambda_inf * msg["inf"]
+                 + hp.lambda_gp * msg["gp"] + hp.lambda_recon * msg["recon"] + msg["critic"])
+        # 5. outer: the world model follows dL_true/dtheta (implicit, unrolled) or fits (mle)
+        w = [p for p in self.net.parameters() if p.requires_grad]
+        logs = self.update_world_model(opt_theta, batch, td, inner, pred, w)
+        # 6. the w step, target networks by Polyak averaging / hard copies
+        self.step_w(opt_w, inner, w + self.auxiliary_parameters())
+        self.update_targets()
+        logs.update({"loss/td": td, "loss/model_td": model_td, "loss/va": msg["va"],
+                     "loss/inf": msg["inf"], "loss/aware": msg["aware"], "loss/gp": msg["gp"],
+                     "loss/recon": msg["recon"], "loss/critic": msg["critic"],
+                     "comm/guidance_potential": msg["gp_mean"],
+                     "comm/order_entropy": msg["order_entropy"]})
+        self.log_training(logs)
+
+    # -- messages -----------------------------------------------------------------------
+    def message_losses(self, batch: TensorDictBase, cache: dict) -> dict[str, torch.Tensor]:
+        """``L_VA`` (warm-up blend), ``L_inf``, ``L_aware``, the guidance-potential regression
+        and, with ``value_aware: false``, the reconstruction loss, from ONE counterfactual
+        pass over n+1 masks: row i delivers only agent i's message (i speaks first), the
+        last row delivers nothing.
+
+        Receivers are evaluated with the target agent head on the online messages (states
+        detached), so the gradient reaches the messages only and cannot reward messages
+        that merely inflate the online Q (DESIGN.md 2.4).
+        """
+        h, q, aux = cache["h"], cache["q"], cache["aux"]
+        n, hp = self.info.n_agents, self.hparams
+        zero = q.new_zeros(())
+        keys = ("va", "inf", "aware", "gp", "recon", "gp_mean", "order_entropy")
+        out = {k: zero for k in keys}
+        # the full-information critic learns the same TD targets as Q_tot
+        joint = torch.nn.functional.one_hot(batch[ACTION], self.info.n_actions).to(h.dtype)
+        out["critic"] = (self.critic(batch[STATE], joint) - cache["target"]).pow(2).mean()
+        if self.net.comm.ctx_dim == 0:
+            return out
+        eye = torch.eye(n, device=h.device, dtype=h.dtype)
+        deliver = torch.cat([eye, eye.new_zeros(1, n)]).view(n + 1, *[1] * (h.dim() - 2), n)
+        kwargs = {}
+        if hasattr(self.net.comm, "ordering"):  # put the only speaker first
+            kwargs["scores"] = (deliver * 1e3).expand(n + 1, *h.shape[:-1])
+        ctx, _ = self.net.comm(h.expand(n + 1, *h.shape), deliver, **kwargs)
+        q_cf = self.target.agent.q(h.detach(), ctx)  # [n+1, B, T, n, A]
+        mask = batch[MASK]
+        q_with, q_empty = q_cf[:n], q_cf[n]
+        # guidance potential target: team value of the greedy action with i's message minus
+        # without any message; the ordering head psi regresses on it
+        with torch.no_grad():
+            q_tot_cf = self.target.mix(masked_max(q_cf, mask), batch[STATE]).squeeze(-1)
+            gp = (q_tot_cf[:n] - q_tot_cf[n]).movedim(0, -1)  # [B, T, n]
+        if "gp_pred" in aux:
+            out["gp"] = (aux["gp_pred"] - gp).pow(2).mean()
+            out["order_entropy"] = order_entropy(aux["order"].reshape(-1, n))
+        out["gp_mean"] = gp.mean()
+        # message awareness: Q_tot with the messages vs with none (online network)
+        chosen0 = self.net.utilities(h, h.new_zeros(n))[0].gather(
+            -1, batch[ACTION].unsqueeze(-1)).squeeze(-1)
+        out["aware"] = awareness_loss(cache["q_tot"], self.net.mix(chosen0, batch[STATE]),
+                                      hp.aware_margin)
+        if not hp.value_aware:
+            if self.decoder is not None and "messages" in aux:
+                out["recon"] = self.decoder.loss(aux["messages"], batch[OBS])
+            return out
+        critic = self.critic_gain(batch, q_with, q_empty)
+        beta = warmup_beta(self.global_step, hp.va_warmup_updates)
+        gain = critic
+        if beta < 1.0:
+            action = batch[ACTION].unsqueeze(-1)
+            tau = hp.influence_tau
+            logp_with = masked_log_softmax(q_with, tau, mask).gather(-1, action.expand(
+                n, *action.shape)).squeeze(-1)
+            logp_empty = masked_log_softmax(q_empty, tau, mask).gather(-1, action).squeeze(-1)
+            advantage = self.mc_returns(batch) - cache["q_tot"].detach()
+            gain = blended_gain(mc_gain(logp_with, logp_empty, advantage), critic, beta)
+        out["va"] = value_aware_loss(gain)
+        out["inf"] = influence_loss(q_with, q_empty, hp.influence_tau, mask)
+        return out
+
+    def critic_gain(self, batch: TensorDictBase, q_with: torch.Tensor,
+                    q_empty: torch.Tensor) -> torch.Tensor:
+        """Receiver gain ``[n_send, B, T, n_recv]`` scored by ``va_evaluator``."""
+        mask = batch[MASK]
+        if self.hparams.va_evaluator == "target":
+            return receiver_gain(q_with, q_empty, mask)
+        tau = self.hparams.influence_tau
+        values = self.critic.switch_values(batch[STATE], batch[ACTION]).detach()  # [B,T,n,A]
+        pi_with = masked_log_softmax(q_with, tau, mask).exp()
+        pi_empty = masked_log_softmax(q_empty, tau, mask).exp()
+        return ((pi_with - pi_empty) * values).sum(-1)
+
+    def mc_returns(self, batch: TensorDictBase) -> torch.Tensor:
+        """Discounted returns-to-go ``[B, T, 1]`` inside each chunk (cut at episode ends)."""
+        reward = batch[NEXT, "reward"]
+        done = batch[NEXT, "done"].to(reward.dtype)
+        ret = torch.zeros_like(reward[:, 0])
+        out = torch.empty_like(reward)
+        for t in range(reward.shape[1] - 1, -1, -1):  # a loop over time only
+            ret = reward[:, t] + self.hparams.gamma * (1 - done[:, t]) * ret
+            out[:, t] = ret
+        return out
+
+    # -- world model ----------------------------------------------------------------------
+    def imagine(self, batch: TensorDictBase, cache: dict):
+        """``W_theta(s, o, a, M)`` on the real batch (messages detached), or ``None``."""
+        if self.world_model is None:
+            return None
+        ctx = self.net.comm(cache["h"].detach())[0].detach()
+        return self.world_model(batch[STATE], batch[OBS], batch[ACTION], ctx)
+
+    def imagined_td_loss(self, batch: TensorDictBase, cache: dict, pred) -> torch.Tensor:
+        """``L_model(w; theta)``: the QMIX TD loss of the online ``Q_tot(s, a)`` against
+        targets bootstrapped (target networks) from the imagined ``(s', o', r, terminated)``."""
+        inputs = self.target.inputs(pred.next_obs, pred.next_state)
+        h_next = self.target.agent.encode(inputs, cache["h_target"])
+        q_next = self.next_utilities(h_next, None, batch[NEXT, *MASK])
+        q_tot_next = self.target.mix(q_next, pred.next_state)
+        target = self.bootstrap(pred.reward, torch.sigmoid(pred.terminated_logit), q_tot_next)
+        return (cache["q_tot"] - target).pow(2).mean()
+
+    def update_world_model(self, opt, batch, td, inner, pred, w) -> dict[str, torch.Tensor]:
+        """The outer step on ``theta`` (DESIGN.md section 3); returns its logs."""
+        hp = self.hparams
+        if self.world_model is None:
+            return {}
+        theta = list(self.world_model.parameters())
+        logs: dict[str, torch.Tensor | float] = {}
+        if hp.world_model_gradient == "mle":
+            loss = self.world_model.prediction_loss(
+                pred, batch[NEXT, STATE], batch[NEXT, *OBS], batch[NEXT, "reward"],
+                batch[NEXT, "terminated"])
+            grads = torch.autograd.grad(loss, theta, retain_graph=True)
+            logs["loss/model_mle"] = loss
+        elif hp.world_model_gradient == "implicit":
+            # dL_true/dw at the current (warm-started) inner solution, then (H + lambda I) v
+            outer_grad = torch.autograd.grad(td, w, retain_graph=True, allow_unused=True)
+            inner_grad = torch.autograd.grad(inner, w, create_graph=True, allow_unused=True)
+            grads, info = implicit_hypergradient(
+                inner_grad, outer_grad, w, theta, solver=hp.solver, iters=hp.cg_iters,
+                damping=hp.damping, neumann_lr=hp.neumann_lr, retain_graph=True)
+            logs["dfl/cg_residual"] = info["residual"]
+        else:  # unrolled
+            grads = self.unrolled_hypergradient(batch, theta)
+        norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
+        logs["dfl/outer_grad_norm"] = norm
+        opt.zero_grad()
+        for p, g in zip(theta, grads, strict=True):
+            p.grad = g.detach()
+        torch.nn.utils.clip_grad_norm_(theta, hp.grad_clip)
+        opt.step()
+        return logs
+
+    def unrolled_hypergradient(self, batch: TensorDictBase, theta) -> tuple[torch.Tensor, ...]:
+        """Backpropagate the real TD loss through ``k_inner`` differentiable SGD steps."""
+        names = [k for k, p in self.net.named_parameters() if p.requires_grad]
+        start = {k: p.detach().requires_grad_() for k, p in self.net.named_parameters()
+                 if k in names}
+
+        def losses(params):
+            return functional_call(self, {f"net.{k}": v for k, v in params.items()},
+                                   (batch,), {}, strict=False)
+
+        def inner_loss(params):
+            td, model_td = losses(params)
+            return self.hparams.real_td_weight * td + model_td
+
+        final = unrolled_inner(start, inner_loss, self.hparams.k_inner, self.hparams.inner_lr)
+        outer = losses(final)[0]
+        return torch.autograd.grad(outer, theta, allow_unused=True, materialize_grads=True)
+
+    def forward(self, batch: TensorDictBase) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real and imagined TD losses at the current parameters (used functionally by the
+        ``unrolled`` ablation)."""
+        td, cache = self.td_loss(batch)
+        return td, self.imagined_td_loss(batch, cache, self.imagine(batch, cache))
+
+    # -- optimisation -------------------------------------------------------------------
+    def step_w(self, opt, inner: torch.Tensor, w) -> None:
+        opt.zero_grad()
+        grads = torch.autograd.grad(inner, w, allow_unused=True)
+        for p, g in zip(w, grads, strict=True):
+            p.grad = g
+        torch.nn.utils.clip_grad_norm_(w, self.hparams.grad_clip)
+        opt.step()
+
+    def auxiliary_parameters(self) -> list[torch.nn.Parameter]:
+        """Trained with ``w`` but outside the bilevel problem: the critic and the decoder."""
+        modules = [self.critic] + ([self.decoder] if self.decoder is not None else [])
+        return [p for m in modules for p in m.parameters()]
+
+    def configure_optimizers(self):
+        params = list(self.net.parameters()) + self.auxiliary_parameters()
+        opt_w = torch.optim.Adam(params, lr=self.hparams.lr)
+        if self.world_model is None:
+            return opt_w
+        return [opt_w, torch.optim.Adam(self.world_model.parameters(), lr=self.hparams.model_lr)]
