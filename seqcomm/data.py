@@ -89,9 +89,8 @@ class EpisodeData(L.LightningDataModule):
         if eval_env is not None and env_info(eval_env(1, 0, "cpu")) != self.info:
             raise ValueError("data.eval_env must have the same agents, observation, state and "
                              "action sizes as data.env")
-        # replay sampling draws from its own generator (saved in the buffer's state_dict):
-        # Lightning's dataloaders draw from the global one at every (re)start, which would make
-        # resumed runs sample differently
+        # replay sampling draws from its own generator (saved in the buffer's state_dict), so
+        # other users of torch's global one cannot shift which chunks are sampled
         self.sample_rng = torch.Generator()
         self.buffer = ReplayBuffer(storage=LazyTensorStorage(buffer_size, device=device),
                                    sampler=RandomSampler(), batch_size=batch_size,
@@ -110,7 +109,11 @@ class EpisodeData(L.LightningDataModule):
     def wrap(self, env: EnvBase, policy) -> TransformedEnv:
         """Episode-start flags, episode returns and the policy's recurrent state."""
         primer = TensorDictPrimer(policy.primer_spec(env.batch_size[0]), expand_specs=False)
-        return TransformedEnv(env, Compose(InitTracker(), RewardSum(), primer))
+        transforms = Compose(InitTracker(), RewardSum(), primer)
+        if isinstance(env, TransformedEnv):  # one transform stack, not two nested envs
+            env.append_transform(transforms)
+            return env
+        return TransformedEnv(env, transforms)
 
     def setup(self, stage: str) -> None:
         policy = self.trainer.lightning_module.policy

@@ -155,7 +155,10 @@ class QLearner(L.LightningModule):
 
     # -- logging, evaluation ------------------------------------------------------------
     def log_training(self, values: dict[str, torch.Tensor | float]) -> None:
-        """Losses plus the collection statistics (DESIGN.md section 7 names)."""
+        """Losses plus the collection statistics (DESIGN.md section 7 names), every
+        ``trainer.log_every_n_steps`` updates (the loggers write no more often than that)."""
+        if self.global_step % self.trainer.log_every_n_steps:
+            return
         data = self.trainer.datamodule
         for key, value in data.last_episodes.items():
             self.log(f"train/{_metric_name(key)}", value, prog_bar=key == "return", batch_size=1)

@@ -14,6 +14,7 @@ from tensordict import TensorDictBase
 from torch.func import functional_call
 
 from seqcomm.comm.ordering import order_entropy
+from seqcomm.comm.rgmcomm import average_cosine_distance
 from seqcomm.dfl.critic import TeamCritic
 from seqcomm.dfl.implicit_gradient import implicit_hypergradient, unrolled_inner
 from seqcomm.dfl.value_aware import (
@@ -35,6 +36,12 @@ from seqcomm.team_q import masked_max
 GRADIENTS = ("implicit", "unrolled", "mle", "none")
 SOLVERS = ("cg", "neumann", "identity")
 EVALUATORS = ("critic", "target")
+
+
+def label_information(probs: torch.Tensor) -> torch.Tensor:
+    """``H(mean_b p) - mean_b H(p)`` per sender for label distributions ``[N, n, |M|]``."""
+    entropy = lambda p: -(p * p.clamp_min(1e-12).log()).sum(-1)  # noqa: E731
+    return entropy(probs.mean(0)) - entropy(probs).mean(0)
 
 
 class SeqCommDFL(QLearner):
@@ -62,6 +69,11 @@ class SeqCommDFL(QLearner):
         lambda_aware: weight of ``L_aware``.
         lambda_gp: weight of the guidance-potential regression of the ordering head.
         lambda_recon: weight of the reconstruction loss (``value_aware: false``).
+        lambda_cluster: weight of RGMComm's clustering loss (Eq. 13), used when the messenger
+            has one (``seqcomm.comm.rgmcomm.RGMComm``).
+        lambda_mi: weight of the label mutual-information bonus ``H(E[p]) - E[H(p)]`` of
+            discrete messages (RGMComm's L_MI): keeps every label in use, against the
+            collapse of straight-through labels onto one that acts as a constant bias.
         aware_margin: ``eps_margin`` of the awareness hinge.
         influence_tau: temperature of ``pi_j = softmax(Q_j / tau)``.
         va_evaluator: how a receiver's gain is scored. ``critic``: the change, under the
@@ -70,6 +82,9 @@ class SeqCommDFL(QLearner):
             ``target``: DESIGN.md's ``max_a Q_j(m_i) - max_a Q_j(empty)`` with the frozen
             target utilities.
         critic_hidden: width of the team critic.
+        va_receiver: whose utility head turns a message into the receiver's decision in the
+            value-aware losses: ``target`` (frozen copy: only messages learn from L_VA) or
+            ``online`` (the receiver's head learns to use messages from L_VA too).
         va_warmup_updates: ``T_w``: updates over which the receiver gain moves from the
             Monte-Carlo estimate to the critic.
     """
@@ -94,10 +109,13 @@ class SeqCommDFL(QLearner):
         lambda_aware: float = 0.1,
         lambda_gp: float = 1.0,
         lambda_recon: float = 1.0,
+        lambda_cluster: float = 1.0,
+        lambda_mi: float = 0.0,
         aware_margin: float = 0.1,
         influence_tau: float = 1.0,
         va_evaluator: str = "critic",
         critic_hidden: int = 128,
+        va_receiver: str = "target",
         va_warmup_updates: int = 1000,
         **kwargs,
     ) -> None:
@@ -109,6 +127,8 @@ class SeqCommDFL(QLearner):
             raise ValueError(f"model.solver={solver!r}; choose one of {SOLVERS}")
         if va_evaluator not in EVALUATORS:
             raise ValueError(f"model.va_evaluator={va_evaluator!r}; choose one of {EVALUATORS}")
+        if va_receiver not in ("target", "online"):
+            raise ValueError(f"model.va_receiver={va_receiver!r}; choose 'target' or 'online'")
         if cg_iters < 0 or k_inner < 1:
             raise ValueError("model.cg_iters must be >= 0 and model.k_inner >= 1")
         self.save_hyperparameters(ignore=["comm"])
@@ -139,7 +159,9 @@ class SeqCommDFL(QLearner):
         weight = hp.real_td_weight if pred is not None else 1.0
         inner = (weight * td + hp.model_td_weight * model_td + hp.lambda_aware * msg["aware"]
                  + hp.lambda_va * msg["va"] + hp.lambda_inf * msg["inf"]
-                 + hp.lambda_gp * msg["gp"] + hp.lambda_recon * msg["recon"] + msg["critic"])
+                 + hp.lambda_gp * msg["gp"] + hp.lambda_recon * msg["recon"]
+                 + hp.lambda_cluster * msg["cluster"] + hp.lambda_mi * msg["mi"]
+                 + msg["critic"])
         # 5. outer: the world model follows dL_true/dtheta (implicit, unrolled) or fits (mle)
         w = [p for p in self.net.parameters() if p.requires_grad]
         logs = self.update_world_model(opt_theta, batch, td, inner, pred, w)
@@ -149,6 +171,8 @@ class SeqCommDFL(QLearner):
         logs.update({"loss/td": td, "loss/model_td": model_td, "loss/va": msg["va"],
                      "loss/inf": msg["inf"], "loss/aware": msg["aware"], "loss/gp": msg["gp"],
                      "loss/recon": msg["recon"], "loss/critic": msg["critic"],
+                     "loss/cluster": msg["cluster"], "loss/mi": msg["mi"],
+                     "comm/epsilon": msg["epsilon"],
                      "comm/guidance_potential": msg["gp_mean"],
                      "comm/order_entropy": msg["order_entropy"]})
         self.log_training(logs)
@@ -167,20 +191,27 @@ class SeqCommDFL(QLearner):
         h, q, aux = cache["h"], cache["q"], cache["aux"]
         n, hp = self.info.n_agents, self.hparams
         zero = q.new_zeros(())
-        keys = ("va", "inf", "aware", "gp", "recon", "gp_mean", "order_entropy")
+        keys = ("va", "inf", "aware", "gp", "recon", "cluster", "mi", "epsilon", "gp_mean",
+                "order_entropy")
         out = {k: zero for k in keys}
         # the full-information critic learns the same TD targets as Q_tot
         joint = torch.nn.functional.one_hot(batch[ACTION], self.info.n_actions).to(h.dtype)
         out["critic"] = (self.critic(batch[STATE], joint) - cache["target"]).pow(2).mean()
         if self.net.comm.ctx_dim == 0:
             return out
+        if hasattr(self.net.comm, "clustering_loss"):
+            out["cluster"], out["epsilon"] = self.clustering(batch, aux)
+        elif "label_probs" in aux:
+            out["mi"] = -label_information(aux["label_probs"].reshape(-1, n, aux[
+                "label_probs"].shape[-1])).mean()
         eye = torch.eye(n, device=h.device, dtype=h.dtype)
         deliver = torch.cat([eye, eye.new_zeros(1, n)]).view(n + 1, *[1] * (h.dim() - 2), n)
         kwargs = {}
         if hasattr(self.net.comm, "ordering"):  # put the only speaker first
             kwargs["scores"] = (deliver * 1e3).expand(n + 1, *h.shape[:-1])
         ctx, _ = self.net.comm(h.expand(n + 1, *h.shape), deliver, **kwargs)
-        q_cf = self.target.agent.q(h.detach(), ctx)  # [n+1, B, T, n, A]
+        receiver = self.net if hp.va_receiver == "online" else self.target
+        q_cf = receiver.agent.q(h.detach(), ctx)  # [n+1, B, T, n, A]
         mask = batch[MASK]
         q_with, q_empty = q_cf[:n], q_cf[n]
         # guidance potential target: team value of the greedy action with i's message minus
@@ -201,7 +232,7 @@ class SeqCommDFL(QLearner):
             if self.decoder is not None and "messages" in aux:
                 out["recon"] = self.decoder.loss(aux["messages"], batch[OBS])
             return out
-        critic = self.critic_gain(batch, q_with, q_empty)
+        critic = self.critic_gain(batch, q_with, q_empty, h, aux)
         beta = warmup_beta(self.global_step, hp.va_warmup_updates)
         gain = critic
         if beta < 1.0:
@@ -216,17 +247,51 @@ class SeqCommDFL(QLearner):
         out["inf"] = influence_loss(q_with, q_empty, hp.influence_tau, mask)
         return out
 
-    def critic_gain(self, batch: TensorDictBase, q_with: torch.Tensor,
-                    q_empty: torch.Tensor) -> torch.Tensor:
-        """Receiver gain ``[n_send, B, T, n_recv]`` scored by ``va_evaluator``."""
+    def clustering(self, batch: TensorDictBase, aux: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """RGMComm's Eq. 13 per sender over the batch, and its average cosine distance
+        ``epsilon`` (Eq. 6). A sender's Q-vector: the critic's values of every action of every
+        other agent (the receivers' action values the label should preserve)."""
+        n, A = self.info.n_agents, self.info.n_actions
+        values = self.critic.switch_values(batch[STATE], batch[ACTION]).detach()
+        values = values.reshape(-1, n, A)
+        probs = aux["label_probs"].reshape(-1, n, aux["label_probs"].shape[-1])
+        labels = aux["labels"].reshape(probs.shape).argmax(-1)
+        others = ~torch.eye(n, dtype=torch.bool, device=values.device)
+        losses, eps = [], []
+        for i in range(n):  # one loss per sender over an N x N distance matrix; n is small
+            q_vec = values[:, others[i]].reshape(values.shape[0], -1)
+            losses.append(self.net.comm.clustering_loss(probs[:, i], q_vec))
+            eps.append(average_cosine_distance(q_vec, labels[:, i]))
+        return torch.stack(losses).mean(), torch.stack(eps).mean()
+
+    def critic_gain(self, batch: TensorDictBase, q_with: torch.Tensor, q_empty: torch.Tensor,
+                    h: torch.Tensor, aux: dict) -> torch.Tensor:
+        """Receiver gain ``[n_send, B, T, n_recv]`` scored by ``va_evaluator``.
+
+        With the critic, the gain is the change in ``E_{a ~ pi_j} Q_c(s, a)`` that sender i's
+        message causes. For discrete messages every label is scored exactly and weighted by
+        the sender's label probabilities (an exact expectation over labels, no
+        straight-through sample, which otherwise collapses onto one label that acts as a
+        constant bias).
+        """
         mask = batch[MASK]
         if self.hparams.va_evaluator == "target":
             return receiver_gain(q_with, q_empty, mask)
         tau = self.hparams.influence_tau
         values = self.critic.switch_values(batch[STATE], batch[ACTION]).detach()  # [B,T,n,A]
-        pi_with = masked_log_softmax(q_with, tau, mask).exp()
         pi_empty = masked_log_softmax(q_empty, tau, mask).exp()
-        return ((pi_with - pi_empty) * values).sum(-1)
+        base = (pi_empty * values).sum(-1)
+        if "label_probs" in aux and hasattr(self.net.comm, "label_contexts"):
+            ctx = self.net.comm.label_contexts()  # [M, C]
+            receiver = self.net if self.hparams.va_receiver == "online" else self.target
+            hk = h.detach().unsqueeze(0).expand(ctx.shape[0], *h.shape)
+            ck = ctx.view(-1, *[1] * (h.dim() - 1), ctx.shape[-1]).expand(*hk.shape[:-1], -1)
+            pi_k = masked_log_softmax(receiver.agent.q(hk, ck), tau, mask).exp()
+            value_k = (pi_k * values).sum(-1)  # [M, B, T, n_recv]: receiver j hears label k
+            probs = aux["label_probs"].movedim(-2, 0).movedim(-1, 1)  # [n_send, M, B, T]
+            return (probs.unsqueeze(-1) * value_k.unsqueeze(0)).sum(1) - base
+        pi_with = masked_log_softmax(q_with, tau, mask).exp()
+        return (pi_with * values).sum(-1) - base
 
     def mc_returns(self, batch: TensorDictBase) -> torch.Tensor:
         """Discounted returns-to-go ``[B, T, 1]`` inside each chunk (cut at episode ends)."""

@@ -95,6 +95,11 @@ class MessageEncoder(nn.Module):
         msg_dim: size of the message vector (both kinds).
         n_labels: alphabet size ``|M|`` of discrete messages.
         tau: Gumbel-softmax temperature of discrete messages.
+        gumbel_noise: sample labels with Gumbel noise in training; ``False`` uses the
+            deterministic straight-through argmax in training too.
+        logit_bound: label logits are squashed to ``(-bound, bound)`` by a scaled tanh, so
+            early, state-independent TD pressure cannot saturate the softmax (whose gradient
+            then vanishes and the labels stay collapsed onto one); 0 disables it.
     """
 
     def __init__(
@@ -104,6 +109,8 @@ class MessageEncoder(nn.Module):
         msg_dim: int = 16,
         n_labels: int = 2,
         tau: float = 1.0,
+        gumbel_noise: bool = True,
+        logit_bound: float = 2.0,
     ) -> None:
         super().__init__()
         if kind not in MESSAGE_KINDS:
@@ -113,6 +120,7 @@ class MessageEncoder(nn.Module):
         if tau <= 0:
             raise ValueError(f"tau must be positive, got {tau}")
         self.kind, self.msg_dim, self.n_labels, self.tau = kind, msg_dim, n_labels, tau
+        self.gumbel_noise, self.logit_bound = gumbel_noise, logit_bound
         #: size of the pre-message (the vector itself, or the label logits)
         self.raw_dim = msg_dim if kind == "continuous" else n_labels
         self.head = nn.Linear(hidden_dim, self.raw_dim)
@@ -134,8 +142,15 @@ class MessageEncoder(nn.Module):
         """
         if self.embed is None:
             return raw, None
-        labels, _ = straight_through_gumbel(raw, self.tau, sample=self.training)
+        labels, _ = straight_through_gumbel(self.logits(raw), self.tau,
+                                            sample=self.training and self.gumbel_noise)
         return self.embed(labels), labels
+
+    def logits(self, raw: torch.Tensor) -> torch.Tensor:
+        """Label logits of a discrete pre-message, squashed to ``(-logit_bound, logit_bound)``."""
+        if self.logit_bound <= 0:
+            return raw
+        return self.logit_bound * torch.tanh(raw / self.logit_bound)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.emit(self.raw(h))

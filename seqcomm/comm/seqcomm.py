@@ -27,6 +27,7 @@ class SeqCommMessenger(Communication):
         n_labels: alphabet size ``|M|`` of discrete messages.
         ordering: ``"prosocial"``, ``"fixed"`` or ``"random"`` (see ``Ordering``).
         fixed_order: leader-first agent order of ``"fixed"`` (default: index order).
+        gumbel_noise: sample discrete labels with Gumbel noise in training.
         tau: temperature of the Gumbel-softmax and of the soft sort.
         attn_dim: size of the attention queries and keys.
     """
@@ -42,9 +43,10 @@ class SeqCommMessenger(Communication):
         fixed_order: list[int] | None = None,
         tau: float = 1.0,
         attn_dim: int = 32,
+        gumbel_noise: bool = True,
     ) -> None:
         super().__init__(hidden_dim, n_agents)
-        self.encoder = MessageEncoder(hidden_dim, message, msg_dim, n_labels, tau)
+        self.encoder = MessageEncoder(hidden_dim, message, msg_dim, n_labels, tau, gumbel_noise)
         self.ordering = Ordering(hidden_dim, ordering, tau, fixed_order)
         self.ctx_dim = msg_dim
         self.discrete = self.encoder.discrete
@@ -85,7 +87,8 @@ class SeqCommMessenger(Communication):
         attended = masked_attention(
             self.refine_query(h), self.refine_key(base), self.refine_value(base), mask
         )
-        messages, labels = self.encoder.emit(raw + self.rho(torch.cat([raw, attended], -1)))
+        refined = raw + self.rho(torch.cat([raw, attended], -1))
+        messages, labels = self.encoder.emit(refined)
         ctx = masked_attention(
             self.ctx_query(h), self.ctx_key(messages), self.ctx_value(messages), mask
         )
@@ -98,7 +101,17 @@ class SeqCommMessenger(Communication):
         }
         if labels is not None:
             aux["labels"] = labels
+            aux["label_probs"] = torch.softmax(self.encoder.logits(refined), dim=-1)
         return ctx, aux
+
+    def label_contexts(self) -> torch.Tensor:
+        """``[|M|, msg_dim]``: the context a receiver gets when its only delivered predecessor
+        sends label k (attention over one message puts all weight on it), so a learner can
+        score every label exactly instead of through a straight-through sample."""
+        if not self.discrete:
+            raise ValueError("label_contexts needs discrete messages")
+        eye = torch.eye(self.encoder.n_labels, device=self.ctx_value.weight.device)
+        return self.ctx_value(self.encoder.embed(eye))
 
     def bits_per_step(self) -> float:
         """Base and refined message per agent (the refinement needs the predecessors' base
