@@ -62,6 +62,13 @@ class SeqCommDFL(QLearner):
         real_td_weight: weight of the real-data TD loss inside the inner objective (0 = pure
             OMD: the values learn only from imagined transitions).
         model_td_weight: weight of the imagined-transition TD loss ``L_model``.
+        mle_weight: weight of the prediction loss added to the world model's hypergradient
+            (``implicit``, ``unrolled``): an anchor that keeps imagined states in the range
+            the value networks were trained on (without it ``L_model`` diverged on hospital).
+        implicit_params: the inner parameters ``w`` the implicit/unrolled gradient
+            differentiates through: ``head`` (the agents' utility head and the mixer, the
+            last-layer approximation: no Hessian-vector product through the GRU unroll) or
+            ``all`` (every value parameter: agents, messenger, mixer).
         value_aware: ``true`` = L_VA + L_inf; ``false`` = messages trained to reconstruct
             the sender's observation (the intermediate objective).
         lambda_va: weight of ``L_VA``.
@@ -103,6 +110,8 @@ class SeqCommDFL(QLearner):
         model_hidden: int = 128,
         real_td_weight: float = 1.0,
         model_td_weight: float = 0.5,
+        mle_weight: float = 1.0,
+        implicit_params: str = "head",
         value_aware: bool = True,
         lambda_va: float = 0.1,
         lambda_inf: float = 0.01,
@@ -127,6 +136,8 @@ class SeqCommDFL(QLearner):
             raise ValueError(f"model.solver={solver!r}; choose one of {SOLVERS}")
         if va_evaluator not in EVALUATORS:
             raise ValueError(f"model.va_evaluator={va_evaluator!r}; choose one of {EVALUATORS}")
+        if implicit_params not in ("head", "all"):
+            raise ValueError(f"model.implicit_params={implicit_params!r}; choose 'head' or 'all'")
         if va_receiver not in ("target", "online"):
             raise ValueError(f"model.va_receiver={va_receiver!r}; choose 'target' or 'online'")
         if cg_iters < 0 or k_inner < 1:
@@ -163,9 +174,9 @@ class SeqCommDFL(QLearner):
                  + hp.lambda_cluster * msg["cluster"] + hp.lambda_mi * msg["mi"]
                  + msg["critic"])
         # 5. outer: the world model follows dL_true/dtheta (implicit, unrolled) or fits (mle)
-        w = [p for p in self.net.parameters() if p.requires_grad]
-        logs = self.update_world_model(opt_theta, batch, td, inner, pred, w)
+        logs = self.update_world_model(opt_theta, batch, td, inner, pred)
         # 6. the w step, target networks by Polyak averaging / hard copies
+        w = [p for p in self.net.parameters() if p.requires_grad]
         self.step_w(opt_w, inner, w + self.auxiliary_parameters())
         self.update_targets()
         logs.update({"loss/td": td, "loss/model_td": model_td, "loss/va": msg["va"],
@@ -322,19 +333,26 @@ class SeqCommDFL(QLearner):
         target = self.bootstrap(pred.reward, torch.sigmoid(pred.terminated_logit), q_tot_next)
         return (cache["q_tot"] - target).pow(2).mean()
 
-    def update_world_model(self, opt, batch, td, inner, pred, w) -> dict[str, torch.Tensor]:
+    def inner_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The ``w`` of the bilevel problem, by name (see ``implicit_params``)."""
+        named = dict(self.net.named_parameters())
+        if self.hparams.implicit_params == "head":
+            named = {k: p for k, p in named.items() if k.startswith(("agent.head.", "mixer."))}
+        return {k: p for k, p in named.items() if p.requires_grad}
+
+    def update_world_model(self, opt, batch, td, inner, pred) -> dict[str, torch.Tensor]:
         """The outer step on ``theta`` (DESIGN.md section 3); returns its logs."""
         hp = self.hparams
         if self.world_model is None:
             return {}
         theta = list(self.world_model.parameters())
-        logs: dict[str, torch.Tensor | float] = {}
+        w = list(self.inner_parameters().values())
+        mle = self.world_model.prediction_loss(
+            pred, batch[NEXT, STATE], batch[NEXT, *OBS], batch[NEXT, "reward"],
+            batch[NEXT, "terminated"])
+        logs: dict[str, torch.Tensor | float] = {"loss/model_mle": mle}
         if hp.world_model_gradient == "mle":
-            loss = self.world_model.prediction_loss(
-                pred, batch[NEXT, STATE], batch[NEXT, *OBS], batch[NEXT, "reward"],
-                batch[NEXT, "terminated"])
-            grads = torch.autograd.grad(loss, theta, retain_graph=True)
-            logs["loss/model_mle"] = loss
+            grads = torch.autograd.grad(mle, theta, retain_graph=True)
         elif hp.world_model_gradient == "implicit":
             # dL_true/dw at the current (warm-started) inner solution, then (H + lambda I) v
             outer_grad = torch.autograd.grad(td, w, retain_graph=True, allow_unused=True)
@@ -347,6 +365,11 @@ class SeqCommDFL(QLearner):
             grads = self.unrolled_hypergradient(batch, theta)
         norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
         logs["dfl/outer_grad_norm"] = norm
+        if hp.world_model_gradient != "mle" and hp.mle_weight > 0:
+            # clip the hypergradient on its own first, so the anchor keeps its say
+            scale = torch.clamp(hp.grad_clip / (norm + 1e-12), max=1.0)
+            anchor = torch.autograd.grad(mle, theta, retain_graph=True)
+            grads = [scale * g + hp.mle_weight * a for g, a in zip(grads, anchor, strict=True)]
         opt.zero_grad()
         for p, g in zip(theta, grads, strict=True):
             p.grad = g.detach()
@@ -356,9 +379,7 @@ class SeqCommDFL(QLearner):
 
     def unrolled_hypergradient(self, batch: TensorDictBase, theta) -> tuple[torch.Tensor, ...]:
         """Backpropagate the real TD loss through ``k_inner`` differentiable SGD steps."""
-        names = [k for k, p in self.net.named_parameters() if p.requires_grad]
-        start = {k: p.detach().requires_grad_() for k, p in self.net.named_parameters()
-                 if k in names}
+        start = {k: p.detach().requires_grad_() for k, p in self.inner_parameters().items()}
 
         def losses(params):
             return functional_call(self, {f"net.{k}": v for k, v in params.items()},
@@ -366,7 +387,7 @@ class SeqCommDFL(QLearner):
 
         def inner_loss(params):
             td, model_td = losses(params)
-            return self.hparams.real_td_weight * td + model_td
+            return self.hparams.real_td_weight * td + self.hparams.model_td_weight * model_td
 
         final = unrolled_inner(start, inner_loss, self.hparams.k_inner, self.hparams.inner_lr)
         outer = losses(final)[0]
