@@ -1,0 +1,271 @@
+"""Every ablation YAML on every task, the method on every task and each baseline method file
+(DESIGN.md section 4), through ``seqcomm fit`` in this process.
+
+Parsing (``--print_config``) covers every task x ablation; a few training updates cover every
+ablation on a short hospital, the default method on each trainable task and every baseline
+in conf/methods/ on the matrix game. Each run checks that its losses are finite, that a
+summary.json appears and that its switch changed what the learner does (the metrics it logs).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, latest_version, read_metrics, read_summary
+from omegaconf import OmegaConf
+
+from seqcomm.cli import main
+from seqcomm.envs.smacv2 import missing_requirements
+
+METHOD = ROOT / "conf" / "methods" / "seqcomm_dfl.yaml"
+ABLATIONS = sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("ablations/*/*.yaml"))
+TASKS = ["matrix", "maze", "hospital", "microcombat_3m", "smac_3m", "vmas_spread"]
+TRAINABLE = [t for t in TASKS if t != "smac_3m"]  # StarCraft II is not installed here
+# shorter episodes (same observation, state and action sizes) keep each run to ~1-2 s
+SHORT = {
+    "hospital": ["--data.env.init_args.episode_limit=5"],
+    "microcombat_3m": ["--data.env.init_args.episode_limit=10"],
+    "vmas_spread": ["--data.env.init_args.max_steps=5"],
+}
+UPDATES = 3  # one collection of 4 chunks, then 3 updates of 4 chunks
+TINY = [
+    "--data.num_envs=4", "--data.batch_size=4", "--data.warmup_chunks=4",
+    "--data.buffer_size=8", f"--data.updates_per_collect={UPDATES}", "--data.total_frames=1",
+    "--data.eval_envs=2", "--data.eval_episodes=2", "--trainer.val_check_interval=2",
+    "--trainer.log_every_n_steps=1",
+]
+
+
+def task(name: str) -> str:
+    return str(ROOT / "conf" / f"{name}.yaml")
+
+
+def stack(*files: str | Path) -> list[str]:
+    return [arg for f in files for arg in ("--config", str(ROOT / f))]
+
+
+# -- parsing ------------------------------------------------------------------------------
+def resolve(class_path: str):
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def assert_contains(printed, expected, where: str = "") -> None:
+    """Every leaf of ``expected`` has the same value in ``printed`` (class paths compared by
+    the class they name: jsonargparse prints the shortest import path)."""
+    if isinstance(expected, dict):
+        assert isinstance(printed, dict), f"{where}: {printed!r} is not a mapping"
+        for key, value in expected.items():
+            assert key in printed, f"{where}.{key} missing from the printed config"
+            assert_contains(printed[key], value, f"{where}.{key}")
+    elif where.endswith("class_path"):
+        assert resolve(printed) is resolve(expected), f"{where}: {printed} != {expected}"
+    else:
+        assert printed == expected, f"{where}: {printed!r} != {expected!r}"
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+@pytest.mark.parametrize("task_name", TASKS)
+def test_print_config_composes_task_method_and_ablation(task_name, ablation, capsys):
+    """Task, then method, then ablation: the last file wins and nothing else is lost."""
+    files = [task(task_name), METHOD, ROOT / ablation]
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *stack(*files), "--print_config"])
+    assert exit_.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    expected = OmegaConf.to_container(OmegaConf.merge(*[OmegaConf.load(f) for f in files]))
+    assert_contains(printed, expected)
+    assert resolve(printed["model"]["class_path"]).__name__ == "SeqCommDFL"
+
+
+# -- training -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fit(tmp_path_factory):
+    """``fit(*config_files, *overrides)``: a few updates of ``seqcomm fit``; returns the run's
+    version directory (each distinct argument list runs once per module)."""
+    runs: dict[tuple[str, ...], Path] = {}
+
+    def run(*args: str) -> Path:
+        if args not in runs:
+            root = tmp_path_factory.mktemp("fit")
+            main(["fit", *args, *TINY, "--wandb", "false", "--trainer.enable_progress_bar",
+                  "false", "--trainer.default_root_dir", str(root), "--run_name", "run"])
+            runs[args] = latest_version(root, "run")
+        return runs[args]
+
+    return run
+
+
+def check_run(run: Path) -> tuple[dict[str, dict[int, float]], dict, dict]:
+    """Metrics, summary and resolved config of a finished run; asserts what every run owes."""
+    metrics, summary = read_metrics(run), read_summary(run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert "loss/td" in metrics and "eval/return" in metrics
+    for key, series in metrics.items():
+        if key.startswith(("loss/", "dfl/", "comm/")):
+            assert all(math.isfinite(v) for v in series.values()), f"{key}: {series}"
+    assert math.isfinite(summary["eval"]["return"])
+    assert summary["episodes"] == 2
+    return metrics, summary, config
+
+
+def values(metrics: dict, key: str) -> list[float]:
+    return list(metrics.get(key, {}).values())
+
+
+def msg_args(config: dict) -> dict:
+    return config["model"]["init_args"]["comm"]["init_args"]
+
+
+def bits(config: dict) -> float:
+    """SeqCommMessenger's documented count: base + refined message, + 32 bits of guidance
+    potential when the order is prosocial."""
+    comm = msg_args(config)
+    per_message = (math.log2(comm["n_labels"]) if comm["message"] == "discrete"
+                   else 32.0 * comm["msg_dim"])
+    return 2 * per_message + (32.0 if comm["ordering"] == "prosocial" else 0.0)
+
+
+def gradient_switch(name: str):
+    def check(metrics, config):
+        hp = config["model"]["init_args"]
+        assert hp["world_model_gradient"] == name.split("_")[0]
+        if name == "none":  # model-free: no world model, no outer step
+            assert not [k for k in metrics if k.startswith("dfl/") or k == "loss/model_mle"]
+            assert set(values(metrics, "loss/model_td")) == {0.0}
+            return
+        assert min(values(metrics, "dfl/outer_grad_norm")) > 0  # theta gets a gradient
+        assert min(values(metrics, "loss/model_td")) > 0  # w learns from imagined steps
+        assert min(values(metrics, "loss/model_mle")) > 0
+        assert ("dfl/cg_residual" in metrics) == name.startswith("implicit")
+        if name.startswith("implicit"):
+            assert hp["solver"] == name.split("_")[1]
+    return check
+
+
+def messages_switch(name: str):
+    def check(metrics, config):
+        assert msg_args(config)["message"] == name
+        assert set(values(metrics, "comm/bits_per_step")) == {bits(config)}
+        mi = values(metrics, "loss/mi")  # label information: discrete labels only
+        assert (min(mi) < 0) if name == "discrete" else set(mi) == {0.0}
+    return check
+
+
+def ordering_switch(name: str):
+    def check(metrics, config):
+        assert msg_args(config)["ordering"] == name
+        assert set(values(metrics, "comm/bits_per_step")) == {bits(config)}
+        entropy = values(metrics, "comm/order_entropy")
+        if name == "fixed":  # one leader everywhere
+            assert set(entropy) == {0.0}
+        elif name == "random":  # every agent leads some steps
+            assert min(entropy) > 0
+        assert min(values(metrics, "loss/gp")) > 0  # psi regresses on guidance potential
+    return check
+
+
+def value_aware_switch(name: str):
+    def check(metrics, config):
+        on = name == "on"
+        assert config["model"]["init_args"]["value_aware"] is on
+        recon, va, inf = (values(metrics, k) for k in ("loss/recon", "loss/va", "loss/inf"))
+        if on:
+            assert set(recon) == {0.0} and any(v != 0 for v in va + inf)
+        else:  # messages reconstruct the sender's observation instead
+            assert min(recon) > 0 and set(va) == set(inf) == {0.0}
+    return check
+
+
+SWITCHES = {"gradient": gradient_switch, "messages": messages_switch,
+            "ordering": ordering_switch, "value_aware": value_aware_switch}
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_ablation_trains_on_hospital_and_its_switch_takes_effect(ablation, fit):
+    run = fit(*stack(task("hospital"), METHOD, ablation), *SHORT["hospital"])
+    metrics, summary, config = check_run(run)
+    assert summary["env_steps"] == 4 * 5  # one collection: 4 copies x 5 steps
+    switch, value = Path(ablation).parent.name, Path(ablation).stem
+    SWITCHES[switch](value)(metrics, config)
+
+
+def test_world_model_gradients_differ_on_the_same_first_update(fit):
+    """Same seed, batch and initial networks (equal first TD loss and prediction loss):
+    each world-model gradient gives theta a different first step."""
+    first: dict[str, dict[str, float]] = {}
+    for name in ("implicit_cg", "implicit_neumann", "implicit_identity", "unrolled", "mle"):
+        run = fit(*stack(task("hospital"), METHOD, f"ablations/gradient/{name}.yaml"),
+                  *SHORT["hospital"])
+        metrics = read_metrics(run)
+        first[name] = {k: v[min(v)] for k, v in metrics.items()
+                       if k in ("loss/td", "loss/model_mle", "dfl/outer_grad_norm")}
+    for key in ("loss/td", "loss/model_mle"):
+        assert len({round(f[key], 4) for f in first.values()}) == 1, (key, first)
+    norms = [f["dfl/outer_grad_norm"] for f in first.values()]
+    assert len(set(norms)) == len(norms), first
+
+
+@pytest.mark.parametrize("task_name", TRAINABLE)
+def test_method_trains_on_every_task(task_name, fit):
+    run = fit(*stack(task(task_name), METHOD), *SHORT.get(task_name, []))
+    metrics, _, config = check_run(run)
+    assert set(values(metrics, "comm/bits_per_step")) == {bits(config)}
+    assert "dfl/cg_residual" in metrics and "dfl/outer_grad_norm" in metrics
+    assert all(v >= 0 for v in values(metrics, "loss/td"))
+
+
+def test_method_counts_one_update_per_training_step(fit):
+    run = fit(*stack(task("hospital"), METHOD), *SHORT["hospital"])
+    assert read_summary(run)["updates"] == UPDATES
+
+
+def test_method_on_starcraft_without_starcraft_exits_2(tmp_path, capfd):
+    if not missing_requirements():
+        pytest.skip("StarCraft II is installed: the real run is tests/test_smacv2.py's")
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *stack(task("smac_3m"), METHOD), "--wandb", "false",
+              "--trainer.default_root_dir", str(tmp_path / "runs")])
+    assert exit_.value.code == 2
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("seqcomm: error: ") and "needs StarCraft II" in lines[0]
+    assert "conf/microcombat_3m.yaml" in lines[0]  # the way out
+    assert not (tmp_path / "runs").exists()
+
+
+# -- baselines ------------------------------------------------------------------------------
+BASELINES = {  # method file(s) stacked on the matrix game -> comm/bits_per_step it must log
+    "qmix": (["conf/methods/qmix.yaml"], lambda c: 0.0),
+    "full_obs": (["conf/methods/full_obs.yaml"], lambda c: 0.0),
+    "commnet": (["conf/methods/commnet.yaml"],
+                lambda c: 32.0 * c["model"]["init_args"]["hidden_dim"]),
+    "tarmac": (["conf/methods/tarmac.yaml"],
+               lambda c: 32.0 * (msg_args(c)["key_dim"] + msg_args(c)["value_dim"])),
+    "omd": (["conf/methods/omd.yaml"], lambda c: 0.0),
+    "rgmcomm": (["conf/methods/rgmcomm.yaml"], lambda c: math.log2(msg_args(c)["n_labels"])),
+    "seqcomm_dfl_1bit": ([METHOD, "conf/methods/seqcomm_dfl_1bit.yaml"], bits),
+}
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_baseline_trains_on_matrix(name, fit):
+    files, expected_bits = BASELINES[name]
+    metrics, summary, config = check_run(fit(*stack(task("matrix"), *files)))
+    assert summary["env_steps"] == 4  # one collection of the one-step game
+    assert set(values(metrics, "comm/bits_per_step")) == {expected_bits(config)}
+    hp = config["model"]["init_args"]
+    if name == "full_obs":
+        assert hp["full_obs"] is True
+    if name == "omd":  # the world model without messages
+        assert hp["comm"] is None and "dfl/cg_residual" in metrics
+    if name == "rgmcomm":  # labels trained by the clustering loss, no world model
+        assert min(values(metrics, "loss/cluster")) != 0
+        assert "dfl/outer_grad_norm" not in metrics
+    if name == "seqcomm_dfl_1bit":  # one bit each way, agent 2 always leads
+        assert msg_args(config)["n_labels"] == 2
+        assert set(values(metrics, "comm/order_entropy")) == {0.0}
