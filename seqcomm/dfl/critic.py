@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 
 class TeamCritic(nn.Module):
@@ -35,12 +34,17 @@ class TeamCritic(nn.Module):
 
     def switch_values(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """``[*B, n, A]``: the critic's value when agent j plays a and the others keep
-        ``action [*B, n]``; one batched pass over all (j, a)."""
+        ``action [*B, n]``; one batched pass over all (j, a).
+
+        The first layer is linear in the one-hot actions, so its pre-activation for every
+        switch is the taken joint's plus one column difference: ``O(n A hidden)`` memory per
+        sample instead of materialising ``n A`` joint one-hots of size ``n A`` each.
+        """
         n, A = self.n_agents, self.n_actions
-        joint = F.one_hot(action, A).to(state.dtype)  # [*B, n, A]
-        joint = joint.unsqueeze(-3).unsqueeze(-3).expand(*action.shape[:-1], n, A, n, A).clone()
-        eye_agent = torch.eye(n, dtype=torch.bool, device=state.device).view(n, 1, n, 1)
-        switched = torch.eye(A, dtype=state.dtype, device=state.device).view(1, A, 1, A)
-        joint = torch.where(eye_agent, switched, joint)  # row (j, a): agent j's one-hot -> a
-        state = state.unsqueeze(-2).unsqueeze(-2).expand(*action.shape[:-1], n, A, -1)
-        return self.forward(state, joint).squeeze(-1)
+        first = self.net[0]
+        w_state, w_act = first.weight[:, : -n * A], first.weight[:, -n * A :]
+        w_act = w_act.T.reshape(n, A, -1)  # [n, A, H]: column of (agent j, action a)
+        taken = w_act[torch.arange(n, device=action.device), action]  # [*B, n, H]
+        z = state @ w_state.T + first.bias + taken.sum(-2)  # [*B, H]: the taken joint
+        z = z[..., None, None, :] - taken.unsqueeze(-2) + w_act  # [*B, n, A, H]
+        return self.net[1:](z).squeeze(-1)
