@@ -81,6 +81,10 @@ class SeqCommDFL(QLearner):
         lambda_mi: weight of the label mutual-information bonus ``H(E[p]) - E[H(p)]`` of
             discrete messages (RGMComm's L_MI): keeps every label in use, against the
             collapse of straight-through labels onto one that acts as a constant bias.
+        lambda_entropy: weight of the label-entropy bonus ``E[H(p)]`` of discrete senders:
+            the sender becomes a Boltzmann policy over its labels' gains (temperature
+            ``lambda_entropy / lambda_va``), stochastic until a label's gain differs across
+            its observations, instead of collapsing onto one label before the critic knows.
         aware_margin: ``eps_margin`` of the awareness hinge.
         influence_tau: temperature of ``pi_j = softmax(Q_j / tau)``.
         va_evaluator: how a receiver's gain is scored. ``critic``: the change, under the
@@ -90,8 +94,13 @@ class SeqCommDFL(QLearner):
             target utilities.
         critic_hidden: width of the team critic.
         va_receiver: whose utility head turns a message into the receiver's decision in the
-            value-aware losses: ``target`` (frozen copy: only messages learn from L_VA) or
-            ``online`` (the receiver's head learns to use messages from L_VA too).
+            value-aware losses: ``target`` (frozen copy: only messages learn from L_VA),
+            ``online`` (the receiver's head learns to use messages from L_VA too) or ``soft``
+            (``online`` plus ``influence_tau`` times the entropy of the receiver's decision,
+            for its head only: the optimum of ``E_pi Q_c + tau H(pi)``, ``pi ~ exp(Q_c /
+            tau)``, keeps its utilities bounded; needs the critic evaluator). A receiver
+            trained by the critic gets past QMIX's monotonic mixer, which flattens the states
+            whose reward order the receiver's current utilities contradict.
         va_warmup_updates: ``T_w``: updates over which the receiver gain moves from the
             Monte-Carlo estimate to the critic.
     """
@@ -120,6 +129,7 @@ class SeqCommDFL(QLearner):
         lambda_recon: float = 1.0,
         lambda_cluster: float = 1.0,
         lambda_mi: float = 0.0,
+        lambda_entropy: float = 0.0,
         aware_margin: float = 0.1,
         influence_tau: float = 1.0,
         va_evaluator: str = "critic",
@@ -138,8 +148,12 @@ class SeqCommDFL(QLearner):
             raise ValueError(f"model.va_evaluator={va_evaluator!r}; choose one of {EVALUATORS}")
         if implicit_params not in ("head", "all"):
             raise ValueError(f"model.implicit_params={implicit_params!r}; choose 'head' or 'all'")
-        if va_receiver not in ("target", "online"):
-            raise ValueError(f"model.va_receiver={va_receiver!r}; choose 'target' or 'online'")
+        if va_receiver not in ("target", "online", "soft"):
+            raise ValueError(f"model.va_receiver={va_receiver!r}; choose 'target', 'online' "
+                             "or 'soft'")
+        if va_receiver == "soft" and va_evaluator != "critic":
+            raise ValueError("model.va_receiver='soft' scores the receiver with the critic; "
+                             "set model.va_evaluator='critic' or pick another va_receiver")
         if cg_iters < 0 or k_inner < 1:
             raise ValueError("model.cg_iters must be >= 0 and model.k_inner >= 1")
         self.save_hyperparameters(ignore=["comm"])
@@ -172,6 +186,7 @@ class SeqCommDFL(QLearner):
                  + hp.lambda_va * msg["va"] + hp.lambda_inf * msg["inf"]
                  + hp.lambda_gp * msg["gp"] + hp.lambda_recon * msg["recon"]
                  + hp.lambda_cluster * msg["cluster"] + hp.lambda_mi * msg["mi"]
+                 + hp.lambda_entropy * msg["entropy"]
                  + msg["critic"])
         # 5. outer: the world model follows dL_true/dtheta (implicit, unrolled) or fits (mle)
         logs = self.update_world_model(opt_theta, batch, td, inner, pred)
@@ -183,6 +198,7 @@ class SeqCommDFL(QLearner):
                      "loss/inf": msg["inf"], "loss/aware": msg["aware"], "loss/gp": msg["gp"],
                      "loss/recon": msg["recon"], "loss/critic": msg["critic"],
                      "loss/cluster": msg["cluster"], "loss/mi": msg["mi"],
+                     "loss/entropy": msg["entropy"],
                      "comm/epsilon": msg["epsilon"],
                      "comm/guidance_potential": msg["gp_mean"],
                      "comm/order_entropy": msg["order_entropy"]})
@@ -202,8 +218,8 @@ class SeqCommDFL(QLearner):
         h, q, aux = cache["h"], cache["q"], cache["aux"]
         n, hp = self.info.n_agents, self.hparams
         zero = q.new_zeros(())
-        keys = ("va", "inf", "aware", "gp", "recon", "cluster", "mi", "epsilon", "gp_mean",
-                "order_entropy")
+        keys = ("va", "inf", "aware", "gp", "recon", "cluster", "mi", "entropy", "epsilon",
+                "gp_mean", "order_entropy")
         out = {k: zero for k in keys}
         # the full-information critic learns the same TD targets as Q_tot
         joint = torch.nn.functional.one_hot(batch[ACTION], self.info.n_actions).to(h.dtype)
@@ -213,15 +229,16 @@ class SeqCommDFL(QLearner):
         if hasattr(self.net.comm, "clustering_loss"):
             out["cluster"], out["epsilon"] = self.clustering(batch, aux)
         elif "label_probs" in aux:
-            out["mi"] = -label_information(aux["label_probs"].reshape(-1, n, aux[
-                "label_probs"].shape[-1])).mean()
+            probs = aux["label_probs"]
+            out["mi"] = -label_information(probs.reshape(-1, n, probs.shape[-1])).mean()
+            out["entropy"] = (probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
         eye = torch.eye(n, device=h.device, dtype=h.dtype)
         deliver = torch.cat([eye, eye.new_zeros(1, n)]).view(n + 1, *[1] * (h.dim() - 2), n)
         kwargs = {}
         if hasattr(self.net.comm, "ordering"):  # put the only speaker first
             kwargs["scores"] = (deliver * 1e3).expand(n + 1, *h.shape[:-1])
         ctx, _ = self.net.comm(h.expand(n + 1, *h.shape), deliver, **kwargs)
-        receiver = self.net if hp.va_receiver == "online" else self.target
+        receiver = self.target if hp.va_receiver == "target" else self.net
         q_cf = receiver.agent.q(h.detach(), ctx)  # [n+1, B, T, n, A]
         mask = batch[MASK]
         q_with, q_empty = q_cf[:n], q_cf[n]
@@ -243,7 +260,7 @@ class SeqCommDFL(QLearner):
             if self.decoder is not None and "messages" in aux:
                 out["recon"] = self.decoder.loss(aux["messages"], batch[OBS])
             return out
-        critic = self.critic_gain(batch, q_with, q_empty, h, aux)
+        critic = self.critic_gain(batch, q_with, q_empty, h, aux, ctx[:n])
         beta = warmup_beta(self.global_step, hp.va_warmup_updates)
         gain = critic
         if beta < 1.0:
@@ -276,33 +293,50 @@ class SeqCommDFL(QLearner):
         return torch.stack(losses).mean(), torch.stack(eps).mean()
 
     def critic_gain(self, batch: TensorDictBase, q_with: torch.Tensor, q_empty: torch.Tensor,
-                    h: torch.Tensor, aux: dict) -> torch.Tensor:
-        """Receiver gain ``[n_send, B, T, n_recv]`` scored by ``va_evaluator``.
+                    h: torch.Tensor, aux: dict, ctx: torch.Tensor) -> torch.Tensor:
+        """Receiver gain ``[n_send, B, T, n_recv]`` scored by ``va_evaluator``; ``ctx`` holds
+        the receivers' contexts behind ``q_with``.
 
         With the critic, the gain is the change in ``E_{a ~ pi_j} Q_c(s, a)`` that sender i's
         message causes. For discrete messages every label is scored exactly and weighted by
         the sender's label probabilities (an exact expectation over labels, no
-        straight-through sample, which otherwise collapses onto one label that acts as a
-        constant bias).
+        straight-through sample; with the messenger's ``straight_through: false`` this is
+        what the label logits learn from). ``va_receiver: soft`` adds the receiver's entropy
+        bonus, on detached contexts and label probabilities: it reaches the receiver's head
+        only.
         """
-        mask = batch[MASK]
-        if self.hparams.va_evaluator == "target":
+        mask, hp = batch[MASK], self.hparams
+        if hp.va_evaluator == "target":
             return receiver_gain(q_with, q_empty, mask)
-        tau = self.hparams.influence_tau
+        tau = hp.influence_tau
+        receiver = self.target if hp.va_receiver == "target" else self.net
         values = self.critic.switch_values(batch[STATE], batch[ACTION]).detach()  # [B,T,n,A]
         pi_empty = masked_log_softmax(q_empty, tau, mask).exp()
-        base = (pi_empty * values).sum(-1)
+        base = (pi_empty * values).sum(-1).detach()  # a baseline: no gradient to anything
+
+        def entropy(q: torch.Tensor) -> torch.Tensor:
+            logp = masked_log_softmax(q, tau, mask)
+            # where, not a product: unavailable actions' huge negative logp must get no gradient
+            return -torch.where(mask, logp.exp() * logp, torch.zeros_like(logp)).sum(-1)
+
         if "label_probs" in aux and hasattr(self.net.comm, "label_contexts"):
-            ctx = self.net.comm.label_contexts()  # [M, C]
-            receiver = self.net if self.hparams.va_receiver == "online" else self.target
-            hk = h.detach().unsqueeze(0).expand(ctx.shape[0], *h.shape)
-            ck = ctx.view(-1, *[1] * (h.dim() - 1), ctx.shape[-1]).expand(*hk.shape[:-1], -1)
+            label_ctx = self.net.comm.label_contexts()  # [M, C]
+            hk = h.detach().unsqueeze(0).expand(label_ctx.shape[0], *h.shape)
+            ck = label_ctx.view(-1, *[1] * (h.dim() - 1), label_ctx.shape[-1]).expand(
+                *hk.shape[:-1], -1)
             pi_k = masked_log_softmax(receiver.agent.q(hk, ck), tau, mask).exp()
             value_k = (pi_k * values).sum(-1)  # [M, B, T, n_recv]: receiver j hears label k
             probs = aux["label_probs"].movedim(-2, 0).movedim(-1, 1)  # [n_send, M, B, T]
-            return (probs.unsqueeze(-1) * value_k.unsqueeze(0)).sum(1) - base
+            gain = (probs.unsqueeze(-1) * value_k.unsqueeze(0)).sum(1) - base
+            if hp.va_receiver == "soft":
+                ent_k = entropy(receiver.agent.q(hk, ck.detach()))
+                gain = gain + tau * (probs.detach().unsqueeze(-1) * ent_k.unsqueeze(0)).sum(1)
+            return gain
         pi_with = masked_log_softmax(q_with, tau, mask).exp()
-        return (pi_with * values).sum(-1) - base
+        gain = (pi_with * values).sum(-1) - base
+        if hp.va_receiver == "soft":
+            gain = gain + tau * entropy(receiver.agent.q(h.detach(), ctx.detach()))
+        return gain
 
     def mc_returns(self, batch: TensorDictBase) -> torch.Tensor:
         """Discounted returns-to-go ``[B, T, 1]`` inside each chunk (cut at episode ends)."""
@@ -361,6 +395,7 @@ class SeqCommDFL(QLearner):
                 inner_grad, outer_grad, w, theta, solver=hp.solver, iters=hp.cg_iters,
                 damping=hp.damping, neumann_lr=hp.neumann_lr, retain_graph=True)
             logs["dfl/cg_residual"] = info["residual"]
+            logs["dfl/cg_iters"] = float(info["iters"])
         else:  # unrolled
             grads = self.unrolled_hypergradient(batch, theta)
         norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
@@ -374,7 +409,7 @@ class SeqCommDFL(QLearner):
         for p, g in zip(theta, grads, strict=True):
             p.grad = g.detach()
         torch.nn.utils.clip_grad_norm_(theta, hp.grad_clip)
-        opt.step()
+        opt.optimizer.step()  # the raw optimiser: Lightning counts one step per update (w's)
         return logs
 
     def unrolled_hypergradient(self, batch: TensorDictBase, theta) -> tuple[torch.Tensor, ...]:
@@ -382,8 +417,9 @@ class SeqCommDFL(QLearner):
         start = {k: p.detach().requires_grad_() for k, p in self.inner_parameters().items()}
 
         def losses(params):
+            # tie_weights=False: policy.net is net, and tying would leave swapped tensors in it
             return functional_call(self, {f"net.{k}": v for k, v in params.items()},
-                                   (batch,), {}, strict=False)
+                                   (batch,), {}, strict=False, tie_weights=False)
 
         def inner_loss(params):
             td, model_td = losses(params)

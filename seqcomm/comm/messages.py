@@ -97,9 +97,13 @@ class MessageEncoder(nn.Module):
         tau: Gumbel-softmax temperature of discrete messages.
         gumbel_noise: sample labels with Gumbel noise in training; ``False`` uses the
             deterministic straight-through argmax in training too.
-        logit_bound: label logits are squashed to ``(-bound, bound)`` by a scaled tanh, so
-            early, state-independent TD pressure cannot saturate the softmax (whose gradient
-            then vanishes and the labels stay collapsed onto one); 0 disables it.
+        logit_bound: label logits are squashed to ``(-bound, bound)`` by a scaled tanh; 0
+            (the default) disables it. The tanh saturates as the softmax does, so it does not
+            stop labels from collapsing; ``SeqCommDFL``'s ``lambda_entropy`` does.
+        straight_through: the sampled label passes the softmax gradient to the logits;
+            ``False`` makes the sample a constant, so the logits learn only from losses on
+            the label probabilities (a TD gradient through the sample rewards whichever label
+            raises Q everywhere early on, and the labels collapse onto it).
     """
 
     def __init__(
@@ -110,7 +114,8 @@ class MessageEncoder(nn.Module):
         n_labels: int = 2,
         tau: float = 1.0,
         gumbel_noise: bool = True,
-        logit_bound: float = 2.0,
+        logit_bound: float = 0.0,
+        straight_through: bool = True,
     ) -> None:
         super().__init__()
         if kind not in MESSAGE_KINDS:
@@ -121,6 +126,7 @@ class MessageEncoder(nn.Module):
             raise ValueError(f"tau must be positive, got {tau}")
         self.kind, self.msg_dim, self.n_labels, self.tau = kind, msg_dim, n_labels, tau
         self.gumbel_noise, self.logit_bound = gumbel_noise, logit_bound
+        self.straight_through = straight_through
         #: size of the pre-message (the vector itself, or the label logits)
         self.raw_dim = msg_dim if kind == "continuous" else n_labels
         self.head = nn.Linear(hidden_dim, self.raw_dim)
@@ -144,6 +150,8 @@ class MessageEncoder(nn.Module):
             return raw, None
         labels, _ = straight_through_gumbel(self.logits(raw), self.tau,
                                             sample=self.training and self.gumbel_noise)
+        if not self.straight_through:
+            labels = labels.detach()
         return self.embed(labels), labels
 
     def logits(self, raw: torch.Tensor) -> torch.Tensor:

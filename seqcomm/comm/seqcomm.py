@@ -28,6 +28,8 @@ class SeqCommMessenger(Communication):
         ordering: ``"prosocial"``, ``"fixed"`` or ``"random"`` (see ``Ordering``).
         fixed_order: leader-first agent order of ``"fixed"`` (default: index order).
         gumbel_noise: sample discrete labels with Gumbel noise in training.
+        logit_bound: bound of the label logits (see ``MessageEncoder``).
+        straight_through: labels pass the straight-through gradient (see ``MessageEncoder``).
         tau: temperature of the Gumbel-softmax and of the soft sort.
         attn_dim: size of the attention queries and keys.
     """
@@ -44,9 +46,12 @@ class SeqCommMessenger(Communication):
         tau: float = 1.0,
         attn_dim: int = 32,
         gumbel_noise: bool = True,
+        logit_bound: float = 0.0,
+        straight_through: bool = True,
     ) -> None:
         super().__init__(hidden_dim, n_agents)
-        self.encoder = MessageEncoder(hidden_dim, message, msg_dim, n_labels, tau, gumbel_noise)
+        self.encoder = MessageEncoder(hidden_dim, message, msg_dim, n_labels, tau, gumbel_noise,
+                                      logit_bound, straight_through)
         self.ordering = Ordering(hidden_dim, ordering, tau, fixed_order)
         self.ctx_dim = msg_dim
         self.discrete = self.encoder.discrete
