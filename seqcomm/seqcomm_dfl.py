@@ -93,6 +93,8 @@ class SeqCommDFL(QLearner):
             ``target``: DESIGN.md's ``max_a Q_j(m_i) - max_a Q_j(empty)`` with the frozen
             target utilities.
         critic_hidden: width of the team critic.
+        va_normalize: score gains in units of the critic values' batch spread, so the
+            weights of L_VA / L_inf mean the same on tasks with different reward scales.
         va_receiver: whose utility head turns a message into the receiver's decision in the
             value-aware losses: ``target`` (frozen copy: only messages learn from L_VA),
             ``online`` (the receiver's head learns to use messages from L_VA too) or ``soft``
@@ -134,6 +136,7 @@ class SeqCommDFL(QLearner):
         influence_tau: float = 1.0,
         va_evaluator: str = "critic",
         critic_hidden: int = 128,
+        va_normalize: bool = False,
         va_receiver: str = "target",
         va_warmup_updates: int = 1000,
         **kwargs,
@@ -248,7 +251,10 @@ class SeqCommDFL(QLearner):
             q_tot_cf = self.target.mix(masked_max(q_cf, mask), batch[STATE]).squeeze(-1)
             gp = (q_tot_cf[:n] - q_tot_cf[n]).movedim(0, -1)  # [B, T, n]
         if "gp_pred" in aux:
-            out["gp"] = (aux["gp_pred"] - gp).pow(2).mean()
+            # the order needs only GP's ranking: regress on GP in units of its batch spread,
+            # so the head's loss does not grow with the task's reward scale
+            scale = gp.std().clamp_min(1e-6) if gp.numel() > 1 else gp.new_ones(())
+            out["gp"] = (aux["gp_pred"] - gp / scale).pow(2).mean()
             out["order_entropy"] = order_entropy(aux["order"].reshape(-1, n))
         out["gp_mean"] = gp.mean()
         # message awareness: Q_tot with the messages vs with none (online network)
@@ -311,6 +317,8 @@ class SeqCommDFL(QLearner):
         tau = hp.influence_tau
         receiver = self.target if hp.va_receiver == "target" else self.net
         values = self.critic.switch_values(batch[STATE], batch[ACTION]).detach()  # [B,T,n,A]
+        if hp.va_normalize:
+            values = values / values.std().clamp_min(1e-6)
         pi_empty = masked_log_softmax(q_empty, tau, mask).exp()
         base = (pi_empty * values).sum(-1).detach()  # a baseline: no gradient to anything
 
