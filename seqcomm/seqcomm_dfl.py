@@ -214,9 +214,9 @@ class SeqCommDFL(QLearner):
         pass over n+1 masks: row i delivers only agent i's message (i speaks first), the
         last row delivers nothing.
 
-        Receivers are evaluated with the target agent head on the online messages (states
-        detached), so the gradient reaches the messages only and cannot reward messages
-        that merely inflate the online Q (DESIGN.md 2.4).
+        Receivers turn messages into decisions with the head ``va_receiver`` names (default:
+        the frozen target head, states detached) and the decisions are scored by the team
+        critic (``va_evaluator``), so messages cannot win by inflating Q (DESIGN.md 2.4).
         """
         h, q, aux = cache["h"], cache["q"], cache["aux"]
         n, hp = self.info.n_agents, self.hparams
@@ -224,12 +224,15 @@ class SeqCommDFL(QLearner):
         keys = ("va", "inf", "aware", "gp", "recon", "cluster", "mi", "entropy", "epsilon",
                 "gp_mean", "order_entropy")
         out = {k: zero for k in keys}
-        # the full-information critic learns the same TD targets as Q_tot
-        joint = torch.nn.functional.one_hot(batch[ACTION], self.info.n_actions).to(h.dtype)
-        out["critic"] = (self.critic(batch[STATE], joint) - cache["target"]).pow(2).mean()
+        out["critic"] = zero
         if self.net.comm.ctx_dim == 0:
             return out
-        if hasattr(self.net.comm, "clustering_loss"):
+        clustered = hasattr(self.net.comm, "clustering_loss")
+        if clustered or (hp.value_aware and hp.va_evaluator == "critic"):
+            # the full-information critic learns the same TD targets as Q_tot
+            joint = torch.nn.functional.one_hot(batch[ACTION], self.info.n_actions).to(h.dtype)
+            out["critic"] = (self.critic(batch[STATE], joint) - cache["target"]).pow(2).mean()
+        if clustered:
             out["cluster"], out["epsilon"] = self.clustering(batch, aux)
         elif "label_probs" in aux:
             probs = aux["label_probs"]
