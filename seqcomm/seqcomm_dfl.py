@@ -292,14 +292,14 @@ class SeqCommDFL(QLearner):
         values = self.critic.switch_values(batch[STATE], batch[ACTION]).detach()
         values = values.reshape(-1, n, A)
         probs = aux["label_probs"].reshape(-1, n, aux["label_probs"].shape[-1])
-        labels = aux["labels"].reshape(probs.shape).argmax(-1)
-        others = ~torch.eye(n, dtype=torch.bool, device=values.device)
-        losses, eps = [], []
-        for i in range(n):  # one loss per sender over an N x N distance matrix; n is small
-            q_vec = values[:, others[i]].reshape(values.shape[0], -1)
-            losses.append(self.net.comm.clustering_loss(probs[:, i], q_vec))
-            eps.append(average_cosine_distance(q_vec, labels[:, i]))
-        return torch.stack(losses).mean(), torch.stack(eps).mean()
+        labels = aux["labels"].reshape(probs.shape).detach()  # one-hot [N, n, M]
+        # sender i's Q-vector: the other agents' [n-1, A] values, for all senders at once
+        others = torch.stack([torch.cat([torch.arange(i), torch.arange(i + 1, n)])
+                              for i in range(n)]).to(values.device)  # [n, n-1] index table
+        q_vec = values[:, others].flatten(-2)  # [N, n, (n-1) A]
+        losses = torch.vmap(self.net.comm.clustering_loss, in_dims=(1, 1))(probs, q_vec)
+        eps = torch.vmap(average_cosine_distance, in_dims=(1, 1))(q_vec, labels)
+        return losses.mean(), eps.mean()
 
     def critic_gain(self, batch: TensorDictBase, q_with: torch.Tensor, q_empty: torch.Tensor,
                     h: torch.Tensor, aux: dict, ctx: torch.Tensor) -> torch.Tensor:
