@@ -208,6 +208,42 @@ def test_reduced_sight_range_hides_far_units():
     assert (obs[19:24] == 0).all()  # ally 1 at distance 4 > 3: hidden
 
 
+def test_reduced_sight_masks_attacks_on_unseen_enemies():
+    # sight 4 < shoot range 6: enemy 0 at distance 5 is in range but unseen (its features are
+    # zero), enemy 1 at distance 3 is seen; only the seen one may be attacked
+    env = MicroCombat(num_envs=2, map_name="3m", sight_range=4.0)
+    env.reset()
+    td = env.place_units(far_3m(u0=(10.0, 16.0), u3=(15.0, 16.0), u4=(10.0, 19.0)))
+    mask, obs = td[MASK][:, 0], td[OBS][:, 0]
+    assert not mask[:, ATTACK + 0].any()  # distance 5: in shoot range, out of sight
+    assert mask[:, ATTACK + 1].all()  # distance 3: seen and in range
+    assert not mask[:, ATTACK + 2].any()  # far away
+    assert (obs[:, 4:9] == 0).all()  # enemy 0 is invisible in the observation
+    assert torch.allclose(obs[:, 9:14], torch.tensor([1.0, 0.75, 0.0, 0.75, 1.0]))
+    # the masked attack is executed as stop: the unseen enemy takes no damage, agent 0 stays
+    step(env, [ATTACK + 0, STOP, STOP])
+    assert env.health[:, 3].eq(MARINE.health).all()
+    assert env.x[:, 0].eq(10.0).all() and env.y[:, 0].eq(16.0).all()
+    # with SMAC's sight range 9 the same enemy at distance 5 is attackable
+    full = MicroCombat(num_envs=1, map_name="3m")
+    full.reset()
+    td = full.place_units(far_3m(u0=(10.0, 16.0), u3=(15.0, 16.0), u4=(10.0, 19.0)))
+    assert td[MASK][0, 0, ATTACK + 0] and td[MASK][0, 0, ATTACK + 1]
+
+
+def test_focus_fire_targets_only_visible_enemies():
+    # agent 0 has an unseen full-health enemy at distance 5 (in shoot range, sight 4) and a
+    # seen, wounded one at distance 3: the unseen one's zeroed features must not look weakest
+    env = MicroCombat(num_envs=2, map_name="3m", sight_range=4.0)
+    env.reset()
+    health = torch.full((6,), MARINE.health)
+    health[4] = 10.0
+    td = env.place_units(far_3m(u0=(10.0, 16.0), u3=(15.0, 16.0), u4=(10.0, 19.0)), health)
+    action = env.reference_policies()["focus_fire"](td)
+    assert action[:, 0].eq(ATTACK + 1).all()
+    assert td[MASK].gather(-1, action[..., None]).all()  # every chosen action is available
+
+
 def test_focus_fire_beats_random_on_3m():
     env = MicroCombat(num_envs=32, seed=0, map_name="3m")
     policies = env.reference_policies()

@@ -20,7 +20,8 @@ Not modelled: collisions between units, shield regeneration, auto-acquiring targ
 its shoot range, else walks towards the nearest living ally.
 
 Actions (SMAC): 0 no-op (dead agents only), 1 stop, 2-5 move north/south/east/west, 6+j
-attack enemy j (alive and within the agent's shoot range). An action outside the mask is
+attack enemy j (alive, within the agent's shoot range and strictly within its sight range: with
+a reduced sight range only visible enemies can be attacked). An action outside the mask is
 executed as stop (no-op for dead agents).
 """
 
@@ -217,8 +218,10 @@ class MicroCombat(MultiAgentEnv):
         dx, dy = xs[:, None, n_a:] - xs[:, :n_a, None], ys[:, None, n_a:] - ys[:, :n_a, None]
         dist = (dx * dx + dy * dy).sqrt_()
         both = alive[:, None, n_a:] & a_alive[..., None]
-        in_range = both & (dist <= self.shoot_range[:n_a, None] / sr)
         visible = both & (dist < 1.0)
+        # attackable: within shoot range AND sight. An unseen enemy's features are zero, so
+        # letting the mask offer it would leak its presence (what communication should carry)
+        in_range = visible & (dist <= self.shoot_range[:n_a, None] / sr)
         end = 4 + n_e * self.nf_enemy
         units = [p[..., None, :] for p in
                  self._unit_planes(health, shield, self.shield_enemy, n_a, None)]
@@ -295,11 +298,13 @@ class MicroCombat(MultiAgentEnv):
         n_a = self.n_agents
         a_alive, e_alive = alive[:, :n_a], alive[:, n_a:]
         x, y = self.x, self.y
-        # agents: attack enemy j (alive, within shoot range), or move in one of 4 directions
+        # agents: attack enemy j (alive, within shoot range and sight, as the mask), or move in
+        # one of 4 directions
         a_tgt = (action - N_NO_ATTACK).clamp(0, self.n_enemies - 1) + n_a
         tx, ty = x.gather(1, a_tgt) - x[:, :n_a], y.gather(1, a_tgt) - y[:, :n_a]
+        d2 = tx * tx + ty * ty
         a_att = ((action >= N_NO_ATTACK) & a_alive & alive.gather(1, a_tgt)
-                 & (tx * tx + ty * ty <= self.shoot_range[:n_a] ** 2))
+                 & (d2 <= self.shoot_range[:n_a] ** 2) & (d2 < self.sight_range ** 2))
         d_idx = (action - 2).clamp(0, 3)
         a_move = (action >= 2) & (action < N_NO_ATTACK) & a_alive
         a_move = a_move & self._move_ok(x[:, :n_a], y[:, :n_a]).gather(-1, d_idx[..., None])[..., 0]
@@ -371,8 +376,9 @@ class MicroCombat(MultiAgentEnv):
 
     # ------------------------------------------------------------------ scripted policies
     def reference_policies(self) -> dict[str, Callable[[TensorDictBase], torch.Tensor]]:
-        """``focus_fire`` (everyone shoots the weakest enemy in range, else walks towards the
-        nearest enemy; reads the global state) and ``random`` (uniform over available)."""
+        """``focus_fire`` (everyone shoots the weakest enemy it can attack, i.e. alive, seen and
+        in shoot range, else walks towards the nearest enemy, read from the global state) and
+        ``random`` (uniform over available)."""
         return {"focus_fire": self._focus_fire,
                 "random": lambda td: random_policy(td, generator=self._policy_rng)}
 
@@ -381,7 +387,8 @@ class MicroCombat(MultiAgentEnv):
         obs, mask, state = td[OBS], td[MASK], td["state"]
         lead = obs.shape[:-2]  # any batch shape
         enemy = obs[..., 4: 4 + n_e * self.nf_enemy].reshape(*lead, n_a, n_e, self.nf_enemy)
-        # lowest health (+ shield) first; the closer of two equally weak enemies
+        # lowest health (+ shield) first; the closer of two equally weak enemies. Only enemies
+        # the mask offers count: an unseen enemy's features are zero and would look weakest
         weakness = enemy[..., 4] + (enemy[..., 5] if self.shield_enemy else 0.0)
         weakness = weakness + 0.01 * enemy[..., 1]
         can_attack = mask[..., N_NO_ATTACK:]
