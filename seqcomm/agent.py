@@ -7,8 +7,13 @@ the message context a ``Communication`` module produced for receiver ``i``.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
+from torch.func import functional_call
+
+RECEIVERS = ("mlp", "linear")
 
 
 class RNNAgent(nn.Module):
@@ -20,16 +25,32 @@ class RNNAgent(nn.Module):
         n_actions: number of discrete actions.
         hidden_dim: GRU state size.
         ctx_dim: size of the message context each receiver gets (0 = no communication).
+        receiver: how the utility reads the context: ``"mlp"`` (one hidden layer over
+            ``[h_i, ctx_i]``, so a message's meaning can depend on the receiver's own state:
+            "this risk is yours, not mine") or ``"linear"`` (``Linear([h_i, ctx_i])``: a
+            message only adds a per-action offset). Without a context the head is linear.
     """
 
     def __init__(
-        self, obs_dim: int, n_agents: int, n_actions: int, hidden_dim: int = 64, ctx_dim: int = 0
+        self,
+        obs_dim: int,
+        n_agents: int,
+        n_actions: int,
+        hidden_dim: int = 64,
+        ctx_dim: int = 0,
+        receiver: Literal["mlp", "linear"] = "mlp",
     ) -> None:
         super().__init__()
         self.n_agents, self.hidden_dim = n_agents, hidden_dim
         self.fc = nn.Linear(obs_dim + n_agents, hidden_dim)
         self.rnn = nn.GRUCell(hidden_dim, hidden_dim)
-        self.head = nn.Linear(hidden_dim + ctx_dim, n_actions)
+        if receiver not in RECEIVERS:
+            raise ValueError(f"receiver={receiver!r}; choose one of {RECEIVERS}")
+        if ctx_dim > 0 and receiver == "mlp":
+            self.head = nn.Sequential(nn.Linear(hidden_dim + ctx_dim, hidden_dim), nn.ReLU(),
+                                      nn.Linear(hidden_dim, n_actions))
+        else:
+            self.head = nn.Linear(hidden_dim + ctx_dim, n_actions)
         self.register_buffer("agent_ids", torch.eye(n_agents), persistent=False)
 
     def encode(self, obs: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -52,8 +73,13 @@ class RNNAgent(nn.Module):
             states.append(h)
         return torch.stack(states, dim=1)
 
-    def q(self, h: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-        """Utilities ``[*B, n, n_actions]`` from states ``h`` and message contexts ``ctx``."""
+    def q(self, h: torch.Tensor, ctx: torch.Tensor,
+          head_params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Utilities ``[*B, n, n_actions]`` from states ``h`` and message contexts ``ctx``;
+        ``head_params`` replaces the head's parameters (e.g. detached copies)."""
         if ctx.shape[:-1] != h.shape[:-1]:
             h = h.expand(*ctx.shape[:-1], h.shape[-1])
-        return self.head(torch.cat([h, ctx], dim=-1))
+        x = torch.cat([h, ctx], dim=-1)
+        if head_params is None:
+            return self.head(x)
+        return functional_call(self.head, head_params, (x,))

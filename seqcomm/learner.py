@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
+from typing import Literal
 
 import lightning as L
 import torch
@@ -35,6 +36,9 @@ class QLearner(L.LightningModule):
         hidden_dim: agent GRU size (PyMARL 64).
         mixer_embed_dim: mixing network width (PyMARL 32).
         full_obs: every agent also observes the global state (the upper reference).
+        oracle_obs: every agent also observes all agents' observations (an oracle channel).
+        receiver: how utilities read the message context: ``mlp`` (message x own-state
+            interactions) or ``linear`` (a per-action offset); see ``RNNAgent``.
         lr: Adam learning rate (PyMARL 5e-4).
         gamma: discount.
         grad_clip: gradient-norm clip (PyMARL 10).
@@ -53,6 +57,8 @@ class QLearner(L.LightningModule):
         hidden_dim: int = 64,
         mixer_embed_dim: int = 32,
         full_obs: bool = False,
+        oracle_obs: bool = False,
+        receiver: Literal["mlp", "linear"] = "mlp",
         lr: float = 5e-4,
         gamma: float = 0.99,
         grad_clip: float = 10.0,
@@ -72,7 +78,8 @@ class QLearner(L.LightningModule):
         self.save_hyperparameters(ignore=["comm"])
         self.automatic_optimization = False
         self.info = env_info
-        self.net = TeamQ(env_info, comm, hidden_dim, mixer_embed_dim, full_obs)
+        self.net = TeamQ(env_info, comm, hidden_dim, mixer_embed_dim, full_obs, oracle_obs,
+                         receiver)
         self.target = copy.deepcopy(self.net).requires_grad_(False)
         self.policy = EpsilonGreedyPolicy(self.net, eps_start, eps_end, eps_anneal_frames)
         self._clock: tuple[float, int, int] | None = None

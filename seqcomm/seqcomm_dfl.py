@@ -13,28 +13,28 @@ import torch
 from tensordict import TensorDictBase
 from torch.func import functional_call
 
-from seqcomm.comm.ordering import order_entropy
+from seqcomm.comm.ordering import guidance_potential, order_entropy
 from seqcomm.comm.rgmcomm import average_cosine_distance
 from seqcomm.dfl.critic import TeamCritic
-from seqcomm.dfl.implicit_gradient import implicit_hypergradient, unrolled_inner
+from seqcomm.dfl.implicit_gradient import SOLVERS, implicit_hypergradient, unrolled_inner
 from seqcomm.dfl.value_aware import (
     ReconstructionHead,
     awareness_loss,
     blended_gain,
+    decision_value,
     influence_loss,
     masked_log_softmax,
     mc_gain,
-    receiver_gain,
+    normalised_advantage,
     value_aware_loss,
     warmup_beta,
 )
 from seqcomm.dfl.world_model import WorldModel
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE
 from seqcomm.learner import NEXT, QLearner
-from seqcomm.team_q import masked_max
+from seqcomm.team_q import masked_argmax
 
 GRADIENTS = ("implicit", "unrolled", "mle", "none")
-SOLVERS = ("cg", "neumann", "identity")
 EVALUATORS = ("critic", "target")
 
 
@@ -51,17 +51,21 @@ class SeqCommDFL(QLearner):
         world_model_gradient: ``implicit`` (implicit differentiation, OMD), ``unrolled``
             (backprop through ``k_inner`` SGD steps), ``mle`` (prediction loss) or ``none``
             (model-free).
-        solver: linear solver of the implicit gradient: ``cg``, ``neumann`` or ``identity``.
-        cg_iters: solver iterations (CG iterations or Neumann terms).
+        solver: linear solver of the implicit gradient: ``minres`` (indefinite Hessians),
+            ``cg`` (positive definite only), ``neumann`` or ``identity``.
+        cg_iters: solver iterations (MINRES/CG iterations or Neumann terms).
         damping: ``lambda`` in ``(H + lambda I) v = dL_true/dw``.
         neumann_lr: step of the Neumann series.
         k_inner: inner SGD steps of the ``unrolled`` ablation.
         inner_lr: their step size.
         model_lr: Adam rate ``eta`` of the world model.
         model_hidden: world-model width.
-        real_td_weight: weight of the real-data TD loss inside the inner objective (0 = pure
-            OMD: the values learn only from imagined transitions).
-        model_td_weight: weight of the imagined-transition TD loss ``L_model``.
+        real_td_weight: weight of the real-data TD loss ``L_true`` in the value parameters'
+            step (0 = pure OMD: the values learn only from imagined transitions). It is an
+            outer term: the implicit gradient's Hessian is that of the inner objective
+            ``L_model + lambda_aware L_aware`` alone (DESIGN.md section 3).
+        model_td_weight: weight of the imagined-transition TD loss ``L_model`` in the value
+            parameters' step.
         mle_weight: weight of the prediction loss added to the world model's hypergradient
             (``implicit``, ``unrolled``): an anchor that keeps imagined states in the range
             the value networks were trained on (without it ``L_model`` diverged on hospital).
@@ -87,31 +91,29 @@ class SeqCommDFL(QLearner):
             its observations, instead of collapsing onto one label before the critic knows.
         aware_margin: ``eps_margin`` of the awareness hinge.
         influence_tau: temperature of ``pi_j = softmax(Q_j / tau)``.
-        va_evaluator: how a receiver's gain is scored. ``critic``: the change, under the
-            full-information team critic ``Q_c(s, a)``, of the expected value of the
-            receiver's softmax decision (messages cannot raise it by inflating Q);
-            ``target``: DESIGN.md's ``max_a Q_j(m_i) - max_a Q_j(empty)`` with the frozen
-            target utilities.
+        va_evaluator: what scores a receiver's decision (and the guidance potential).
+            ``critic``: the full-information team critic ``Q_c(s, a)`` (per receiver: its
+            value when j switches action, the others keeping theirs); ``target``: the target
+            network on target states with every target message delivered (per receiver: its
+            target utilities; the joint value: the target ``Q_tot``).
         critic_hidden: width of the team critic.
-        va_normalize: score gains in units of the critic values' batch spread, so the
+        va_normalize: score gains in units of the evaluator values' batch spread, so the
             weights of L_VA / L_inf mean the same on tasks with different reward scales.
         va_receiver: whose utility head turns a message into the receiver's decision in the
-            value-aware losses: ``target`` (frozen copy: only messages learn from L_VA),
-            ``online`` (the receiver's head learns to use messages from L_VA too) or ``soft``
-            (``online`` plus ``influence_tau`` times the entropy of the receiver's decision,
-            for its head only: the optimum of ``E_pi Q_c + tau H(pi)``, ``pi ~ exp(Q_c /
-            tau)``, keeps its utilities bounded; needs the critic evaluator). A receiver
-            trained by the critic gets past QMIX's monotonic mixer, which flattens the states
-            whose reward order the receiver's current utilities contradict.
-        va_warmup_updates: ``T_w``: updates over which the receiver gain moves from the
-            Monte-Carlo estimate to the critic.
+            value-aware losses: ``frozen`` (the online head with its parameters detached:
+            only the messages learn from L_VA), ``online`` (the receiver's head learns from
+            L_VA too) or ``soft`` (``online`` plus ``influence_tau`` times the entropy of the
+            receiver's decision, for its head only: the optimum of ``E_pi Q_c + tau H(pi)``,
+            ``pi ~ exp(Q_c / tau)``, keeps its utilities bounded; needs the critic).
+        va_warmup_fraction: ``T_w`` as a fraction of the run's env steps: the receiver gain
+            moves from the (centred, normalised) Monte-Carlo estimate to the evaluator's.
     """
 
     def __init__(
         self,
         *args,
         world_model_gradient: str = "implicit",
-        solver: str = "cg",
+        solver: str = "minres",
         cg_iters: int = 5,
         damping: float = 1e-3,
         neumann_lr: float = 0.01,
@@ -136,9 +138,9 @@ class SeqCommDFL(QLearner):
         influence_tau: float = 1.0,
         va_evaluator: str = "critic",
         critic_hidden: int = 128,
-        va_normalize: bool = False,
-        va_receiver: str = "target",
-        va_warmup_updates: int = 1000,
+        va_normalize: bool = True,
+        va_receiver: str = "frozen",
+        va_warmup_fraction: float = 0.1,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -151,9 +153,11 @@ class SeqCommDFL(QLearner):
             raise ValueError(f"model.va_evaluator={va_evaluator!r}; choose one of {EVALUATORS}")
         if implicit_params not in ("head", "all"):
             raise ValueError(f"model.implicit_params={implicit_params!r}; choose 'head' or 'all'")
-        if va_receiver not in ("target", "online", "soft"):
-            raise ValueError(f"model.va_receiver={va_receiver!r}; choose 'target', 'online' "
+        if va_receiver not in ("frozen", "online", "soft"):
+            raise ValueError(f"model.va_receiver={va_receiver!r}; choose 'frozen', 'online' "
                              "or 'soft'")
+        if not 0.0 <= va_warmup_fraction <= 1.0:
+            raise ValueError(f"model.va_warmup_fraction={va_warmup_fraction} must lie in [0, 1]")
         if va_receiver == "soft" and va_evaluator != "critic":
             raise ValueError("model.va_receiver='soft' scores the receiver with the critic; "
                              "set model.va_evaluator='critic' or pick another va_receiver")
@@ -168,7 +172,9 @@ class SeqCommDFL(QLearner):
         self.critic = TeamCritic(info.state_dim, info.n_agents, info.n_actions, critic_hidden)
         self.decoder = None
         if not value_aware and self.net.comm.ctx_dim > 0:
-            self.decoder = ReconstructionHead(self.net.comm.ctx_dim, info.obs_dim)
+            encoder = getattr(self.net.comm, "encoder", None)  # decodes the sent message
+            msg_dim = encoder.msg_dim if encoder is not None else self.net.comm.ctx_dim
+            self.decoder = ReconstructionHead(msg_dim, info.obs_dim)
 
     # -- the algorithm box --------------------------------------------------------------
     def training_step(self, dataloader_iter) -> None:
@@ -182,26 +188,28 @@ class SeqCommDFL(QLearner):
         # 3. world model imagines transitions from the real (s, o, a, M) (3)
         pred = self.imagine(batch, cache)
         model_td = self.imagined_td_loss(batch, cache, pred) if pred is not None else td * 0
-        # 4. inner objective of the value parameters w (and of the critic, which scores L_VA)
+        # 4. inner objective (DESIGN.md 3): L_model + lambda_aware L_aware; the w step adds
+        #    the real TD loss and the message losses as outer terms, the critic its own loss
         hp = self.hparams
+        inner = model_td + hp.lambda_aware * msg["aware"]
         weight = hp.real_td_weight if pred is not None else 1.0
-        inner = (weight * td + hp.model_td_weight * model_td + hp.lambda_aware * msg["aware"]
-                 + hp.lambda_va * msg["va"] + hp.lambda_inf * msg["inf"]
-                 + hp.lambda_gp * msg["gp"] + hp.lambda_recon * msg["recon"]
-                 + hp.lambda_cluster * msg["cluster"] + hp.lambda_mi * msg["mi"]
-                 + hp.lambda_entropy * msg["entropy"]
-                 + msg["critic"])
+        w_loss = (weight * td + hp.model_td_weight * model_td + hp.lambda_aware * msg["aware"]
+                  + hp.lambda_va * msg["va"] + hp.lambda_inf * msg["inf"]
+                  + hp.lambda_gp * msg["gp"] + hp.lambda_recon * msg["recon"]
+                  + hp.lambda_cluster * msg["cluster"] + hp.lambda_mi * msg["mi"]
+                  + hp.lambda_entropy * msg["entropy"]
+                  + msg["critic"])
         # 5. outer: the world model follows dL_true/dtheta (implicit, unrolled) or fits (mle)
         logs = self.update_world_model(opt_theta, batch, td, inner, pred)
         # 6. the w step, target networks by Polyak averaging / hard copies
         w = [p for p in self.net.parameters() if p.requires_grad]
-        self.step_w(opt_w, inner, w + self.auxiliary_parameters())
+        self.step_w(opt_w, w_loss, w + self.auxiliary_parameters())
         self.update_targets()
         logs.update({"loss/td": td, "loss/model_td": model_td, "loss/va": msg["va"],
                      "loss/inf": msg["inf"], "loss/aware": msg["aware"], "loss/gp": msg["gp"],
                      "loss/recon": msg["recon"], "loss/critic": msg["critic"],
                      "loss/cluster": msg["cluster"], "loss/mi": msg["mi"],
-                     "loss/entropy": msg["entropy"],
+                     "loss/entropy": msg["entropy"], "comm/va_beta": msg["va_beta"],
                      "comm/epsilon": msg["epsilon"],
                      "comm/guidance_potential": msg["gp_mean"],
                      "comm/order_entropy": msg["order_entropy"]})
@@ -211,24 +219,23 @@ class SeqCommDFL(QLearner):
     def message_losses(self, batch: TensorDictBase, cache: dict) -> dict[str, torch.Tensor]:
         """``L_VA`` (warm-up blend), ``L_inf``, ``L_aware``, the guidance-potential regression
         and, with ``value_aware: false``, the reconstruction loss, from ONE counterfactual
-        pass over n+1 masks: row i delivers only agent i's message (i speaks first), the
-        last row delivers nothing.
+        pass over n+1 masks: row i masks agent i's messages (all others delivered), the last
+        row delivers all (DESIGN.md 2.2).
 
         Receivers turn messages into decisions with the head ``va_receiver`` names (default:
-        the frozen target head, states detached) and the decisions are scored by the team
-        critic (``va_evaluator``), so messages cannot win by inflating Q (DESIGN.md 2.4).
+        the online head with detached parameters, on detached states) and the decisions are
+        scored by ``va_evaluator``, so messages cannot win by inflating Q (DESIGN.md 2.4).
         """
         h, q, aux = cache["h"], cache["q"], cache["aux"]
         n, hp = self.info.n_agents, self.hparams
         zero = q.new_zeros(())
         keys = ("va", "inf", "aware", "gp", "recon", "cluster", "mi", "entropy", "epsilon",
-                "gp_mean", "order_entropy")
+                "gp_mean", "order_entropy", "critic", "va_beta")
         out = {k: zero for k in keys}
-        out["critic"] = zero
         if self.net.comm.ctx_dim == 0:
             return out
         clustered = hasattr(self.net.comm, "clustering_loss")
-        if clustered or (hp.value_aware and hp.va_evaluator == "critic"):
+        if clustered or hp.value_aware or "gp_pred" in aux:
             # the full-information critic learns the same TD targets as Q_tot
             joint = torch.nn.functional.one_hot(batch[ACTION], self.info.n_actions).to(h.dtype)
             out["critic"] = (self.critic(batch[STATE], joint) - cache["target"]).pow(2).mean()
@@ -238,28 +245,16 @@ class SeqCommDFL(QLearner):
             probs = aux["label_probs"]
             out["mi"] = -label_information(probs.reshape(-1, n, probs.shape[-1])).mean()
             out["entropy"] = (probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
-        eye = torch.eye(n, device=h.device, dtype=h.dtype)
-        deliver = torch.cat([eye, eye.new_zeros(1, n)]).view(n + 1, *[1] * (h.dim() - 2), n)
-        kwargs = {}
-        if hasattr(self.net.comm, "ordering"):  # put the only speaker first
-            kwargs["scores"] = (deliver * 1e3).expand(n + 1, *h.shape[:-1])
-        ctx, _ = self.net.comm(h.expand(n + 1, *h.shape), deliver, **kwargs)
-        receiver = self.target if hp.va_receiver == "target" else self.net
-        q_cf = receiver.agent.q(h.detach(), ctx)  # [n+1, B, T, n, A]
+        q_masked, q_all, ctx_all = self.counterfactual_utilities(h)
         mask = batch[MASK]
-        q_with, q_empty = q_cf[:n], q_cf[n]
-        # guidance potential target: team value of the greedy action with i's message minus
-        # without any message; the ordering head psi regresses on it
-        with torch.no_grad():
-            q_tot_cf = self.target.mix(masked_max(q_cf, mask), batch[STATE]).squeeze(-1)
-            gp = (q_tot_cf[:n] - q_tot_cf[n]).movedim(0, -1)  # [B, T, n]
         if "gp_pred" in aux:
+            gp = self.guidance_potential_target(batch, cache, q_masked, q_all)
             # the order needs only GP's ranking: regress on GP in units of its batch spread,
             # so the head's loss does not grow with the task's reward scale
             scale = gp.std().clamp_min(1e-6) if gp.numel() > 1 else gp.new_ones(())
             out["gp"] = (aux["gp_pred"] - gp / scale).pow(2).mean()
             out["order_entropy"] = order_entropy(aux["order"].reshape(-1, n))
-        out["gp_mean"] = gp.mean()
+            out["gp_mean"] = gp.mean()
         # message awareness: Q_tot with the messages vs with none (online network)
         chosen0 = self.net.utilities(h, h.new_zeros(n))[0].gather(
             -1, batch[ACTION].unsqueeze(-1)).squeeze(-1)
@@ -269,19 +264,21 @@ class SeqCommDFL(QLearner):
             if self.decoder is not None and "messages" in aux:
                 out["recon"] = self.decoder.loss(aux["messages"], batch[OBS])
             return out
-        critic = self.critic_gain(batch, q_with, q_empty, h, aux, ctx[:n])
-        beta = warmup_beta(self.global_step, hp.va_warmup_updates)
-        gain = critic
+        gain = self.evaluator_gain(batch, cache, q_masked, q_all, h, aux, ctx_all)
+        data = self.trainer.datamodule if self._trainer is not None else None
+        progress = data.frames / max(data.total_frames, 1) if data is not None else 1.0
+        beta = warmup_beta(progress, hp.va_warmup_fraction)
         if beta < 1.0:
             action = batch[ACTION].unsqueeze(-1)
             tau = hp.influence_tau
-            logp_with = masked_log_softmax(q_with, tau, mask).gather(-1, action.expand(
-                n, *action.shape)).squeeze(-1)
-            logp_empty = masked_log_softmax(q_empty, tau, mask).gather(-1, action).squeeze(-1)
-            advantage = self.mc_returns(batch) - cache["q_tot"].detach()
-            gain = blended_gain(mc_gain(logp_with, logp_empty, advantage), critic, beta)
+            logp_all = masked_log_softmax(q_all, tau, mask).gather(-1, action).squeeze(-1)
+            logp_masked = masked_log_softmax(q_masked, tau, mask).gather(
+                -1, action.expand(n, *action.shape)).squeeze(-1)
+            advantage = normalised_advantage(self.mc_returns(batch), cache["q_tot"])
+            gain = blended_gain(mc_gain(logp_all, logp_masked, advantage), gain, beta)
+        out["va_beta"] = q.new_tensor(beta)
         out["va"] = value_aware_loss(gain)
-        out["inf"] = influence_loss(q_with, q_empty, hp.influence_tau, mask)
+        out["inf"] = influence_loss(q_all, q_masked, hp.influence_tau, mask)
         return out
 
     def clustering(self, batch: TensorDictBase, aux: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,52 +298,93 @@ class SeqCommDFL(QLearner):
         eps = torch.vmap(average_cosine_distance, in_dims=(1, 1))(q_vec, labels)
         return losses.mean(), eps.mean()
 
-    def critic_gain(self, batch: TensorDictBase, q_with: torch.Tensor, q_empty: torch.Tensor,
-                    h: torch.Tensor, aux: dict, ctx: torch.Tensor) -> torch.Tensor:
-        """Receiver gain ``[n_send, B, T, n_recv]`` scored by ``va_evaluator``; ``ctx`` holds
-        the receivers' contexts behind ``q_with``.
+    def counterfactual_utilities(self, h: torch.Tensor):
+        """Receivers' utilities with each sender masked ``[n, *B, n, A]`` and with every
+        message delivered ``[*B, n, A]``, from one batched messenger pass (the speaking order
+        is the real one in every row), and the all-delivered contexts. The head is
+        ``va_receiver``'s; states are detached (messages are what these losses train)."""
+        n = self.info.n_agents
+        eye = torch.eye(n, device=h.device, dtype=h.dtype)
+        deliver = torch.cat([1 - eye, eye.new_ones(1, n)]).view(n + 1, *[1] * (h.dim() - 2), n)
+        ctx, _ = self.net.comm(h.expand(n + 1, *h.shape), deliver)
+        q_cf = self.receiver_q(h.detach(), ctx)  # [n+1, *B, n, A]
+        return q_cf[:n], q_cf[n], ctx[n]
 
-        With the critic, the gain is the change in ``E_{a ~ pi_j} Q_c(s, a)`` that sender i's
-        message causes. For discrete messages every label is scored exactly and weighted by
-        the sender's label probabilities (an exact expectation over labels, no
-        straight-through sample; with the messenger's ``straight_through: false`` this is
-        what the label logits learn from). ``va_receiver: soft`` adds the receiver's entropy
-        bonus, on detached contexts and label probabilities: it reaches the receiver's head
-        only.
+    def receiver_q(self, h: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """Utilities through ``va_receiver``'s head: ``frozen`` detaches its parameters."""
+        agent = self.net.agent
+        if self.hparams.va_receiver != "frozen":
+            return agent.q(h, ctx)
+        return agent.q(h, ctx, {k: p.detach() for k, p in agent.head.named_parameters()})
+
+    @torch.no_grad()
+    def evaluator_values(self, batch: TensorDictBase, cache: dict) -> torch.Tensor:
+        """``[*B, n, A]``: the evaluator's value of receiver j playing a (the others keeping
+        the taken actions), in units of its batch spread under ``va_normalize``."""
+        if self.hparams.va_evaluator == "critic":
+            values = self.critic.switch_values(batch[STATE], batch[ACTION])
+        else:
+            values = self.target.utilities(cache["h_target"])[0]
+        if self.hparams.va_normalize:
+            values = values / values.std().clamp_min(1e-6)
+        return values
+
+    @torch.no_grad()
+    def guidance_potential_target(self, batch: TensorDictBase, cache: dict,
+                                  q_masked: torch.Tensor, q_all: torch.Tensor) -> torch.Tensor:
+        """``GP_i = V(s, a*(all)) - V(s, a*(i masked))`` ``[*B, n]`` (DESIGN.md 2.2): the
+        receivers' greedy joint action under each condition, scored by the evaluator's joint
+        value (the team critic, or the target ``Q_tot`` on target states)."""
+        mask = batch[MASK]
+        greedy = masked_argmax(torch.cat([q_masked, q_all.unsqueeze(0)]), mask)  # [n+1,*B,n]
+        state = batch[STATE].expand(*greedy.shape[:-1], -1)
+        if self.hparams.va_evaluator == "critic":
+            joint = torch.nn.functional.one_hot(greedy, self.info.n_actions).to(state.dtype)
+            value = self.critic(state, joint).squeeze(-1)
+        else:
+            q_t = self.target.utilities(cache["h_target"])[0]
+            chosen = q_t.expand(*greedy.shape, -1).gather(-1, greedy.unsqueeze(-1)).squeeze(-1)
+            value = self.target.mix(chosen, state).squeeze(-1)
+        return guidance_potential(value[-1], value[:-1])
+
+    def evaluator_gain(self, batch: TensorDictBase, cache: dict, q_masked: torch.Tensor,
+                       q_all: torch.Tensor, h: torch.Tensor, aux: dict,
+                       ctx: torch.Tensor) -> torch.Tensor:
+        """Receiver gain ``[n_send, *B, n_recv]``: the change in ``E_{a ~ pi_j} V_j(a)`` (the
+        evaluator's values) that sender i's message causes; the masked value is a baseline.
+
+        For discrete messages of a messenger with one heard sender per receiver
+        (``label_contexts``), every label is scored exactly and weighted by the sender's label
+        probabilities (an exact expectation over labels, no straight-through sample).
+        ``va_receiver: soft`` adds the receiver's entropy bonus, on detached contexts and
+        label probabilities: it reaches the receiver's head only.
         """
         mask, hp = batch[MASK], self.hparams
-        if hp.va_evaluator == "target":
-            return receiver_gain(q_with, q_empty, mask)
         tau = hp.influence_tau
-        receiver = self.target if hp.va_receiver == "target" else self.net
-        values = self.critic.switch_values(batch[STATE], batch[ACTION]).detach()  # [B,T,n,A]
-        if hp.va_normalize:
-            values = values / values.std().clamp_min(1e-6)
-        pi_empty = masked_log_softmax(q_empty, tau, mask).exp()
-        base = (pi_empty * values).sum(-1).detach()  # a baseline: no gradient to anything
+        values = self.evaluator_values(batch, cache)
+        base = decision_value(q_masked, values, tau, mask).detach()
 
         def entropy(q: torch.Tensor) -> torch.Tensor:
             logp = masked_log_softmax(q, tau, mask)
             # where, not a product: unavailable actions' huge negative logp must get no gradient
             return -torch.where(mask, logp.exp() * logp, torch.zeros_like(logp)).sum(-1)
 
-        if "label_probs" in aux and hasattr(self.net.comm, "label_contexts"):
-            label_ctx = self.net.comm.label_contexts()  # [M, C]
+        comm = self.net.comm
+        if "label_probs" in aux and hasattr(comm, "label_contexts") and not comm.base_round:
+            label_ctx = comm.label_contexts()  # [M, C]
             hk = h.detach().unsqueeze(0).expand(label_ctx.shape[0], *h.shape)
             ck = label_ctx.view(-1, *[1] * (h.dim() - 1), label_ctx.shape[-1]).expand(
                 *hk.shape[:-1], -1)
-            pi_k = masked_log_softmax(receiver.agent.q(hk, ck), tau, mask).exp()
-            value_k = (pi_k * values).sum(-1)  # [M, B, T, n_recv]: receiver j hears label k
-            probs = aux["label_probs"].movedim(-2, 0).movedim(-1, 1)  # [n_send, M, B, T]
+            value_k = decision_value(self.receiver_q(hk, ck), values, tau, mask)  # [M,*B,n]
+            probs = aux["label_probs"].movedim(-2, 0).movedim(-1, 1)  # [n_send, M, *B]
             gain = (probs.unsqueeze(-1) * value_k.unsqueeze(0)).sum(1) - base
             if hp.va_receiver == "soft":
-                ent_k = entropy(receiver.agent.q(hk, ck.detach()))
+                ent_k = entropy(self.receiver_q(hk, ck.detach()))
                 gain = gain + tau * (probs.detach().unsqueeze(-1) * ent_k.unsqueeze(0)).sum(1)
             return gain
-        pi_with = masked_log_softmax(q_with, tau, mask).exp()
-        gain = (pi_with * values).sum(-1) - base
+        gain = decision_value(q_all, values, tau, mask) - base
         if hp.va_receiver == "soft":
-            gain = gain + tau * entropy(receiver.agent.q(h.detach(), ctx.detach()))
+            gain = gain + tau * entropy(self.receiver_q(h.detach(), ctx.detach()))
         return gain
 
     def mc_returns(self, batch: TensorDictBase) -> torch.Tensor:

@@ -8,6 +8,7 @@ over any leading dimensions (time, batch, counterfactual message masks).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import nn
@@ -30,6 +31,9 @@ class TeamQ(nn.Module):
         hidden_dim: agent GRU size.
         mixer_embed_dim: QMIX mixing width.
         full_obs: every agent also observes the global state (the upper reference).
+        oracle_obs: every agent also observes all agents' observations (the oracle channel
+            of the diagnostic ladder: a perfect, free message of each sender's raw input).
+        receiver: how utilities read the message context (see ``RNNAgent``).
     """
 
     def __init__(
@@ -39,21 +43,28 @@ class TeamQ(nn.Module):
         hidden_dim: int = 64,
         mixer_embed_dim: int = 32,
         full_obs: bool = False,
+        oracle_obs: bool = False,
+        receiver: Literal["mlp", "linear"] = "mlp",
     ) -> None:
         super().__init__()
-        self.info, self.full_obs = info, full_obs
+        self.info, self.full_obs, self.oracle_obs = info, full_obs, oracle_obs
         self.comm = comm(hidden_dim, info.n_agents) if comm is not None else NoComm(
             hidden_dim, info.n_agents)
-        in_dim = info.obs_dim + (info.state_dim if full_obs else 0)
+        in_dim = (info.obs_dim + (info.state_dim if full_obs else 0)
+                  + (info.n_agents * info.obs_dim if oracle_obs else 0))
         self.agent = RNNAgent(in_dim, info.n_agents, info.n_actions, hidden_dim,
-                              self.comm.ctx_dim)
+                              self.comm.ctx_dim, receiver)
         self.mixer = MonotonicMixer(info.state_dim, info.n_agents, mixer_embed_dim)
 
     def inputs(self, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """Agent inputs: the observation, plus the global state under ``full_obs``."""
-        if not self.full_obs:
-            return obs
-        return torch.cat([obs, state.unsqueeze(-2).expand(*obs.shape[:-1], -1)], dim=-1)
+        """Agent inputs: the observation, plus the global state under ``full_obs`` and every
+        agent's observation under ``oracle_obs``."""
+        parts = [obs]
+        if self.full_obs:
+            parts.append(state.unsqueeze(-2).expand(*obs.shape[:-1], -1))
+        if self.oracle_obs:
+            parts.append(obs.flatten(-2).unsqueeze(-2).expand(*obs.shape[:-1], -1))
+        return torch.cat(parts, dim=-1) if len(parts) > 1 else obs
 
     def utilities(
         self, h: torch.Tensor, deliver: torch.Tensor | None = None

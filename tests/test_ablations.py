@@ -19,6 +19,7 @@ from conftest import ROOT, latest_version, read_metrics, read_summary
 from omegaconf import OmegaConf
 
 from seqcomm.cli import main
+from seqcomm.envs.base import env_info
 from seqcomm.envs.smacv2 import missing_requirements
 
 METHOD = ROOT / "conf" / "methods" / "seqcomm_dfl.yaml"
@@ -121,13 +122,23 @@ def msg_args(config: dict) -> dict:
     return config["model"]["init_args"]["comm"]["init_args"]
 
 
-def bits(config: dict) -> float:
-    """SeqCommMessenger's documented count: base + refined message, + 32 bits of guidance
-    potential when the order is prosocial."""
+def n_agents(config: dict) -> int:
+    """Agents of the run's environment, built from its resolved config."""
+    env = config["data"]["env"]
+    module, name = env["class_path"].rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    return env_info(cls(num_envs=1, seed=0, device="cpu", **env.get("init_args", {}))).n_agents
+
+
+def bits(config: dict, n: int = 3) -> float:
+    """SeqCommMessenger's documented count with n agents: the base message, the refined
+    message of n-1 of the n speakers (the last one's is heard by nobody), + 32 bits of
+    guidance potential when the order is prosocial."""
     comm = msg_args(config)
+    base = 1.0 if comm.get("base_round", True) else 0.0
     per_message = (math.log2(comm["n_labels"]) if comm["message"] == "discrete"
                    else 32.0 * comm["msg_dim"])
-    return 2 * per_message + (32.0 if comm["ordering"] == "prosocial" else 0.0)
+    return (base + 1 - 1 / n) * per_message + (32.0 if comm["ordering"] == "prosocial" else 0.0)
 
 
 def gradient_switch(name: str):
@@ -150,7 +161,8 @@ def gradient_switch(name: str):
 def messages_switch(name: str):
     def check(metrics, config):
         assert msg_args(config)["message"] == name
-        assert set(values(metrics, "comm/bits_per_step")) == {bits(config)}
+        logged = values(metrics, "comm/bits_per_step")
+        assert logged == pytest.approx([bits(config)] * len(logged)) and logged
         mi = values(metrics, "loss/mi")  # label information: discrete labels only
         assert (min(mi) < 0) if name == "discrete" else set(mi) == {0.0}
     return check
@@ -159,7 +171,8 @@ def messages_switch(name: str):
 def ordering_switch(name: str):
     def check(metrics, config):
         assert msg_args(config)["ordering"] == name
-        assert set(values(metrics, "comm/bits_per_step")) == {bits(config)}
+        logged = values(metrics, "comm/bits_per_step")
+        assert logged == pytest.approx([bits(config)] * len(logged)) and logged
         entropy = values(metrics, "comm/order_entropy")
         if name == "fixed":  # one leader everywhere
             assert set(entropy) == {0.0}
@@ -214,7 +227,9 @@ def test_world_model_gradients_differ_on_the_same_first_update(fit):
 def test_method_trains_on_every_task(task_name, fit):
     run = fit(*stack(task(task_name), METHOD), *SHORT.get(task_name, []))
     metrics, _, config = check_run(run)
-    assert set(values(metrics, "comm/bits_per_step")) == {bits(config)}
+    logged = values(metrics, "comm/bits_per_step")
+    n = n_agents(config)
+    assert logged == pytest.approx([bits(config, n)] * len(logged)) and logged
     assert "dfl/cg_residual" in metrics and "dfl/outer_grad_norm" in metrics
     assert all(v >= 0 for v in values(metrics, "loss/td"))
 
@@ -248,7 +263,8 @@ BASELINES = {  # method file(s) stacked on the matrix game -> comm/bits_per_step
                lambda c: 32.0 * (msg_args(c)["key_dim"] + msg_args(c)["value_dim"])),
     "omd": (["conf/methods/omd.yaml"], lambda c: 0.0),
     "rgmcomm": (["conf/methods/rgmcomm.yaml"], lambda c: math.log2(msg_args(c)["n_labels"])),
-    "seqcomm_dfl_1bit": ([METHOD, "conf/methods/seqcomm_dfl_1bit.yaml"], bits),
+    "seqcomm_dfl_1bit": ([METHOD, "conf/methods/seqcomm_dfl_1bit.yaml"],
+                         lambda c: bits(c, n=2)),
 }
 
 
@@ -266,6 +282,6 @@ def test_baseline_trains_on_matrix(name, fit):
     if name == "rgmcomm":  # labels trained by the clustering loss, no world model
         assert min(values(metrics, "loss/cluster")) != 0
         assert "dfl/outer_grad_norm" not in metrics
-    if name == "seqcomm_dfl_1bit":  # one bit each way, agent 2 always leads
+    if name == "seqcomm_dfl_1bit":  # one bit from agent 2 (the leader) to agent 1
         assert msg_args(config)["n_labels"] == 2
         assert set(values(metrics, "comm/order_entropy")) == {0.0}

@@ -13,7 +13,7 @@ from seqcomm.dfl.world_model import WorldModel
 DT = torch.float64
 
 
-def quadratic_problem(n_w: int = 6, n_theta: int = 4, seed: int = 0):
+def quadratic_problem(n_w: int = 6, n_theta: int = 4, seed: int = 0, indefinite: bool = False):
     """Inner L(w; theta) = 1/2 w^T A w - w^T B theta, outer 1/2 ||w - c||^2.
 
     w*(theta) = A^-1 B theta and dL_outer/dtheta = B^T A^-1 (w* - c).
@@ -21,6 +21,8 @@ def quadratic_problem(n_w: int = 6, n_theta: int = 4, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(n_w, n_w, generator=gen, dtype=DT)
     a = q @ q.T + 0.5 * torch.eye(n_w, dtype=DT)
+    if indefinite:  # the Hessian of a TD loss need not be positive definite
+        a = q + q.T
     b_mat = torch.randn(n_w, n_theta, generator=gen, dtype=DT)
     c = torch.randn(n_w, generator=gen, dtype=DT)
     theta = torch.randn(n_theta, generator=gen, dtype=DT).requires_grad_()
@@ -50,6 +52,21 @@ def test_cg_matches_analytic_hypergradient():
     g_tol, info_tol = hypergrad(p, solver="cg", iters=20, damping=0.0, tol=1e-10)
     assert info_tol["iters"] <= 7 and info_tol["residual"] < 1e-8
     assert torch.allclose(g_tol, p["analytic"], atol=1e-5, rtol=0)
+
+
+def test_minres_solves_an_indefinite_system_with_several_iterations():
+    p = quadratic_problem(indefinite=True)
+    eig = torch.linalg.eigvalsh(p["a"])
+    assert eig.min() < 0 < eig.max()  # a saddle: CG does not apply
+    g, info = hypergrad(p, solver="minres", iters=50, damping=0.0)
+    assert info["iters"] > 1 and info["residual"] < 1e-6
+    assert torch.allclose(g, p["analytic"], atol=1e-5, rtol=0)
+    # CG stops at the first direction of non-positive curvature and is far off here
+    _, info_cg = hypergrad(p, solver="cg", iters=50, damping=0.0)
+    assert info_cg["residual"] > 1e-2
+    # a budget of 3 iterations is used in full and leaves a residual
+    _, info3 = hypergrad(p, solver="minres", iters=3, damping=0.0)
+    assert info3["iters"] == 3 and 1e-6 < info3["residual"] < 1.0
 
 
 def test_cg_damping_solves_the_damped_system():

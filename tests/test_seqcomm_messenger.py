@@ -15,47 +15,75 @@ def _grad(output, h, agent):
 
 
 @pytest.mark.parametrize("message", ["continuous", "discrete"])
-def test_shapes_and_aux(message):
-    m = SeqCommMessenger(H, N, message=message, msg_dim=5, n_labels=4, attn_dim=6)
+@pytest.mark.parametrize("base_round", [True, False])
+def test_shapes_and_aux(message, base_round):
+    m = SeqCommMessenger(H, N, message=message, msg_dim=5, n_labels=4, attn_dim=6,
+                         base_round=base_round)
     ctx, aux = m(torch.randn(2, 7, N, H))
-    assert ctx.shape == (2, 7, N, 5) and m.ctx_dim == 5
+    assert ctx.shape == (2, 7, N, m.ctx_dim) and m.ctx_dim == (10 if base_round else 5)
     assert aux["messages"].shape == aux["base_messages"].shape == (2, 7, N, 5)
     assert aux["gp_pred"].shape == aux["order"].shape == (2, 7, N)
     assert aux["precedence"].shape == (2, 7, N, N)
     assert ("labels" in aux) == (message == "discrete")
     assert m.discrete == (message == "discrete")
+    if message == "continuous":  # bounded: no loss can win by inflating the scale
+        m.encoder.head.weight.data.mul_(1e3)
+        assert m(torch.randn(2, 7, N, H))[1]["messages"].abs().max() <= 1.0
 
 
 @pytest.mark.parametrize("message", ["continuous", "discrete"])
-def test_leader_never_sees_followers_fixed_order(message):
+def test_every_receiver_hears_another_agent_leader_included(message):
+    """Stage 1: the leader hears the followers' base messages; stage 3: only followers hear
+    refined messages, and only from their predecessors (fixed order 0, 1, 2)."""
     torch.manual_seed(0)
-    m = SeqCommMessenger(H, N, message=message, ordering="fixed")
+    m = SeqCommMessenger(H, N, message=message, ordering="fixed", msg_dim=4)
     h = torch.randn(4, N, H, requires_grad=True)
     ctx, aux = m(h)
-    msg = aux["messages"]
-    # agent 0 leads, agent 2 is the last follower
-    assert torch.equal(ctx[:, 0], torch.zeros_like(ctx[:, 0]))  # the leader hears nothing
-    for out in (msg[:, 0], ctx[:, 0], msg[:, 1], ctx[:, 1]):
-        assert torch.equal(_grad(out, h, 2), torch.zeros(4, H))
-    assert _grad(ctx[:, 2], h, 0).abs().sum() > 0
-    assert _grad(ctx[:, 1], h, 0).abs().sum() > 0
+    base_part, refined_part = ctx[..., :4], ctx[..., 4:]
+    for receiver in range(N):  # everyone, the leader included, depends on someone else
+        others = [i for i in range(N) if i != receiver]
+        assert sum(_grad(ctx[:, receiver], h, i).abs().sum() for i in others) > 0
+    assert _grad(base_part[:, 0], h, 2).abs().sum() > 0  # the leader hears the last follower
+    assert torch.equal(refined_part[:, 0], torch.zeros_like(refined_part[:, 0]))
+    for out in (aux["messages"][:, 0], refined_part[:, 0], refined_part[:, 1]):
+        assert torch.equal(_grad(out, h, 2), torch.zeros(4, H))  # nobody hears the future
+    assert _grad(refined_part[:, 2], h, 0).abs().sum() > 0
     if message == "continuous":  # the refined message of a follower depends on the leader
-        assert _grad(msg[:, 2], h, 0).abs().sum() > 0
+        assert _grad(aux["messages"][:, 1], h, 0).abs().sum() > 0
+
+
+def test_refinement_attention_gets_gradient_with_three_agents():
+    torch.manual_seed(0)
+    m = SeqCommMessenger(H, N, ordering="fixed")
+    ctx, _ = m(torch.randn(16, N, H))
+    (ctx * torch.randn_like(ctx)).sum().backward()
+    for layer in (m.refine_query, m.refine_key, m.ctx_query, m.ctx_key, m.base_query):
+        assert layer.weight.grad.abs().sum() > 0
+
+
+def test_without_base_round_the_leader_hears_nothing():
+    torch.manual_seed(0)
+    m = SeqCommMessenger(H, N, ordering="fixed", base_round=False)
+    h = torch.randn(4, N, H, requires_grad=True)
+    ctx, _ = m(h)
+    assert torch.equal(ctx[:, 0], torch.zeros_like(ctx[:, 0]))
+    assert _grad(ctx[:, 2], h, 0).abs().sum() > 0
 
 
 def test_prosocial_order_from_given_scores_conditions_causally():
     torch.manual_seed(0)
-    m = SeqCommMessenger(H, N, ordering="prosocial")
+    m = SeqCommMessenger(H, N, ordering="prosocial", msg_dim=4)
     h = torch.randn(4, N, H, requires_grad=True)
     scores = torch.tensor([0.0, 2.0, 1.0]).expand(4, N)  # order 1, 2, 0
     ctx, aux = m(h, scores=scores)
+    refined = ctx[..., 4:]
     assert torch.equal(aux["order"], torch.tensor([1, 2, 0]).expand(4, N))
-    assert torch.equal(ctx[:, 1], torch.zeros_like(ctx[:, 1]))
+    assert torch.equal(refined[:, 1], torch.zeros_like(refined[:, 1]))
     for follower in (0, 2):
-        assert torch.equal(_grad(ctx[:, 1], h, follower), torch.zeros(4, H))
+        assert torch.equal(_grad(refined[:, 1], h, follower), torch.zeros(4, H))
         assert torch.equal(_grad(aux["messages"][:, 1], h, follower), torch.zeros(4, H))
-    assert torch.equal(_grad(ctx[:, 2], h, 0), torch.zeros(4, H))  # 0 speaks after 2
-    assert _grad(ctx[:, 0], h, 1).abs().sum() > 0
+    assert torch.equal(_grad(refined[:, 2], h, 0), torch.zeros(4, H))  # 0 speaks after 2
+    assert _grad(refined[:, 0], h, 1).abs().sum() > 0
 
 
 def test_scores_receive_gradient_through_straight_through_order():
@@ -114,9 +142,14 @@ def test_random_order_is_shared_across_the_mask_dimension_without_scores():
     assert all(torch.equal(order[0], order[i]) for i in range(1, 5))
 
 
-def test_bits_per_step():
-    assert SeqCommMessenger(H, N, message="discrete", n_labels=4).bits_per_step() == 2 * 2 + 32
-    assert SeqCommMessenger(H, N, msg_dim=4, ordering="fixed").bits_per_step() == 2 * 32 * 4
+def test_bits_per_step_counts_only_heard_messages():
+    # base message (heard by all) + refined message of 2 of 3 agents + the GP scalar
+    assert SeqCommMessenger(H, N, message="discrete", n_labels=4).bits_per_step() == (
+        pytest.approx((1 + 2 / 3) * 2 + 32))
+    assert SeqCommMessenger(H, N, msg_dim=4, ordering="fixed").bits_per_step() == (
+        pytest.approx((1 + 2 / 3) * 32 * 4))
+    one_way = SeqCommMessenger(H, 2, message="discrete", ordering="fixed", base_round=False)
+    assert one_way.bits_per_step() == pytest.approx(0.5)  # the leader's 1 bit per 2 agents
 
 
 def test_bad_deliver_shape_fails_early():

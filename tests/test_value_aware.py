@@ -7,49 +7,36 @@ from seqcomm.dfl.value_aware import (
     ReconstructionHead,
     awareness_loss,
     blended_gain,
+    decision_value,
     influence_loss,
     masked_log_softmax,
     mc_gain,
+    normalised_advantage,
     policy_kl,
-    receiver_gain,
     value_aware_loss,
     warmup_beta,
 )
 
 
-def test_receiver_gain_values_and_action_mask():
-    q_empty = torch.tensor([[1.0, 2.0], [0.0, 5.0]])  # [n_recv=2, A=2]
-    q_with = torch.stack([q_empty + torch.tensor([[3.0, 0.0], [0.0, 0.0]]), q_empty - 1])
-    gain = receiver_gain(q_with, q_empty)
-    assert torch.equal(gain, torch.tensor([[2.0, 0.0], [-1.0, -1.0]]))
-    # an unavailable action never counts, however large its utility
-    mask = torch.tensor([[True, False], [True, True]])
-    q_big = q_with.clone()
-    q_big[:, 0, 1] = 100.0
-    gain_masked = receiver_gain(q_big, q_empty, mask)
-    assert torch.equal(gain_masked[:, 0], torch.tensor([3.0, -1.0]))
-    # an agent with no available action has zero gain, not NaN
-    gain_dead = receiver_gain(q_with, q_empty, torch.tensor([[False, False], [True, True]]))
-    assert torch.equal(gain_dead[:, 0], torch.zeros(2))
-
-
-def test_receiver_gain_broadcasts_over_leading_dims():
-    torch.manual_seed(0)
-    q_with, q_empty = torch.randn(3, 4, 5, 3, 6), torch.randn(4, 5, 3, 6)
-    gain = receiver_gain(q_with, q_empty)
-    assert gain.shape == (3, 4, 5, 3)
-    assert torch.allclose(gain[1, 2, 3], q_with[1, 2, 3].amax(-1) - q_empty[2, 3].amax(-1))
+def test_decision_value_is_the_softmax_expectation_over_available_actions():
+    q = torch.tensor([[0.0, 0.0, 50.0], [1.0, 1.0, 1.0]])
+    values = torch.tensor([[1.0, 3.0, 100.0], [0.0, 3.0, 6.0]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    v = decision_value(q, values, 1.0, mask)
+    # an unavailable action counts for nothing, however large its utility and value
+    assert torch.allclose(v, torch.tensor([2.0, 3.0]))
+    # a cold softmax scores the greedy action; a message that only inflates every utility
+    # by the same amount changes nothing
+    assert decision_value(torch.tensor([5.0, 0.0]), torch.tensor([1.0, 9.0]), 1e-3).item() == (
+        pytest.approx(1.0))
+    assert torch.allclose(decision_value(q + 7.0, values, 1.0, mask), v)
 
 
 def test_value_aware_loss_sign_and_diagonal_excluded():
-    q_empty = torch.zeros(7, 2, 3)
-    helpful = torch.zeros(2, 7, 2, 3)
-    helpful[0, :, 1, 0] = 1.0  # sender 0 raises receiver 1's best action
-    harmful = torch.zeros(2, 7, 2, 3) - 1.0
-    loss_help = value_aware_loss(receiver_gain(helpful, q_empty))
-    loss_harm = value_aware_loss(receiver_gain(harmful, q_empty))
-    assert loss_help < 0 < loss_harm
-    assert loss_help.item() == pytest.approx(-0.5)  # mean over the 2 off-diagonal pairs
+    gain = torch.zeros(2, 7, 2)
+    gain[0, :, 1] = 1.0  # sender 0 helps receiver 1
+    assert value_aware_loss(gain).item() == pytest.approx(-0.5)  # 2 off-diagonal pairs
+    assert value_aware_loss(-gain).item() == pytest.approx(0.5)
     gain = torch.randn(3, 4, 3)
     moved = gain.clone()
     moved[[0, 1, 2], :, [0, 1, 2]] += 100.0  # sender == receiver: must not count
@@ -58,42 +45,56 @@ def test_value_aware_loss_sign_and_diagonal_excluded():
     assert value_aware_loss(gain).item() == pytest.approx(-gain.permute(0, 2, 1)[off].mean().item())
 
 
-def test_value_aware_gradient_raises_receiver_max_q():
-    m = torch.zeros(2, 1, 2, 1, requires_grad=True)  # a message shifting the utilities
-    q_with = torch.tensor([[1.0, 0.0], [0.0, 2.0]]).expand(2, 1, 2, 2) + m
-    value_aware_loss(receiver_gain(q_with, torch.zeros(1, 2, 2))).backward()
-    assert torch.equal(m.grad[0, 0, 1], torch.tensor([-0.5]))  # sender 0 -> receiver 1
-    assert torch.equal(m.grad[0, 0, 0], torch.tensor([0.0]))  # diagonal: no gradient
+def test_value_aware_gradient_moves_the_decision_toward_the_better_action_not_up():
+    """The gain of a message is the evaluator's value of the decision it causes: its gradient
+    makes the good action likelier, and adding a constant to all utilities earns nothing."""
+    m = torch.zeros(2, requires_grad=True)  # a message's effect on receiver utilities
+    values = torch.tensor([0.0, 1.0])  # the evaluator prefers action 1
+    gain = decision_value(m, values, 1.0)
+    gain.backward()
+    assert m.grad[1] > 0 > m.grad[0]
+    assert m.grad.sum().abs() < 1e-7  # a uniform shift of Q (inflation) has zero gradient
 
 
-def test_warmup_schedule_and_blend():
-    assert warmup_beta(0, 100) == 0.0
-    assert warmup_beta(25, 100) == 0.25
-    assert warmup_beta(100, 100) == 1.0 and warmup_beta(1000, 100) == 1.0
-    assert warmup_beta(0, 0) == 1.0
-    with pytest.raises(ValueError, match="warmup_steps"):
-        warmup_beta(1, -5)
+def test_warmup_schedule_is_a_fraction_of_the_run_and_blends():
+    assert warmup_beta(0.0, 0.2) == 0.0
+    assert warmup_beta(0.05, 0.2) == pytest.approx(0.25)
+    assert warmup_beta(0.2, 0.2) == 1.0 and warmup_beta(1.0, 0.2) == 1.0
+    assert warmup_beta(0.0, 0.0) == 1.0
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        warmup_beta(0.1, 1.5)
     mc, critic = torch.tensor([4.0]), torch.tensor([8.0])
-    assert blended_gain(mc, critic, warmup_beta(25, 100)).item() == 5.0
-    assert blended_gain(mc, critic, warmup_beta(0, 100)).item() == 4.0
+    assert blended_gain(mc, critic, warmup_beta(0.05, 0.2)).item() == 5.0
+    assert blended_gain(mc, critic, warmup_beta(0.0, 0.2)).item() == 4.0
 
 
-def test_mc_gain_is_advantage_times_log_ratio_with_detached_advantage():
-    q_with = torch.tensor([[[2.0, 0.0]]], requires_grad=True)  # [n_send=1, n_recv=1, A=2]
-    q_empty = torch.zeros(1, 2)
+def test_normalised_advantage_is_centred_unit_scale_and_detached():
+    returns = torch.tensor([[-160.0], [-150.0], [-170.0], [-158.0]])
+    baseline = torch.full((4, 1), -100.0, requires_grad=True)  # a biased baseline
+    adv = normalised_advantage(returns, baseline)
+    # the raw differences are all negative; the advantage is not
+    assert (returns - baseline < 0).all() and (adv > 0).any() and (adv < 0).any()
+    assert adv.mean().abs() < 1e-6 and adv.std().item() == pytest.approx(1.0, rel=1e-5)
+    assert not adv.requires_grad
+
+
+def test_mc_gain_is_advantage_times_log_ratio_with_detached_advantage_and_baseline():
+    q_all = torch.tensor([[2.0, 0.0]], requires_grad=True)  # [n_recv=1, A=2]
+    q_masked = torch.zeros(1, 1, 2, requires_grad=True)  # [n_send=1, n_recv=1, A=2]
     action = torch.tensor([[0]])
-    logp_with = masked_log_softmax(q_with, 1.0).gather(-1, action.unsqueeze(0)).squeeze(-1)
-    logp_empty = masked_log_softmax(q_empty, 1.0).gather(-1, action).squeeze(-1)
+    logp_all = masked_log_softmax(q_all, 1.0).gather(-1, action).squeeze(-1)
+    logp_masked = masked_log_softmax(q_masked, 1.0).gather(-1, action.unsqueeze(0)).squeeze(-1)
     advantage = torch.tensor([3.0], requires_grad=True)
-    gain = mc_gain(logp_with, logp_empty, advantage)
+    gain = mc_gain(logp_all, logp_masked, advantage)
     expected = 3.0 * (
         torch.log_softmax(torch.tensor([2.0, 0.0]), 0)[0] - torch.log(torch.tensor(0.5))
     )
     assert gain.item() == pytest.approx(expected.item(), rel=1e-6)
     gain.sum().backward()
-    assert advantage.grad is None and q_with.grad[0, 0, 0] > 0
+    assert advantage.grad is None and q_all.grad[0, 0] > 0
+    assert q_masked.grad is None  # the masked policy is a baseline
     # a bad outcome (negative advantage) after the message made the action likelier: < 0
-    assert mc_gain(logp_with, logp_empty, torch.tensor([-1.0])).item() < 0
+    assert mc_gain(logp_all, logp_masked, torch.tensor([-1.0])).item() < 0
 
 
 def test_influence_kl_nonnegative_zero_when_equal_and_respects_mask():

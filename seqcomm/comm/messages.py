@@ -1,6 +1,6 @@
 """Base messages ``m_i = phi(h_i)`` and their masked aggregation (DESIGN.md section 2, stage 1).
 
-A message is either a continuous vector in ``R^msg_dim`` or one of ``n_labels`` discrete
+A message is either a continuous vector in ``(-1, 1)^msg_dim`` or one of ``n_labels`` discrete
 labels (straight-through Gumbel-softmax, RGMComm-style few-bit messages) embedded into
 ``R^msg_dim`` so that both kinds feed the same code path downstream.
 """
@@ -90,7 +90,7 @@ class MessageEncoder(nn.Module):
 
     Args:
         hidden_dim: size of the agent's recurrent state ``h_i``.
-        kind: ``"continuous"`` (a vector in ``R^msg_dim``) or ``"discrete"`` (one of
+        kind: ``"continuous"`` (a tanh-bounded vector) or ``"discrete"`` (one of
             ``n_labels`` labels, straight-through Gumbel-softmax, embedded to ``msg_dim``).
         msg_dim: size of the message vector (both kinds).
         n_labels: alphabet size ``|M|`` of discrete messages.
@@ -146,8 +146,8 @@ class MessageEncoder(nn.Module):
         Discrete labels are sampled with Gumbel noise in training mode and are the
         deterministic argmax in eval mode; the forward is exactly one-hot either way.
         """
-        if self.embed is None:
-            return raw, None
+        if self.embed is None:  # bounded (DESIGN 2.1): no loss can win by inflating the scale
+            return torch.tanh(raw), None
         labels, _ = straight_through_gumbel(self.logits(raw), self.tau,
                                             sample=self.training and self.gumbel_noise)
         if not self.straight_through:

@@ -1,9 +1,12 @@
 """SeqComm-DFL's Stackelberg sequential messenger (DESIGN.md section 2, stages 1-3).
 
-Per step: base messages ``m_i = phi(h_i)``; a speaking order ``pi``; each agent refines its
-message from its predecessors' base messages, ``m_{pi_k} = rho(m_{pi_k}, attend(h_{pi_k},
-M_{pi_1..pi_{k-1}}))``; each receiver attends to its predecessors' refined messages. Both
-attentions are one batched pass with the causal mask permuted by ``pi`` (no loop over agents).
+Per step: base messages ``m_i = phi(h_i)`` broadcast to every other agent, the leader
+included (stage 1); a speaking order ``pi`` (stage 2); each agent refines its message from its
+own and its predecessors' base messages, ``m'_{pi_k} = rho(m_{pi_k}, attend(h_{pi_k},
+M_{pi_1..pi_k}))``, and each follower also attends to its predecessors' refined messages
+(stage 3). A receiver's context is ``[attend(others' base messages), attend(predecessors'
+refined messages)]``. Every attention is one batched pass with a mask permuted by ``pi`` (no
+loop over agents).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from seqcomm.comm.ordering import Ordering
 
 
 class SeqCommMessenger(Communication):
-    """Sequential (leader-follower) messages; ``ctx_dim = msg_dim``.
+    """Sequential (leader-follower) messages; ``ctx_dim = 2 msg_dim`` (``msg_dim`` without
+    the base round).
 
     Args:
         hidden_dim: size of the agent's recurrent state ``h_i``.
@@ -32,6 +36,9 @@ class SeqCommMessenger(Communication):
         straight_through: labels pass the straight-through gradient (see ``MessageEncoder``).
         tau: temperature of the Gumbel-softmax and of the soft sort.
         attn_dim: size of the attention queries and keys.
+        base_round: every receiver also hears the others' base messages (stage 1; the
+            context doubles to ``2 msg_dim``). ``false``: only followers hear anything, the
+            leaders' refined messages (RGMComm's one-way few-bit setting on the matrix game).
     """
 
     def __init__(
@@ -48,15 +55,21 @@ class SeqCommMessenger(Communication):
         gumbel_noise: bool = True,
         logit_bound: float = 0.0,
         straight_through: bool = True,
+        base_round: bool = True,
     ) -> None:
         super().__init__(hidden_dim, n_agents)
         self.encoder = MessageEncoder(hidden_dim, message, msg_dim, n_labels, tau, gumbel_noise,
                                       logit_bound, straight_through)
         self.ordering = Ordering(hidden_dim, ordering, tau, fixed_order)
-        self.ctx_dim = msg_dim
+        self.base_round = base_round
+        self.ctx_dim = 2 * msg_dim if base_round else msg_dim
         self.discrete = self.encoder.discrete
         raw_dim = self.encoder.raw_dim
-        # refinement rho: attend from h_{pi_k} to predecessors' base messages
+        # stage 1 context: attend from h_j to the others' base messages
+        self.base_query = nn.Linear(hidden_dim, attn_dim) if base_round else None
+        self.base_key = nn.Linear(msg_dim, attn_dim) if base_round else None
+        self.base_value = nn.Linear(msg_dim, msg_dim) if base_round else None
+        # refinement rho: attend from h_{pi_k} to its own and its predecessors' base messages
         self.refine_query = nn.Linear(hidden_dim, attn_dim)
         self.refine_key = nn.Linear(msg_dim, attn_dim)
         self.refine_value = nn.Linear(msg_dim, msg_dim)
@@ -74,7 +87,7 @@ class SeqCommMessenger(Communication):
         deliver: torch.Tensor | None = None,
         scores: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Return ``(ctx [*B, n, msg_dim], aux)``.
+        """Return ``(ctx [*B, n, ctx_dim], aux)``.
 
         ``aux``: ``messages`` (refined, ``[*B, n, msg_dim]``), ``base_messages``, ``gp_pred``
         ``[*B, n]``, ``precedence`` ``[*B, n, n]`` (``[..., j, i] = 1`` iff i speaks before
@@ -83,20 +96,28 @@ class SeqCommMessenger(Communication):
         keys (see ``Ordering.forward``).
         """
         h, deliver = expand_to_deliver(h, deliver)
+        n = h.shape[-2]
+        eye = torch.eye(n, device=h.device, dtype=h.dtype)
         raw = self.encoder.raw(h)
         base, _ = self.encoder.emit(raw)
         gp_pred, precedence, order = self.ordering(h, scores)
         # mask[..., j, i]: i speaks before j and i's message is delivered
         mask = precedence * deliver.unsqueeze(-2)
-
+        # refinement sees the sender's own base message too (never an empty attention)
         attended = masked_attention(
-            self.refine_query(h), self.refine_key(base), self.refine_value(base), mask
+            self.refine_query(h), self.refine_key(base), self.refine_value(base), mask + eye
         )
         refined = raw + self.rho(torch.cat([raw, attended], -1))
         messages, labels = self.encoder.emit(refined)
         ctx = masked_attention(
             self.ctx_query(h), self.ctx_key(messages), self.ctx_value(messages), mask
         )
+        if self.base_round:
+            others = (1 - eye) * deliver.unsqueeze(-2)
+            heard = masked_attention(
+                self.base_query(h), self.base_key(base), self.base_value(base), others
+            )
+            ctx = torch.cat([heard, ctx], dim=-1)
         aux = {
             "messages": messages,
             "base_messages": base,
@@ -112,14 +133,19 @@ class SeqCommMessenger(Communication):
     def label_contexts(self) -> torch.Tensor:
         """``[|M|, msg_dim]``: the context a receiver gets when its only delivered predecessor
         sends label k (attention over one message puts all weight on it), so a learner can
-        score every label exactly instead of through a straight-through sample."""
-        if not self.discrete:
-            raise ValueError("label_contexts needs discrete messages")
+        score every label exactly instead of through a straight-through sample. Defined
+        without the base round only (the one-way few-bit setting)."""
+        if not self.discrete or self.base_round:
+            raise ValueError("label_contexts needs discrete messages and base_round: false")
         eye = torch.eye(self.encoder.n_labels, device=self.ctx_value.weight.device)
         return self.ctx_value(self.encoder.embed(eye))
 
     def bits_per_step(self) -> float:
-        """Base and refined message per agent (the refinement needs the predecessors' base
-        messages), plus the 32-bit guidance-potential scalar when the order is prosocial."""
+        """Bits per agent and step of the messages someone hears: the base message (stage 1),
+        the refined message of every agent but the last speaker, and the 32-bit
+        guidance-potential scalar when the order is prosocial."""
+        n = self.n_agents
+        heard_refined = (n - 1) / n
         scalar = 32.0 if self.ordering.mode == "prosocial" else 0.0
-        return 2 * self.encoder.bits_per_step() + scalar
+        base = 1.0 if self.base_round else 0.0
+        return (base + heard_refined) * self.encoder.bits_per_step() + scalar

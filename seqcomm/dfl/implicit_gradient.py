@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
+from scipy.sparse.linalg import LinearOperator, minres
 from torch import Tensor
 
-SOLVERS = ("cg", "neumann", "identity")
+SOLVERS = ("minres", "cg", "neumann", "identity")
 
 
 def _dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
@@ -65,10 +67,13 @@ def implicit_hypergradient(
         outer_grad: ``dL_true/dw`` at the inner solution (no graph); ``None`` means zeros.
         w: inner (value) parameters, e.g. ``list(value_module.parameters())``.
         theta: outer (world-model) parameters; entries without a path get zeros.
-        solver: ``"cg"`` (conjugate gradient), ``"neumann"`` (truncated Neumann series
+        solver: ``"minres"`` (MINRES: symmetric systems that need not be positive definite,
+            as the Hessian of a TD loss is not), ``"cg"`` (conjugate gradient: positive
+            definite systems only, stops at the first direction of non-positive curvature),
+            ``"neumann"`` (truncated Neumann series
             ``lr * sum_{k=0..iters} (I - lr (H + lambda I))^k b``) or ``"identity"``
             (``v = dL_true/dw``, the OMD default; ignores ``iters`` and ``damping``).
-        iters: CG iterations or Neumann terms beyond the first.
+        iters: MINRES/CG iterations or Neumann terms beyond the first.
         damping: ``lambda`` in ``(H + lambda I) v = dL_true/dw``.
         neumann_lr: step ``lr`` of the Neumann series; it converges when
             ``lr < 2 / lambda_max(H + lambda I)``.
@@ -129,6 +134,8 @@ def implicit_hypergradient(
             acc = [a + t for a, t in zip(acc, term, strict=True)]
             n_run += 1
         v = [neumann_lr * a for a in acc]
+    elif solver == "minres":
+        v, n_run = _minres(damped_hvp, b, iters, tol)
     else:  # conjugate gradient from v = 0
         v = [torch.zeros_like(x) for x in b]
         r = [x.clone() for x in b]
@@ -159,6 +166,33 @@ def implicit_hypergradient(
     hypergrad = tuple(-m for m in mixed)
     info = {"residual": residual, "iters": float(n_run), "v_norm": _norm(v)}
     return hypergrad, info
+
+
+def _minres(
+    operator: Callable[[list[Tensor]], list[Tensor]], b: list[Tensor], iters: int, tol: float
+) -> tuple[list[Tensor], int]:
+    """SciPy's MINRES on the flattened system, each product one Hessian-vector product."""
+    shapes = [x.shape for x in b]
+    sizes = [x.numel() for x in b]
+    ref = b[0]
+
+    def unflatten(flat: np.ndarray) -> list[Tensor]:
+        t = torch.as_tensor(flat, dtype=ref.dtype, device=ref.device)
+        return [c.view(s) for c, s in zip(t.split(sizes), shapes, strict=True)]
+
+    def matvec(flat: np.ndarray) -> np.ndarray:
+        out = operator(unflatten(flat.ravel()))
+        return torch.cat([x.reshape(-1) for x in out]).double().cpu().numpy()
+
+    total = sum(sizes)
+    b_flat = torch.cat([x.reshape(-1) for x in b]).double().cpu().numpy()
+    if iters == 0 or not np.any(b_flat):
+        return [torch.zeros_like(x) for x in b], 0
+    count = [0]
+    op = LinearOperator((total, total), matvec=matvec, dtype=np.float64)
+    sol, _ = minres(op, b_flat, maxiter=iters, rtol=max(tol, 1e-10),
+                    callback=lambda _x: count.__setitem__(0, count[0] + 1))
+    return unflatten(sol), count[0]
 
 
 def unrolled_inner(

@@ -1,15 +1,12 @@
 """Value-aware message objectives of SeqComm-DFL (DESIGN.md section 2, stage 4).
 
-Messages are trained for the receivers' decision quality. Shapes: ``q_with [n_send, *B,
-n_recv, A]`` holds receiver j's utilities when only sender i's message is delivered (the
-leading dimension is the counterfactual-mask dimension, row i = "only i delivered");
-``q_empty [*B, n_recv, A]`` the utilities with every message replaced by the empty one.
-Every function broadcasts over the leading batch dims ``*B``.
-
-Which Q to pass: evaluate ``q_with`` / ``q_empty`` with a frozen evaluator (the target agent
-network or the full-information critic of DESIGN.md section 3) applied to the *online*
-messages, so the gradient reaches the message parameters only; with the online Q head the
-loss would reward messages that merely inflate Q.
+Messages are trained for the receivers' decision quality. Shapes: the counterfactual pass
+has a leading mask dimension; ``q_masked [n_send, *B, n_recv, A]`` holds receiver j's
+utilities when sender i's message is masked (every other message delivered), ``q_all [*B,
+n_recv, A]`` when every message is delivered. A gain ``[n_send, *B, n_recv]`` is the change
+in the value of receiver j's decision that sender i's message causes, scored by an evaluator
+the message cannot move (the full-information critic, or target networks on target states),
+so messages cannot win by inflating the receivers' utilities.
 """
 
 from __future__ import annotations
@@ -17,13 +14,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-
-def _masked_max(q: torch.Tensor, action_mask: torch.Tensor | None) -> torch.Tensor:
-    if action_mask is None:
-        return q.amax(dim=-1)
-    # finite fill: an agent with no available action gets the same value in both terms
-    return q.masked_fill(~action_mask.bool(), torch.finfo(q.dtype).min).amax(dim=-1)
 
 
 def masked_log_softmax(
@@ -46,53 +36,54 @@ def _off_diagonal_mean(x: torch.Tensor) -> torch.Tensor:
     return x.masked_select(off).mean()
 
 
-def receiver_gain(
-    q_with: torch.Tensor, q_empty: torch.Tensor, action_mask: torch.Tensor | None = None
+def decision_value(
+    q: torch.Tensor, values: torch.Tensor, tau: float, action_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``dQ_j(m_i) = max_a Q_j(m_i, a) - max_a Q_j(empty, a)``, shape ``[n_send, *B, n_recv]``.
+    """``E_{a ~ pi_j} values_j(a)`` with ``pi_j = softmax(Q_j / tau)`` over available actions:
+    the value of receiver j's (softened) decision, ``[*B, n_recv]``."""
+    return (masked_log_softmax(q, tau, action_mask).exp() * values).sum(-1)
 
-    Args:
-        q_with: ``[n_send, *B, n_recv, A]`` receiver utilities with only sender i delivered.
-        q_empty: ``[*B, n_recv, A]`` receiver utilities with no message delivered.
-        action_mask: ``[*B, n_recv, A]`` bool, available actions (None: all available).
-    """
-    return _masked_max(q_with, action_mask) - _masked_max(q_empty, action_mask)
+
+def normalised_advantage(returns: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
+    """``(G - b)`` centred by its batch mean and scaled to unit batch spread (detached): the
+    Monte-Carlo advantage of the warm-up, on the same scale as a normalised critic gain."""
+    adv = (returns - baseline).detach()
+    adv = adv - adv.mean()
+    return adv / adv.std().clamp_min(1e-6) if adv.numel() > 1 else adv
 
 
 def value_aware_loss(gain: torch.Tensor) -> torch.Tensor:
-    """``L_VA = - mean_{b, i != j} dQ_j(m_i)`` over a gain ``[n_send, *B, n_recv]``."""
+    """``L_VA = - mean_{b, i != j} gain_ij`` over a gain ``[n_send, *B, n_recv]``."""
     return -_off_diagonal_mean(gain)
 
 
 def mc_gain(
-    logp_with: torch.Tensor, logp_empty: torch.Tensor, advantage: torch.Tensor
+    logp_all: torch.Tensor, logp_masked: torch.Tensor, advantage: torch.Tensor
 ) -> torch.Tensor:
     """Score-function Monte-Carlo estimate of the gain, for the warm-up.
 
     Args:
-        logp_with: ``[n_send, *B, n_recv]`` ``log pi_j(a_j | m_i)`` of the action taken.
-        logp_empty: ``[*B, n_recv]`` ``log pi_j(a_j | empty)`` of the same action.
-        advantage: broadcastable to ``[*B, n_recv]`` (e.g. ``[*B, 1]`` for the team), the
-            Monte-Carlo return minus a baseline; detached here.
+        logp_all: ``[*B, n_recv]`` ``log pi_j(a_j | all messages)`` of the action taken.
+        logp_masked: ``[n_send, *B, n_recv]`` ``log pi_j(a_j | sender i masked)``.
+        advantage: broadcastable to ``[*B, n_recv]`` (e.g. ``[*B, 1]`` for the team): a
+            centred, normalised Monte-Carlo advantage (``normalised_advantage``); detached.
 
-    Our reading: with ``pi_j = softmax(Q_j / tau)`` (``masked_log_softmax``), the return
-    difference between receiver j acting on ``m_i`` and on the empty message is estimated
-    at the sampled action by the log-likelihood ratio times the advantage,
-    ``gain_ij = A * (log pi_j(a_j|m_i) - log pi_j(a_j|empty))``: the first-order
-    (importance-weight) change of the expected return when j's policy switches from the
-    empty-message policy to the one conditioned on m_i. It is unbiased only in expectation
-    and has high variance, hence only a warm-up before the critic takes over.
+    ``gain_ij = A * (log pi_j(a_j | all) - log pi_j(a_j | i masked))``: the first-order change
+    of the expected return when j's policy switches from ignoring i's message to hearing it,
+    estimated at the sampled action. The masked term is a baseline (detached): its gradient
+    would push the *other* senders' messages to be less useful on their own.
     """
-    return advantage.detach() * (logp_with - logp_empty)
+    return advantage.detach() * (logp_all - logp_masked.detach())
 
 
-def warmup_beta(step: int, warmup_steps: int) -> float:
-    """``beta_t = min(t / T_w, 1)``; ``warmup_steps = 0`` gives 1 (critic only)."""
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-    if warmup_steps == 0:
+def warmup_beta(progress: float, warmup_fraction: float) -> float:
+    """``beta_t = min(t / T_w, 1)`` with ``t`` and ``T_w`` as fractions of the run
+    (``progress`` in [0, 1]); ``warmup_fraction = 0`` gives 1 (critic only)."""
+    if not 0.0 <= warmup_fraction <= 1.0:
+        raise ValueError(f"warmup_fraction must lie in [0, 1], got {warmup_fraction}")
+    if warmup_fraction == 0:
         return 1.0
-    return min(max(step, 0) / warmup_steps, 1.0)
+    return min(max(progress, 0.0) / warmup_fraction, 1.0)
 
 
 def blended_gain(mc: torch.Tensor, critic: torch.Tensor, beta: float) -> torch.Tensor:
@@ -101,28 +92,29 @@ def blended_gain(mc: torch.Tensor, critic: torch.Tensor, beta: float) -> torch.T
 
 
 def policy_kl(
-    q_with: torch.Tensor,
-    q_empty: torch.Tensor,
+    q_all: torch.Tensor,
+    q_masked: torch.Tensor,
     tau: float = 1.0,
     action_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``KL[pi_j(.|m_i) || pi_j(.|empty)]``, shape ``[n_send, *B, n_recv]``."""
-    logp_with = masked_log_softmax(q_with, tau, action_mask)
-    logp_empty = masked_log_softmax(q_empty, tau, action_mask)
-    terms = logp_with.exp() * (logp_with - logp_empty)
+    """``KL[pi_j(.|all) || pi_j(.|i masked)]``, shape ``[n_send, *B, n_recv]``."""
+    logp_all = masked_log_softmax(q_all, tau, action_mask)
+    logp_masked = masked_log_softmax(q_masked, tau, action_mask)
+    terms = logp_all.exp() * (logp_all - logp_masked)
     if action_mask is not None:
         terms = torch.where(action_mask.bool(), terms, torch.zeros_like(terms))
     return terms.sum(-1)
 
 
 def influence_loss(
-    q_with: torch.Tensor,
-    q_empty: torch.Tensor,
+    q_all: torch.Tensor,
+    q_masked: torch.Tensor,
     tau: float = 1.0,
     action_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``L_inf = - mean_{i != j} KL[pi_j(.|m_i) || pi_j(.|empty)]``, ``pi = softmax(Q / tau)``."""
-    return -_off_diagonal_mean(policy_kl(q_with, q_empty, tau, action_mask))
+    """``L_inf = - mean_{i != j} KL[pi_j(.|all) || pi_j(.|i masked)]``, ``pi = softmax(Q /
+    tau)``; the masked policy is a detached reference."""
+    return -_off_diagonal_mean(policy_kl(q_all, q_masked.detach(), tau, action_mask))
 
 
 def awareness_loss(

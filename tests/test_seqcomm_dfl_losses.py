@@ -1,0 +1,108 @@
+"""SeqComm-DFL's counterfactual message losses (DESIGN.md section 2): what the learner
+computes, on tiny hand-made cases."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from tensordict import TensorDict
+from torch import nn
+
+from seqcomm.comm.seqcomm import SeqCommMessenger
+from seqcomm.envs.base import MASK, STATE, EnvInfo
+from seqcomm.seqcomm_dfl import SeqCommDFL
+from seqcomm.team_q import TeamQ
+
+INFO = EnvInfo(n_agents=3, obs_dim=4, state_dim=5, n_actions=3, episode_limit=5)
+
+
+def learner(**kw) -> SeqCommDFL:
+    comm = functools.partial(SeqCommMessenger, ordering="fixed")
+    return SeqCommDFL(INFO, comm=comm, world_model_gradient="none", hidden_dim=8, **kw)
+
+
+class TableCritic(nn.Module):
+    """``Q_c(s, a) = sum_j table[j, a_j]``: a critic whose values are known by hand."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = table
+
+    def forward(self, state: torch.Tensor, joint: torch.Tensor) -> torch.Tensor:
+        return (joint * self.table).sum((-1, -2)).unsqueeze(-1)
+
+
+def test_guidance_potential_target_is_delivered_minus_masked_under_the_critic():
+    model = learner()
+    table = torch.tensor([[0.0, 1.0, 2.0], [0.0, 10.0, 20.0], [0.0, 100.0, 200.0]])
+    model.critic = TableCritic(table)
+    batch = TensorDict({STATE: torch.zeros(1, 5), MASK: torch.ones(1, 3, 3, dtype=torch.bool)},
+                       batch_size=[1])
+    # greedy actions: all delivered (2, 2, 2); agent 0 masked -> receiver 1 plays 1;
+    # agent 1 masked -> receivers 0 and 2 play 0; agent 2 masked -> nobody changes
+    q_all = torch.tensor([[[0.0, 0.0, 1.0]] * 3])  # [B=1, n, A]
+    q_masked = q_all.expand(3, 1, 3, 3).clone()
+    q_masked[0, 0, 1] = torch.tensor([0.0, 1.0, 0.0])
+    q_masked[1, 0, 0] = torch.tensor([1.0, 0.0, 0.0])
+    q_masked[1, 0, 2] = torch.tensor([1.0, 0.0, 0.0])
+    gp = model.guidance_potential_target(batch, {}, q_masked, q_all)
+    # delivered: 2 + 20 + 200 = 222; agent 0 masked: 2 + 10 + 200; agent 1 masked: 0 + 20 + 0
+    assert torch.allclose(gp, torch.tensor([[10.0, 202.0, 0.0]]))
+
+
+def test_counterfactual_rows_mask_exactly_one_sender():
+    torch.manual_seed(0)
+    model = learner()
+    h = torch.randn(2, 3, 8)
+    q_masked, q_all, _ = model.counterfactual_utilities(h)
+    assert q_masked.shape == (3, 2, 3, 3) and q_all.shape == (2, 3, 3)
+    full, _ = model.net.utilities(h)
+    assert torch.allclose(q_all, full, atol=1e-6)
+    for i in range(3):
+        deliver = torch.ones(3)
+        deliver[i] = 0
+        assert torch.allclose(q_masked[i], model.net.utilities(h, deliver)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("receiver", ["frozen", "online"])
+def test_frozen_receiver_passes_the_value_aware_gradient_to_messages_only(receiver):
+    torch.manual_seed(0)
+    model = learner(va_receiver=receiver)
+    h = torch.randn(2, 3, 8)
+    q_masked, q_all, _ = model.counterfactual_utilities(h)
+    (q_all.sum() + q_masked.sum()).backward()
+    head_grad = sum(p.grad.abs().sum() for p in model.net.agent.head.parameters()
+                    if p.grad is not None)
+    assert (head_grad == 0) == (receiver == "frozen")
+    assert model.net.comm.encoder.head.weight.grad.abs().sum() > 0
+
+
+def test_every_receiver_gets_gradient_from_another_agents_observation():
+    """Through the GRU, the base round and the MLP receiver: the leader included."""
+    torch.manual_seed(0)
+    comm = functools.partial(SeqCommMessenger, ordering="fixed")
+    net = TeamQ(INFO, comm, hidden_dim=8)
+    obs = torch.randn(4, 3, 4, requires_grad=True)
+    h = net.agent.encode(net.inputs(obs, torch.zeros(4, 5)), torch.zeros(4, 3, 8))
+    q, _ = net.utilities(h)
+    for receiver in range(3):
+        (g,) = torch.autograd.grad(q[:, receiver].sum(), obs, retain_graph=True)
+        others = [i for i in range(3) if i != receiver]
+        assert g[:, others].abs().sum() > 0, f"receiver {receiver} hears nobody"
+
+
+def test_mlp_receiver_lets_a_message_mean_different_things_to_different_receivers():
+    """d Q / d ctx depends on the receiver's own state with the MLP head, not with the
+    linear one (a per-action offset): "this risk is yours, not mine"."""
+    torch.manual_seed(0)
+    for receiver, interacts in (("mlp", True), ("linear", False)):
+        net = TeamQ(INFO, functools.partial(SeqCommMessenger), hidden_dim=8, receiver=receiver)
+        ctx = torch.randn(1, net.comm.ctx_dim, requires_grad=True)
+        grads = []
+        for sign in (1.0, -1.0):  # two receivers in opposite states
+            q = net.agent.q(sign * 10 * torch.ones(1, 8), ctx)
+            (g,) = torch.autograd.grad(q[0, 0], ctx)
+            grads.append(g)
+        assert (not torch.allclose(grads[0], grads[1])) == interacts
