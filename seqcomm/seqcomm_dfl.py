@@ -97,6 +97,7 @@ class SeqCommDFL(QLearner):
             network on target states with every target message delivered (per receiver: its
             target utilities; the joint value: the target ``Q_tot``).
         critic_hidden: width of the team critic.
+        critic_normalize: the critic regresses on standardised targets (see ``TeamCritic``).
         va_normalize: score gains in units of the evaluator values' batch spread, so the
             weights of L_VA / L_inf mean the same on tasks with different reward scales.
         va_receiver: whose utility head turns a message into the receiver's decision in the
@@ -138,6 +139,7 @@ class SeqCommDFL(QLearner):
         influence_tau: float = 1.0,
         va_evaluator: str = "critic",
         critic_hidden: int = 128,
+        critic_normalize: bool = True,
         va_normalize: bool = True,
         va_receiver: str = "frozen",
         va_warmup_fraction: float = 0.1,
@@ -169,7 +171,8 @@ class SeqCommDFL(QLearner):
         if world_model_gradient != "none":
             self.world_model = WorldModel(info.state_dim, info.obs_dim, info.n_agents,
                                           info.n_actions, self.net.comm.ctx_dim, model_hidden)
-        self.critic = TeamCritic(info.state_dim, info.n_agents, info.n_actions, critic_hidden)
+        self.critic = TeamCritic(info.state_dim, info.n_agents, info.n_actions, critic_hidden,
+                                 critic_normalize)
         self.decoder = None
         if not value_aware and self.net.comm.ctx_dim > 0:
             encoder = getattr(self.net.comm, "encoder", None)  # decodes the sent message
@@ -238,7 +241,7 @@ class SeqCommDFL(QLearner):
         if clustered or hp.value_aware or "gp_pred" in aux:
             # the full-information critic learns the same TD targets as Q_tot
             joint = torch.nn.functional.one_hot(batch[ACTION], self.info.n_actions).to(h.dtype)
-            out["critic"] = (self.critic(batch[STATE], joint) - cache["target"]).pow(2).mean()
+            out["critic"] = self.critic.loss(batch[STATE], joint, cache["target"])
         if clustered:
             out["cluster"], out["epsilon"] = self.clustering(batch, aux)
         elif "label_probs" in aux:

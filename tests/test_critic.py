@@ -1,5 +1,6 @@
 """The full-information team critic's batched "agent j switches to action a" evaluation."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -25,3 +26,22 @@ def test_switch_values_carry_gradient_to_the_critic():
     values = critic.switch_values(torch.randn(4, 3), torch.randint(0, 2, (4, 2)))
     values.sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in critic.parameters())
+
+
+def test_standardised_targets_and_outputs_in_target_units():
+    torch.manual_seed(0)
+    critic = TeamCritic(4, 2, 3, 16)
+    state, action = torch.randn(64, 4), torch.randint(3, (64, 2))
+    joint = torch.nn.functional.one_hot(action, 3).float()
+    target = -150.0 + 10.0 * torch.randn(64, 1)
+    loss = critic.loss(state, joint, target)
+    # the first batch sets the statistics, so the loss is in standardised units (~1, not ~2e4)
+    assert critic.target_mean.item() == pytest.approx(target.mean().item(), rel=1e-5)
+    assert loss.item() < 10.0
+    # outputs are mapped back to the targets' units, switch values included
+    assert critic(state, joint).mean().item() == pytest.approx(-150.0, abs=10.0)
+    values = critic.switch_values(state, action)
+    taken = values.gather(-1, action.unsqueeze(-1)).squeeze(-1)  # no switch: the taken joint
+    assert torch.allclose(taken, critic(state, joint).expand(-1, 2), atol=1e-4)
+    raw = TeamCritic(4, 2, 3, 16, normalize=False)
+    assert raw.loss(state, joint, target).item() > 1e3  # raw units

@@ -1,0 +1,79 @@
+"""SeqComm-DFL's 1-bit configuration on RGMComm's matrix game and on seeded random tables of
+the same shape (2 observations x 2 actions for agent 1, 4 observations for agent 2).
+
+The configuration must not be tuned to the paper's table: on every table it should reach the
+brute-force best 1-bit value (``seqcomm.envs.matrix.best_message_value``). Each cell is one
+``seqcomm fit`` with the exact evaluation (all 8 observation pairs), model-free as in
+``tests/test_matrix_comm.py``.
+
+    python benchmarks/matrix_one_bit.py --tables rgmcomm 1 2 3 --seeds 0 1 2 --updates 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from seqcomm.envs.matrix import (
+    RGMCOMM_TABLE,
+    best_message_value,
+    no_comm_value,
+    random_table,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+STACK = ["conf/matrix.yaml", "conf/methods/seqcomm_dfl.yaml", "conf/methods/seqcomm_dfl_1bit.yaml"]
+
+
+def table_args(table: str) -> list[str]:
+    if table == "rgmcomm":
+        return []
+    args = []
+    for env in ("env", "eval_env"):
+        args += [f"--data.{env}.init_args.table=random",
+                 f"--data.{env}.init_args.table_seed={int(table)}",
+                 f"--data.{env}.init_args.n_obs1=2", f"--data.{env}.init_args.n_actions=2",
+                 f"--data.{env}.init_args.n_obs2=4"]
+    return args
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tables", nargs="+", default=["rgmcomm", "1", "2", "3"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--updates", type=int, default=600)
+    parser.add_argument("--root", default=str(REPO / "runs" / "matrix_one_bit"))
+    args = parser.parse_args()
+    frames = 64 + (args.updates - 1) * 32  # conf/matrix.yaml: 32 copies, 64 warm-up chunks
+    print("| table | no comm | best 1 bit | " + " | ".join(f"seed {s}" for s in args.seeds)
+          + " | reached |")
+    print("| --- |" + " ---: |" * (len(args.seeds) + 3))
+    for table in args.tables:
+        values = RGMCOMM_TABLE if table == "rgmcomm" else random_table(2, 2, 4, int(table))
+        best, _ = best_message_value(values, 2)
+        got = []
+        for seed in args.seeds:
+            name = f"table_{table}_s{seed}"
+            cmd = [sys.executable, "-m", "seqcomm.cli", "fit"]
+            for f in STACK:
+                cmd += ["--config", f]
+            cmd += table_args(table) + [
+                "--model.init_args.world_model_gradient=none", f"--seed_everything={seed}",
+                f"--data.total_frames={frames}", f"--trainer.val_check_interval={args.updates}",
+                f"--run_name={name}", f"--trainer.default_root_dir={args.root}",
+                "--wandb", "false"]
+            subprocess.run(cmd, cwd=REPO, capture_output=True, check=False)
+            summary = Path(args.root) / name / "version_0" / "summary.json"
+            got.append(json.loads(summary.read_text())["eval"]["return"]
+                       if summary.exists() else None)
+        cells = ["failed" if g is None else f"{g:.3f}" for g in got]
+        hits = sum(g is not None and abs(g - best) < 0.05 for g in got)
+        print(f"| {table} | {no_comm_value(values):.3f} | {best:.3f} | " + " | ".join(cells)
+              + f" | {hits}/{len(got)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
