@@ -98,8 +98,9 @@ class SeqCommDFL(QLearner):
             target utilities; the joint value: the target ``Q_tot``).
         critic_hidden: width of the team critic.
         critic_normalize: the critic regresses on standardised targets (see ``TeamCritic``).
-        va_normalize: score gains in units of the evaluator values' batch spread, so the
-            weights of L_VA / L_inf mean the same on tasks with different reward scales.
+        va_normalize: score gains in units of the evaluator values' spread between the
+            available actions of a state (over the batch), so the weights of L_VA / L_inf
+            mean the same on tasks with different reward scales.
         va_receiver: whose utility head turns a message into the receiver's decision in the
             value-aware losses: ``frozen`` (the online head with its parameters detached:
             only the messages learn from L_VA), ``online`` (the receiver's head learns from
@@ -277,8 +278,15 @@ class SeqCommDFL(QLearner):
             logp_all = masked_log_softmax(q_all, tau, mask).gather(-1, action).squeeze(-1)
             logp_masked = masked_log_softmax(q_masked, tau, mask).gather(
                 -1, action.expand(n, *action.shape)).squeeze(-1)
-            advantage = normalised_advantage(self.mc_returns(batch), cache["q_tot"])
-            gain = blended_gain(mc_gain(logp_all, logp_masked, advantage), gain, beta)
+            # baseline: the critic's value of each receiver's current (softened) decision, so
+            # it does not depend on the action being scored
+            with torch.no_grad():
+                values = self.critic.switch_values(batch[STATE], batch[ACTION])
+                baseline = decision_value(q_all, values, tau, mask)  # [*B, n]
+            advantage = normalised_advantage(self.mc_returns(batch), baseline)
+            mc = mc_gain(logp_all, logp_masked, advantage)
+            mc = mc * (gain.detach().std() / mc.detach().std().clamp_min(1e-6))  # critic's scale
+            gain = blended_gain(mc, gain, beta)
         out["va_beta"] = q.new_tensor(beta)
         out["va"] = value_aware_loss(gain)
         out["inf"] = influence_loss(q_all, q_masked, hp.influence_tau, mask)
@@ -303,13 +311,20 @@ class SeqCommDFL(QLearner):
 
     def counterfactual_utilities(self, h: torch.Tensor):
         """Receivers' utilities with each sender masked ``[n, *B, n, A]`` and with every
-        message delivered ``[*B, n, A]``, from one batched messenger pass (the speaking order
-        is the real one in every row), and the all-delivered contexts. The head is
-        ``va_receiver``'s; states are detached (messages are what these losses train)."""
+        message delivered ``[*B, n, A]``, from one batched messenger pass, and the
+        all-delivered contexts. The messenger runs as at execution (deterministic labels, so
+        the rows differ only by the masked sender); the order is psi's in every row. The
+        receivers read through ``va_receiver``'s head on detached states; the gradient
+        reaches the senders' messages and, through them, the senders' recurrent states."""
         n = self.info.n_agents
         eye = torch.eye(n, device=h.device, dtype=h.dtype)
         deliver = torch.cat([1 - eye, eye.new_ones(1, n)]).view(n + 1, *[1] * (h.dim() - 2), n)
-        ctx, _ = self.net.comm(h.expand(n + 1, *h.shape), deliver)
+        mode = self.net.comm.training
+        self.net.comm.train(False)
+        try:
+            ctx, _ = self.net.comm(h.expand(n + 1, *h.shape), deliver)
+        finally:
+            self.net.comm.train(mode)
         q_cf = self.receiver_q(h.detach(), ctx)  # [n+1, *B, n, A]
         return q_cf[:n], q_cf[n], ctx[n]
 
@@ -323,13 +338,15 @@ class SeqCommDFL(QLearner):
     @torch.no_grad()
     def evaluator_values(self, batch: TensorDictBase, cache: dict) -> torch.Tensor:
         """``[*B, n, A]``: the evaluator's value of receiver j playing a (the others keeping
-        the taken actions), in units of its batch spread under ``va_normalize``."""
+        the taken actions), in units of its spread between actions under ``va_normalize``."""
         if self.hparams.va_evaluator == "critic":
             values = self.critic.switch_values(batch[STATE], batch[ACTION])
         else:
             values = self.target.utilities(cache["h_target"])[0]
-        if self.hparams.va_normalize:
-            values = values / values.std().clamp_min(1e-6)
+        if self.hparams.va_normalize:  # the spread between actions, not between states
+            mask = batch[MASK]
+            mean = (values * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp_min(1)
+            values = values / (values - mean)[mask].std().clamp_min(1e-6)
         return values
 
     @torch.no_grad()
@@ -356,9 +373,10 @@ class SeqCommDFL(QLearner):
         """Receiver gain ``[n_send, *B, n_recv]``: the change in ``E_{a ~ pi_j} V_j(a)`` (the
         evaluator's values) that sender i's message causes; the masked value is a baseline.
 
-        For discrete messages of a messenger with one heard sender per receiver
-        (``label_contexts``), every label is scored exactly and weighted by the sender's label
-        probabilities (an exact expectation over labels, no straight-through sample).
+        For discrete labels between two agents without the base round (``label_contexts``:
+        each receiver hears exactly the other agent), every label is scored exactly and
+        weighted by the sender's label probabilities (an exact expectation over labels, no
+        straight-through sample).
         ``va_receiver: soft`` adds the receiver's entropy bonus, on detached contexts and
         label probabilities: it reaches the receiver's head only.
         """
@@ -373,7 +391,9 @@ class SeqCommDFL(QLearner):
             return -torch.where(mask, logp.exp() * logp, torch.zeros_like(logp)).sum(-1)
 
         comm = self.net.comm
-        if "label_probs" in aux and hasattr(comm, "label_contexts") and not comm.base_round:
+        one_sender = self.info.n_agents == 2  # each receiver hears exactly the other agent
+        if ("label_probs" in aux and hasattr(comm, "label_contexts") and not comm.base_round
+                and one_sender):
             label_ctx = comm.label_contexts()  # [M, C]
             hk = h.detach().unsqueeze(0).expand(label_ctx.shape[0], *h.shape)
             ck = label_ctx.view(-1, *[1] * (h.dim() - 1), label_ctx.shape[-1]).expand(
@@ -473,9 +493,8 @@ class SeqCommDFL(QLearner):
             return functional_call(self, {f"net.{k}": v for k, v in params.items()},
                                    (batch,), {}, strict=False, tie_weights=False)
 
-        def inner_loss(params):
-            td, model_td = losses(params)
-            return self.hparams.real_td_weight * td + self.hparams.model_td_weight * model_td
+        def inner_loss(params):  # L_model, as for the implicit gradient (DESIGN.md 3)
+            return losses(params)[1]
 
         final = unrolled_inner(start, inner_loss, self.hparams.k_inner, self.hparams.inner_lr)
         outer = losses(final)[0]

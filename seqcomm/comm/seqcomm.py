@@ -58,6 +58,10 @@ class SeqCommMessenger(Communication):
         base_round: bool = True,
     ) -> None:
         super().__init__(hidden_dim, n_agents)
+        if message == "discrete" and not straight_through and base_round:
+            raise ValueError("discrete labels without straight_through learn only from the "
+                             "exact label scoring, which needs base_round: false; set "
+                             "straight_through: true or base_round: false")
         self.encoder = MessageEncoder(hidden_dim, message, msg_dim, n_labels, tau, gumbel_noise,
                                       logit_bound, straight_through)
         self.ordering = Ordering(hidden_dim, ordering, tau, fixed_order)
@@ -141,11 +145,13 @@ class SeqCommMessenger(Communication):
         return self.ctx_value(self.encoder.embed(eye))
 
     def bits_per_step(self) -> float:
-        """Bits per agent and step of the messages someone hears: the base message (stage 1),
+        """Bits per agent and step of the messages someone reads: the base message (stage 1),
         the refined message of every agent but the last speaker, and the 32-bit
         guidance-potential scalar when the order is prosocial."""
         n = self.n_agents
         heard_refined = (n - 1) / n
         scalar = 32.0 if self.ordering.mode == "prosocial" else 0.0
-        base = 1.0 if self.base_round else 0.0
+        # without the base round, a base message is still read by the refinement of every
+        # follower whose refined message someone hears (all but the last two speakers')
+        base = 1.0 if self.base_round else (n - 2) / n
         return (base + heard_refined) * self.encoder.bits_per_step() + scalar

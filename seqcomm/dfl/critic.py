@@ -26,7 +26,8 @@ class TeamCritic(nn.Module):
         hidden_dim: width of the MLP.
         normalize: regress on targets standardised by running statistics (``loss``); the
             outputs are mapped back to the targets' units.
-        norm_rate: update rate of the running mean and standard deviation.
+        norm_rate: update rate of the running mean and standard deviation (after the first
+            ``1 / norm_rate`` batches, which are averaged with equal weights).
     """
 
     def __init__(self, state_dim: int, n_agents: int, n_actions: int, hidden_dim: int = 128,
@@ -36,7 +37,7 @@ class TeamCritic(nn.Module):
         self.normalize, self.norm_rate = normalize, norm_rate
         self.register_buffer("target_mean", torch.zeros(()))
         self.register_buffer("target_std", torch.ones(()))
-        self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
         self.net = nn.Sequential(
             nn.Linear(state_dim + n_agents * n_actions, hidden_dim), nn.ReLU(),
             nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, 1))
@@ -53,12 +54,11 @@ class TeamCritic(nn.Module):
         (the running statistics move towards the batch's in training mode)."""
         target = target.detach()
         if self.normalize and self.training:
-            with torch.no_grad():
-                mean, std = target.mean(), target.std().clamp_min(1e-3)
-                rate = torch.where(self.seen, self.norm_rate, 1.0)
-                self.target_mean.lerp_(mean, rate)
-                self.target_std.lerp_(std, rate)
-                self.seen.fill_(True)
+            with torch.no_grad():  # a running average first, an exponential one later
+                self.count += 1
+                rate = max(1.0 / float(self.count), self.norm_rate)
+                self.target_mean.lerp_(target.mean(), rate)
+                self.target_std.lerp_(target.std().clamp_min(1e-2), rate)
         pred = self.net(torch.cat([state, joint.flatten(-2)], dim=-1))
         return (pred - (target - self.target_mean) / self.target_std).pow(2).mean()
 
