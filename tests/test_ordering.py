@@ -109,3 +109,14 @@ def test_order_entropy_in_bits():
 def test_bad_mode_fails_early():
     with pytest.raises(ValueError, match="ordering mode"):
         Ordering(4, "alphabetical")
+
+
+def test_order_gradients_stop_at_the_agents_state():
+    """psi (and through it the straight-through order) learns, but never moves the agents'
+    recurrent state: that gradient kept a TD-trained messenger idle on hospital."""
+    ordering = Ordering(8, "prosocial")
+    h = torch.randn(5, 3, 8, requires_grad=True)
+    gp_pred, precedence, _ = ordering(h)
+    (gp_pred.sum() + (precedence * torch.randn(5, 3, 3)).sum()).backward()
+    assert h.grad is None
+    assert ordering.psi[0].weight.grad.abs().sum() > 0
