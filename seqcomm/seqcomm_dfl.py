@@ -273,24 +273,29 @@ class SeqCommDFL(QLearner):
         progress = data.frames / max(data.total_frames, 1) if data is not None else 1.0
         beta = warmup_beta(progress, hp.va_warmup_fraction)
         if beta < 1.0:
-            action = batch[ACTION].unsqueeze(-1)
-            tau = hp.influence_tau
-            logp_all = masked_log_softmax(q_all, tau, mask).gather(-1, action).squeeze(-1)
-            logp_masked = masked_log_softmax(q_masked, tau, mask).gather(
-                -1, action.expand(n, *action.shape)).squeeze(-1)
-            # baseline: the critic's value of each receiver's current (softened) decision, so
-            # it does not depend on the action being scored
-            with torch.no_grad():
-                values = self.critic.switch_values(batch[STATE], batch[ACTION])
-                baseline = decision_value(q_all, values, tau, mask)  # [*B, n]
-            advantage = normalised_advantage(self.mc_returns(batch), baseline)
-            mc = mc_gain(logp_all, logp_masked, advantage)
-            mc = mc * (gain.detach().std() / mc.detach().std().clamp_min(1e-6))  # critic's scale
-            gain = blended_gain(mc, gain, beta)
+            gain = blended_gain(self.monte_carlo_gain(batch, q_all, q_masked, gain), gain, beta)
         out["va_beta"] = q.new_tensor(beta)
         out["va"] = value_aware_loss(gain)
         out["inf"] = influence_loss(q_all, q_masked, hp.influence_tau, mask)
         return out
+
+    def monte_carlo_gain(self, batch: TensorDictBase, q_all: torch.Tensor,
+                         q_masked: torch.Tensor, critic_gain: torch.Tensor) -> torch.Tensor:
+        """The warm-up's score-function gain ``[n_send, *B, n_recv]``: a centred, normalised
+        Monte-Carlo advantage times the log-likelihood ratio of the taken action, scaled to
+        ``critic_gain``'s spread. The baseline is the critic's value of each receiver's current
+        (softened) decision, so it does not depend on the action being scored."""
+        n, mask, tau = self.info.n_agents, batch[MASK], self.hparams.influence_tau
+        action = batch[ACTION].unsqueeze(-1)
+        logp_all = masked_log_softmax(q_all, tau, mask).gather(-1, action).squeeze(-1)
+        logp_masked = masked_log_softmax(q_masked, tau, mask).gather(
+            -1, action.expand(n, *action.shape)).squeeze(-1)
+        with torch.no_grad():
+            values = self.critic.switch_values(batch[STATE], batch[ACTION])
+            baseline = decision_value(q_all, values, tau, mask)  # [*B, n]
+        advantage = normalised_advantage(self.mc_returns(batch), baseline)
+        mc = mc_gain(logp_all, logp_masked, advantage)
+        return mc * (critic_gain.detach().std() / mc.detach().std().clamp_min(1e-6))
 
     def clustering(self, batch: TensorDictBase, aux: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """RGMComm's Eq. 13 per sender over the batch, and its average cosine distance
