@@ -143,3 +143,23 @@ def test_value_aware_loss_teaches_messages_to_steer_receivers_to_the_better_acti
         opt.step()
     assert value() > before + 0.3, (before, value())
     assert all(p.grad is None for p in model.net.agent.head.parameters())
+
+
+def test_monte_carlo_warmup_gain_favours_actions_followed_by_better_returns():
+    model = learner(va_normalize=False)
+    model.critic = TableCritic(torch.zeros(3, 3))  # a flat baseline: the advantage is G's
+    B = 4
+    reward = torch.tensor([1.0, 5.0, -3.0, 0.0]).view(B, 1, 1)
+    batch = TensorDict({STATE: torch.zeros(B, 1, 5),
+                        MASK: torch.ones(B, 1, 3, 3, dtype=torch.bool),
+                        ACTION: torch.ones(B, 1, 3, dtype=torch.long),
+                        ("next", "reward"): reward,
+                        ("next", "done"): torch.ones(B, 1, 1, dtype=torch.bool)},
+                       batch_size=[B, 1])
+    q_all = torch.zeros(B, 1, 3, 3, requires_grad=True)
+    q_masked = torch.zeros(3, B, 1, 3, 3)
+    mc = model.monte_carlo_gain(batch, q_all, q_masked, torch.randn(3, B, 1, 3))
+    assert mc.shape == (3, B, 1, 3)
+    mc.sum().backward()
+    taken = q_all.grad[..., 1]  # the taken action's utility, every receiver
+    assert (taken[1] > 0).all() and (taken[2] < 0).all()  # best return up, worst down
