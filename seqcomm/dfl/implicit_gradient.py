@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator, minres
 from torch import Tensor
+from torch.nn.utils import parameters_to_vector
 
 SOLVERS = ("minres", "cg", "neumann", "identity")
 
@@ -181,11 +182,10 @@ def _minres(
         return [c.view(s) for c, s in zip(t.split(sizes), shapes, strict=True)]
 
     def matvec(flat: np.ndarray) -> np.ndarray:
-        out = operator(unflatten(flat.ravel()))
-        return torch.cat([x.reshape(-1) for x in out]).double().cpu().numpy()
+        return parameters_to_vector(operator(unflatten(flat.ravel()))).double().cpu().numpy()
 
     total = sum(sizes)
-    b_flat = torch.cat([x.reshape(-1) for x in b]).double().cpu().numpy()
+    b_flat = parameters_to_vector(b).double().cpu().numpy()
     if iters == 0 or not np.any(b_flat):
         return [torch.zeros_like(x) for x in b], 0
     count = [0]
