@@ -1,5 +1,6 @@
-"""SeqComm-DFL's 1-bit configuration on RGMComm's matrix game and on seeded random tables of
-the same shape (2 observations x 2 actions for agent 1, 4 observations for agent 2).
+"""A 1-bit method (SeqComm-DFL's 1-bit configuration, or RGMComm) on RGMComm's matrix game
+and on seeded random tables of the same shape (2 observations x 2 actions for agent 1,
+4 observations for agent 2).
 
 The configuration must not be tuned to the paper's table: on every table it should reach the
 brute-force best 1-bit value (``seqcomm.envs.matrix.best_message_value``). Each cell is one
@@ -7,6 +8,7 @@ brute-force best 1-bit value (``seqcomm.envs.matrix.best_message_value``). Each 
 ``tests/test_matrix_comm.py``.
 
     python benchmarks/matrix_one_bit.py --tables rgmcomm 1 2 3 --seeds 0 1 2 --updates 600
+    python benchmarks/matrix_one_bit.py --method rgmcomm --tables 1 2 3 --updates 1249
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ from seqcomm.envs.matrix import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-STACK = ["conf/matrix.yaml", "conf/methods/seqcomm_dfl.yaml", "conf/methods/seqcomm_dfl_1bit.yaml"]
+STACKS = {  # method -> (config files, extra overrides)
+    "seqcomm_dfl_1bit": (["conf/matrix.yaml", "conf/methods/seqcomm_dfl.yaml",
+                          "conf/methods/seqcomm_dfl_1bit.yaml"],
+                         ["--model.init_args.world_model_gradient=none"]),
+    "rgmcomm": (["conf/matrix.yaml", "conf/methods/rgmcomm.yaml"],
+                ["--model.init_args.comm.init_args.n_labels=2"]),
+}
 
 
 def table_args(table: str) -> list[str]:
@@ -45,8 +53,12 @@ def main() -> None:
     parser.add_argument("--tables", nargs="+", default=["rgmcomm", "1", "2", "3"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--updates", type=int, default=600)
-    parser.add_argument("--root", default=str(REPO / "runs" / "matrix_one_bit"))
+    parser.add_argument("--method", choices=list(STACKS), default="seqcomm_dfl_1bit")
+    parser.add_argument("--root", default=None, help="default: runs/matrix_one_bit[_<method>]")
     args = parser.parse_args()
+    stack, extra = STACKS[args.method]
+    suffix = "" if args.method == "seqcomm_dfl_1bit" else f"_{args.method}"
+    root = args.root or str(REPO / "runs" / f"matrix_one_bit{suffix}")
     frames = 64 + (args.updates - 1) * 32  # conf/matrix.yaml: 32 copies, 64 warm-up chunks
     print("| table | no comm | best 1 bit | " + " | ".join(f"seed {s}" for s in args.seeds)
           + " | reached |")
@@ -58,15 +70,15 @@ def main() -> None:
         for seed in args.seeds:
             name = f"table_{table}_s{seed}"
             cmd = [sys.executable, "-m", "seqcomm.cli", "fit"]
-            for f in STACK:
+            for f in stack:
                 cmd += ["--config", f]
-            cmd += table_args(table) + [
-                "--model.init_args.world_model_gradient=none", f"--seed_everything={seed}",
+            cmd += table_args(table) + extra + [
+                f"--seed_everything={seed}",
                 f"--data.total_frames={frames}", f"--trainer.val_check_interval={args.updates}",
-                f"--run_name={name}", f"--trainer.default_root_dir={args.root}",
+                f"--run_name={name}", f"--trainer.default_root_dir={root}",
                 "--wandb", "false"]
             subprocess.run(cmd, cwd=REPO, capture_output=True, check=False)
-            summary = Path(args.root) / name / "version_0" / "summary.json"
+            summary = Path(root) / name / "version_0" / "summary.json"
             got.append(json.loads(summary.read_text())["eval"]["return"]
                        if summary.exists() else None)
         cells = ["failed" if g is None else f"{g:.3f}" for g in got]

@@ -1,10 +1,12 @@
-"""RGMComm baseline: discrete messages as cluster labels of Q-vectors (DESIGN.md section 4).
+"""RGMComm's messenger and clustering objective (RGMComm Eq. 6, Eq. 13, Theorem 4.3).
 
 RGMComm (return-gap-minimising communication) bounds the return gap to the full-observability
 policy by ``O(sqrt(eps) n Q_max)`` (its Theorem 4.3), where ``eps`` is the average cosine
-distance between the action-value vectors of the observations that share a label and their
-cluster centre (its Eq. 6). Labels are learned by online clustering with the Regularized
-Information Maximization loss of its Eq. 13.
+distance between the action-value vectors (its Eq. 5, ``seqcomm.comm.q_vectors``) of the
+observations that share a label and their cluster centre (its Eq. 6). A sender's label
+function is trained by online clustering with the Regularized Information Maximization loss of
+its Eq. 13 and by nothing else (``seqcomm.rgmcomm_learner.RGMCommLearner``); at execution the
+label is the deterministic argmax.
 """
 
 from __future__ import annotations
@@ -15,73 +17,78 @@ import torch
 from torch import nn
 
 from seqcomm.comm.base import Communication
-from seqcomm.comm.messages import expand_to_deliver, straight_through_gumbel
+from seqcomm.comm.messages import expand_to_deliver
 
 
 def cosine_distance_matrix(x: torch.Tensor) -> torch.Tensor:
-    """Pairwise ``D_cos(a, b) = 1 - a.b / (|a| |b|)`` of the rows of ``x [N, D]``."""
+    """Pairwise ``D_cos(a, b) = 1 - a.b / (|a| |b|)`` of the rows of ``x [*, N, D]``."""
     unit = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return 1 - unit @ unit.T
+    return 1 - unit @ unit.transpose(-1, -2)
 
 
-def activate_q(q_vectors: torch.Tensor) -> torch.Tensor:
-    """``f((Q - alpha) / beta)`` with ``f = tanh`` (RGMComm section 4.2, ablation 5.3).
-
-    Our reading: alpha and beta are the mean and standard deviation of each Q-vector's own
-    entries, so the tanh pushes each vector's larger action values toward 1 and the cosine
-    distance compares where the vectors are maximised, not their common offset. On the
-    paper's matrix game this reading makes its labelling {o21, o23} / {o22, o24} the
-    lowest-loss one (see tests/test_comm_baselines.py).
+def activate_q(q: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The paper's ``f((Q - alpha) / beta)``, ``f = tanh``, ``alpha = (max + min) / 2``,
+    ``beta = max`` over each vector's entries (RGMComm Appendix F; the official code does
+    the same per vector). ``beta`` is ``max |Q|`` so that negative rewards keep their sign
+    (identical for the non-negative tables of the paper). Invalid entries (``valid`` False:
+    unavailable actions, missing pairs) are left out of max/min and set to 0.
     """
-    alpha = q_vectors.mean(dim=-1, keepdim=True)
-    beta = q_vectors.std(dim=-1, keepdim=True).clamp_min(1e-8)
-    return torch.tanh((q_vectors - alpha) / beta)
+    if valid is None:
+        valid = torch.ones_like(q, dtype=torch.bool)
+    big = torch.finfo(q.dtype).max
+    hi = q.masked_fill(~valid, -big).amax(-1, keepdim=True)
+    lo = q.masked_fill(~valid, big).amin(-1, keepdim=True)
+    scale = q.abs().masked_fill(~valid, 0).amax(-1, keepdim=True).clamp_min(1e-8)
+    out = torch.tanh((q - (hi + lo) / 2) / scale)
+    return out.masked_fill(~valid, 0.0)
+
+
+def label_information(probs: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """RIM's ``I(o; m) = H(E_p m^p) - E_p H(m^p)`` of label distributions ``[*, N, M]``
+    (Krause et al. 2010), expectations under sample weights ``[*, N]`` (default uniform)."""
+    if weight is None:
+        weight = probs.new_full(probs.shape[:-1], 1.0 / probs.shape[-2])
+    entropy = lambda p: -(p * p.clamp_min(1e-12).log()).sum(-1)  # noqa: E731
+    marginal = (weight.unsqueeze(-1) * probs).sum(-2)
+    return entropy(marginal) - (weight * entropy(probs)).sum(-1)
 
 
 def clustering_loss(
-    labels_soft: torch.Tensor,
+    probs: torch.Tensor,
     q_vectors: torch.Tensor,
-    n_neighbors: int = 5,
-    kernel_width: float = 0.5,
+    weight: torch.Tensor | None = None,
     mi_weight: float = 1.0,
 ) -> torch.Tensor:
-    """RGMComm's Eq. 13, ``L = L_CD - lambda L_MI``, for one sender over a batch.
+    """RGMComm's Eq. 13, ``L = L_CD - lambda L_MI``, for one sender (or a batch of senders).
 
     Args:
-        labels_soft: ``[N, |M|]`` the sender's label distributions ``g(o^p)`` (softmax
-            probabilities, or straight-through one-hots) for N samples; the gradient flows here.
-        q_vectors: ``[N, D]`` the sender's action-value vectors ``Q_bar(o^p)`` (its Eq. 5)
-            from the centralised critic; treated as constants.
-        n_neighbors: ``j``, the number of nearest neighbours ``N_j(p)`` under cosine distance.
-        kernel_width: ``t`` of the neighbour weight ``exp(-D_cos / t)``.
-        mi_weight: ``lambda``, the weight of the mutual-information term.
+        probs: ``[*, N, M]`` label distributions ``g(o^p)`` of N observations (softmax
+            probabilities; hard one-hots score a labelling); the gradient flows here.
+        q_vectors: ``[*, N, D]`` activated action-value vectors (``activate_q`` of Eq. 5);
+            treated as constants.
+        weight: ``[*, N]`` visitation probabilities of the observations (default uniform:
+            N replay samples, duplicates included, are already visitation-weighted).
+        mi_weight: ``lambda``. With the kernel below ``L_CD`` lies in ``[-2, 2]`` and
+            ``L_MI`` in ``[0, log M]``; ``lambda = 1`` makes a balanced split of
+            dissimilar vectors (similarity < ``log 2 / 2``) beat one label.
 
-    How we read Eq. 13: ``L_CD = mean_p sum_{q in N_j(p)} w_pq ||m^p - m^q||^2`` over the
-    activated Q-vectors (``activate_q``). The paper writes the weight as ``D_cos`` but names
-    the term the locality-preserving loss of its ref. [48], whose weight is the heat kernel
-    ``exp(-d / t)`` of the distance; taken literally, ``D_cos`` would give identical
-    Q-vectors (distance 0) no pull at all, so we use the heat kernel of ``D_cos``.
-    ``L_MI`` is the RIM estimate (Krause et al. 2010) ``I(o; m) = H(mean_p m^p) -
-    mean_p H(m^p)``: balanced, confident labels; means replace the paper's sums over p.
+    Our reading: an all-pairs locality-preserving loss over distinct observations,
+    ``L_CD = sum_{p,q} d(o^p) d(o^q) S_pq ||m^p - m^q||^2`` with ``S = 1 - D_cos``, the
+    cosine similarity. The paper writes ``D_cos`` as the weight but names the
+    locality-preserving loss (its ref. [48]), whose weight is a similarity; its official code
+    weights neighbours by ``1 - D_cos`` too. Taking all pairs instead of ``j`` nearest
+    neighbours avoids neighbour sets made of duplicates of one observation.
     """
-    if labels_soft.shape[0] != q_vectors.shape[0] or labels_soft.dim() != 2:
-        raise ValueError(
-            f"labels_soft must be [N, n_labels] and q_vectors [N, D] with the same N, got "
-            f"{tuple(labels_soft.shape)} and {tuple(q_vectors.shape)}; flatten the batch first"
-        )
-    n = labels_soft.shape[0]
-    dist = cosine_distance_matrix(activate_q(q_vectors.detach()))
-    dist = dist + torch.diag(torch.full((n,), math.inf, device=dist.device, dtype=dist.dtype))
-    k = min(n_neighbors, n - 1)
-    near, idx = dist.topk(k, dim=-1, largest=False)
-    weight = torch.exp(-near / kernel_width)
-    sq = (labels_soft.unsqueeze(1) - labels_soft[idx]).pow(2).sum(-1)  # [N, k]
-    l_cd = (weight * sq).sum(-1).mean()
-
-    marginal = labels_soft.mean(0)
-    h_marginal = -(marginal * marginal.clamp_min(1e-12).log()).sum()
-    h_cond = -(labels_soft * labels_soft.clamp_min(1e-12).log()).sum(-1).mean()
-    return l_cd - mi_weight * (h_marginal - h_cond)
+    if probs.shape[:-1] != q_vectors.shape[:-1]:
+        raise ValueError(f"probs [*, N, M] and q_vectors [*, N, D] disagree: "
+                         f"{tuple(probs.shape)} vs {tuple(q_vectors.shape)}")
+    if weight is None:
+        weight = probs.new_full(probs.shape[:-1], 1.0 / probs.shape[-2])
+    sim = 1 - cosine_distance_matrix(q_vectors.detach())
+    sq = torch.cdist(probs, probs).pow(2)
+    pair = weight.unsqueeze(-1) * weight.unsqueeze(-2)
+    l_cd = (pair * sim * sq).sum((-1, -2))
+    return l_cd - mi_weight * label_information(probs, weight)
 
 
 def average_cosine_distance(q_vectors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -109,43 +116,40 @@ def return_gap_bound(epsilon: float, n_agents: int, q_max: float) -> float:
 
 
 class RGMComm(Communication):
-    """Discrete labels per sender; ``ctx_j`` = sum of the other delivered senders' label
-    embeddings (a separate embedding table per sender, so the receiver knows who said what).
+    """Deterministic discrete labels per sender; ``ctx_j`` = sum of the other delivered
+    senders' label embeddings (one embedding table per sender, so the receiver knows who
+    said what), read by the receiver's head together with its own state.
+
+    The label function ``g(h_i)`` reads the sender's recurrent state detached (its
+    observation history, the paper's ``o_i``) and emits ``argmax``: no TD gradient reaches
+    it or, through it, the sender; only ``clustering_loss`` trains ``label_logits``. The
+    embeddings are the receivers' reading of a label and learn by TD.
 
     Args:
         hidden_dim: size of the agent's recurrent state ``h_i``.
         n_agents: number of agents.
         n_labels: alphabet size ``|M|``.
         embed_dim: size of a label embedding (and of the context).
-        tau: Gumbel-softmax temperature.
-        n_neighbors: ``j`` of the clustering loss (see ``clustering_loss``).
-        kernel_width: neighbour-weight width of the clustering loss.
-        mi_weight: ``lambda`` of the clustering loss.
+        label_hidden: width of the label function's hidden layer.
     """
 
     discrete = True
 
-    def __init__(
-        self,
-        hidden_dim: int = 64,
-        n_agents: int = 2,
-        n_labels: int = 4,
-        embed_dim: int = 16,
-        tau: float = 1.0,
-        n_neighbors: int = 5,
-        kernel_width: float = 0.5,
-        mi_weight: float = 1.0,
-    ) -> None:
+    def __init__(self, hidden_dim: int = 64, n_agents: int = 2, n_labels: int = 2,
+                 embed_dim: int = 16, label_hidden: int = 64) -> None:
         super().__init__(hidden_dim, n_agents)
         if n_labels < 2:
             raise ValueError(f"RGMComm needs n_labels >= 2, got {n_labels}")
-        self.n_labels, self.tau = n_labels, tau
-        self.n_neighbors, self.kernel_width, self.mi_weight = n_neighbors, kernel_width, mi_weight
-        self.ctx_dim = embed_dim
-        self.label_head = nn.Sequential(
-            nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, n_labels)
-        )
+        self.n_labels, self.ctx_dim = n_labels, embed_dim
+        self.label_head = nn.Sequential(nn.Linear(hidden_dim, label_hidden), nn.ReLU(),
+                                        nn.Linear(label_hidden, n_labels))
         self.embedding = nn.Parameter(torch.randn(n_agents, n_labels, embed_dim) / n_labels**0.5)
+        # False until the staged schedule has clustered: every message is the empty one
+        self.register_buffer("active", torch.ones((), dtype=torch.bool))
+
+    def label_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Label logits ``[*B, n, M]`` from detached recurrent states."""
+        return self.label_head(h.detach())
 
     def forward(self, h, deliver=None):
         if h.shape[-2] != self.n_agents:
@@ -153,19 +157,14 @@ class RGMComm(Communication):
                 f"RGMComm was built for n_agents={self.n_agents} but h has {h.shape[-2]} agents"
             )
         h, deliver = expand_to_deliver(h, deliver)
-        logits = self.label_head(h)
-        labels, _ = straight_through_gumbel(logits, self.tau, sample=self.training)
+        with torch.no_grad():
+            logits = self.label_logits(h)
+            labels = torch.nn.functional.one_hot(logits.argmax(-1), self.n_labels).to(h.dtype)
         sent = torch.einsum("...im,imd->...id", labels, self.embedding)
         n = h.shape[-2]
         others = (1 - torch.eye(n, device=h.device, dtype=h.dtype)) * deliver.unsqueeze(-2)
-        aux = {"labels": labels, "label_probs": torch.softmax(logits, -1), "label_logits": logits}
-        return others @ sent, aux
-
-    def clustering_loss(self, labels_soft: torch.Tensor, q_vectors: torch.Tensor) -> torch.Tensor:
-        """Eq. 13 with this module's hyper-parameters (see the module-level function)."""
-        return clustering_loss(
-            labels_soft, q_vectors, self.n_neighbors, self.kernel_width, self.mi_weight
-        )
+        ctx = (others @ sent) * self.active.to(h.dtype)
+        return ctx, {"labels": labels, "label_probs": torch.softmax(logits, -1)}
 
     def bits_per_step(self) -> float:
-        return math.log2(self.n_labels)
+        return math.log2(self.n_labels) if bool(self.active) else 0.0

@@ -1,0 +1,257 @@
+"""RGMComm on the QMIX backbone (RGMComm section 4.2, Algorithms 1-2; DESIGN.md section 4).
+
+QMIX trains the agents by TD; a critic ``Q(o, a)`` on joint observations and actions is
+regressed on the same TD targets; the label function of ``seqcomm.comm.rgmcomm.RGMComm`` is
+trained only by the clustering loss of Eq. 13 on the Eq. 5 vectors of a replay sample
+(``seqcomm.comm.q_vectors``). Two schedules:
+
+- ``online`` (the paper's Algorithm 2): labels are delivered from the start and re-clustered
+  every ``cluster_every`` updates while the policy trains (the label function warm-starts
+  from its previous parameters, so labels keep their identity between re-clusterings).
+- ``staged`` (the official code's stages 1-3): the policy and critic train with the empty
+  message until ``stage_fraction`` of the run's env steps, the labels are clustered once,
+  then training continues with frozen labels: the label function and the agents' recurrent
+  encoder (which the label function reads) stop learning, so every label stays fixed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Literal
+
+import torch
+from scipy.optimize import linear_sum_assignment
+from tensordict import TensorDictBase
+from torch.nn import functional as F
+
+from seqcomm.comm.label_map import label_table, write_label_map
+from seqcomm.comm.q_vectors import eq5_vectors
+from seqcomm.comm.rgmcomm import (
+    RGMComm,
+    activate_q,
+    average_cosine_distance,
+    clustering_loss,
+    return_gap_bound,
+)
+from seqcomm.dfl.critic import TeamCritic
+from seqcomm.envs.base import ACTION, MASK, OBS, STATE
+from seqcomm.learner import QLearner
+
+SCHEDULES = ("online", "staged")
+
+
+class RGMCommLearner(QLearner):
+    """QMIX + RGMComm labels (``comm`` must be ``seqcomm.comm.rgmcomm.RGMComm``).
+
+    Args (besides ``QLearner``'s):
+        schedule: ``online`` or ``staged`` (see the module docstring).
+        cluster_every: updates between re-clusterings (``online``).
+        cluster_start: first update that clusters (``online``).
+        stage_fraction: share of the env-step budget trained before clustering (``staged``).
+        cluster_steps: Adam steps of the label function per clustering.
+        cluster_restarts: fresh initialisations tried beside the warm start per clustering
+            (Eq. 13 has local minima, and a saturated label function cannot leave one).
+        cluster_lr: their learning rate.
+        cluster_samples: ``K1``, replay steps per clustering.
+        top_pairs: ``K2``, receivers' (observation, action) pairs per Eq. 5 vector.
+        pair_prior: pseudo-count of the marginal in ``d(o_-i | o_i)``.
+        mi_weight: ``lambda`` of Eq. 13 (see ``clustering_loss``).
+        critic_hidden: width of the critic ``Q(o, a)``.
+        critic_lr: its Adam rate.
+        label_map: write ``labels.json`` / ``labels.png`` into the run directory at the end.
+    """
+
+    def __init__(
+        self,
+        *args,
+        schedule: Literal["online", "staged"] = "online",
+        cluster_every: int = 50,
+        cluster_start: int = 0,
+        stage_fraction: float = 0.5,
+        cluster_steps: int = 50,
+        cluster_restarts: int = 2,
+        cluster_lr: float = 1e-2,
+        cluster_samples: int = 512,
+        top_pairs: int = 16,
+        pair_prior: float = 1.0,
+        mi_weight: float = 1.0,
+        critic_hidden: int = 128,
+        critic_lr: float = 1e-3,
+        label_map: bool = True,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.net.comm, RGMComm):
+            raise ValueError("RGMCommLearner needs model.comm: seqcomm.comm.rgmcomm.RGMComm")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule={schedule!r}; choose one of {SCHEDULES}")
+        if min(cluster_every, cluster_steps, cluster_samples, top_pairs) < 1:
+            raise ValueError("cluster_every, cluster_steps, cluster_samples, top_pairs >= 1")
+        info = self.info
+        self.critic = TeamCritic(info.n_agents * info.obs_dim, info.n_agents, info.n_actions,
+                                 critic_hidden)
+        # staged: 1 once the labels are clustered and frozen (a buffer, so it resumes)
+        self.register_buffer("clustered", torch.zeros((), dtype=torch.bool))
+        self.set_delivery(schedule == "online")
+        self.cluster_logs: dict[str, float] = {}
+
+    # -- schedule -----------------------------------------------------------------------
+    def set_delivery(self, on: bool) -> None:
+        """Deliver labels (or the empty message) in the online and target networks."""
+        for net in (self.net, self.target):
+            net.comm.active.fill_(on)
+
+    def freeze_labels(self) -> None:
+        """Staged schedule: the label function and the recurrent encoder it reads stop."""
+        for module in (self.net.comm.label_head, self.net.agent.fc, self.net.agent.rnn):
+            module.requires_grad_(False)
+
+    def due(self) -> bool:
+        hp = self.hparams
+        if hp.schedule == "online":
+            step = self.global_step - hp.cluster_start
+            return step >= 0 and step % hp.cluster_every == 0
+        data = self.trainer.datamodule
+        return not bool(self.clustered) and data.frames >= hp.stage_fraction * data.total_frames
+
+    # -- clustering ---------------------------------------------------------------------
+    @torch.no_grad()
+    def cluster_sample(self) -> TensorDictBase:
+        """``K1`` replay steps (whole chunks sampled, flattened, cut), with the senders'
+        recurrent states under ``"h"``."""
+        data = self.trainer.datamodule
+        K1 = self.hparams.cluster_samples
+        chunks = data.buffer.sample(max(1, math.ceil(K1 / self.info.episode_limit)))
+        h = self.net.agent.unroll(self.net.inputs(chunks[OBS], chunks[STATE]),
+                                  chunks["is_init"].squeeze(-1))
+        flat = chunks.select(OBS, ACTION, MASK).reshape(-1)
+        flat.set("h", h.reshape(-1, *h.shape[2:]))
+        return flat[:K1]
+
+    def cluster(self) -> dict[str, float]:
+        """Eq. 5 vectors of a replay sample, then ``cluster_steps`` Adam steps of the label
+        function on Eq. 13 (all senders at once), warm-started and from ``cluster_restarts``
+        fresh initialisations; the lowest loss of the hard labels wins, its labels renamed to
+        agree most with the labels in use. Returns the return-gap quantities."""
+        hp = self.hparams
+        sample = self.cluster_sample()
+        with torch.no_grad():
+            qv = eq5_vectors(self.critic, sample[OBS], sample[ACTION], sample[MASK],
+                             hp.top_pairs, hp.pair_prior)
+            x = activate_q(qv.values, qv.valid)  # [n, N, D]
+        h = sample["h"].transpose(0, 1).detach()  # [n, N, H]
+        head = self.net.comm.label_head
+        old = head(h).argmax(-1)
+        opt = self.optimizers()[2].optimizer  # raw: Lightning counts one step per update
+        best, best_loss = head, self.fit_labels(head, opt, h, x)
+        for _ in range(hp.cluster_restarts):
+            fresh = copy.deepcopy(head)
+            for layer in fresh:
+                if isinstance(layer, torch.nn.Linear):
+                    layer.reset_parameters()
+            fresh_opt = torch.optim.Adam(fresh.parameters(), lr=hp.cluster_lr)
+            loss = self.fit_labels(fresh, fresh_opt, h, x)
+            if loss < best_loss - 1e-6:
+                best, best_loss = fresh, loss
+        with torch.no_grad():
+            if best is not head:
+                head.load_state_dict(best.state_dict())
+                opt.state.clear()
+            rename_labels(head, old, head(h).argmax(-1))
+        labels = head(h).argmax(-1)
+        return self.gap_quantities(qv.values, x, labels, best_loss)
+
+    def fit_labels(self, head: torch.nn.Module, opt: torch.optim.Optimizer, h: torch.Tensor,
+                   x: torch.Tensor) -> float:
+        """``cluster_steps`` steps of Eq. 13 on ``head``; returns the loss of its hard labels
+        (mean over senders)."""
+        hp = self.hparams
+        with torch.enable_grad():
+            for _ in range(hp.cluster_steps):
+                loss = clustering_loss(torch.softmax(head(h), -1), x, mi_weight=hp.mi_weight)
+                opt.zero_grad()
+                loss.mean().backward()
+                opt.step()
+        with torch.no_grad():
+            hard = F.one_hot(head(h).argmax(-1), self.net.comm.n_labels).to(x.dtype)
+            return clustering_loss(hard, x, mi_weight=hp.mi_weight).mean().item()
+
+    @torch.no_grad()
+    def gap_quantities(self, values: torch.Tensor, activated: torch.Tensor,
+                       labels: torch.Tensor, loss: float) -> dict[str, float]:
+        """``epsilon`` (Eq. 6, on the Eq. 5 vectors; also on the activated ones), ``Q_max``
+        (the largest vector norm) and Theorem 4.3's bound, averaged over senders."""
+        onehot = F.one_hot(labels, self.net.comm.n_labels).to(values.dtype)
+        eps = torch.vmap(average_cosine_distance)(values, onehot).mean().item()
+        eps_act = torch.vmap(average_cosine_distance)(activated, onehot).mean().item()
+        q_max = values.norm(dim=-1).max().item()
+        return {"loss/cluster": loss, "comm/epsilon": eps, "comm/epsilon_activated": eps_act,
+                "comm/q_max": q_max,
+                "comm/return_gap_bound": return_gap_bound(eps, self.info.n_agents, q_max)}
+
+    # -- optimisation -------------------------------------------------------------------
+    def value_parameters(self) -> list[torch.nn.Parameter]:
+        label = {id(p) for p in self.net.comm.label_head.parameters()}
+        return [p for p in self.net.parameters() if id(p) not in label]
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        return [torch.optim.Adam(self.value_parameters(), lr=hp.lr),
+                torch.optim.Adam(self.critic.parameters(), lr=hp.critic_lr),
+                torch.optim.Adam(self.net.comm.label_head.parameters(), lr=hp.cluster_lr)]
+
+    def training_step(self, dataloader_iter) -> None:
+        batch, _, _ = next(dataloader_iter)
+        opt, critic_opt, _ = self.optimizers()
+        if self.due():
+            self.cluster_logs = self.cluster()
+            if self.hparams.schedule == "staged":
+                self.clustered.fill_(True)
+                self.freeze_labels()
+                self.set_delivery(True)
+        loss, cache = self.td_loss(batch)
+        grad_norm = self.step_optimizer(opt, loss, self.value_parameters())
+        joint = F.one_hot(batch[ACTION], self.info.n_actions).to(cache["target"].dtype)
+        critic_loss = self.critic.loss(batch[OBS].flatten(-2), joint, cache["target"])
+        critic_opt.zero_grad()
+        self.manual_backward(critic_loss)
+        torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.hparams.grad_clip)
+        critic_opt.optimizer.step()  # raw, as above
+        self.update_targets()
+        self.log_training({"loss/td": loss, "loss/critic": critic_loss,
+                           "train/grad_norm": grad_norm, **self.cluster_logs})
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self.hparams.schedule == "staged":
+            self.set_delivery(bool(self.clustered))
+            if bool(self.clustered):  # a resumed staged run: requires_grad is not saved
+                self.freeze_labels()
+
+    def on_fit_end(self) -> None:
+        """The message-label map of the final label function, in the run directory."""
+        if not self.hparams.label_map or not self.trainer.is_global_zero:
+            return
+        if len(self.trainer.datamodule.buffer) == 0:
+            return
+        sample = self.cluster_sample()
+        with torch.no_grad():
+            labels = self.net.comm.label_logits(sample["h"]).argmax(-1)  # [N, n]
+        tables = label_table(sample[OBS].transpose(0, 1), labels.T)
+        run_dir = self.trainer.log_dir or self.trainer.default_root_dir
+        write_label_map(run_dir, tables, self.net.comm.n_labels)
+
+
+@torch.no_grad()
+def rename_labels(head: torch.nn.Sequential, old: torch.Tensor, new: torch.Tensor) -> None:
+    """Permute the output rows of ``head``'s last layer so that its labels ``new`` agree
+    most with ``old`` (labels keep their meaning for the receivers across re-clusterings)."""
+    M = head[-1].out_features
+    agree = torch.zeros(M, M).index_put_((old.flatten().cpu(), new.flatten().cpu()),
+                                         torch.ones(old.numel()), accumulate=True)
+    rows, cols = linear_sum_assignment(agree.numpy(), maximize=True)
+    perm = torch.empty(M, dtype=torch.long)
+    perm[torch.as_tensor(rows)] = torch.as_tensor(cols)  # old label a <- new label perm[a]
+    head[-1].weight.copy_(head[-1].weight[perm])
+    head[-1].bias.copy_(head[-1].bias[perm])
