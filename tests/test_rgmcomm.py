@@ -1,0 +1,258 @@
+"""RGMComm as its paper defines it (seqcomm.comm.rgmcomm, q_vectors, rgmcomm_learner)."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from conftest import matrix_frames, read_metrics
+from tensordict import TensorDict
+from torch.nn import functional as F
+
+from seqcomm.comm.q_vectors import eq5_vectors
+from seqcomm.comm.rgmcomm import (
+    RGMComm,
+    activate_q,
+    average_cosine_distance,
+    clustering_loss,
+    return_gap_bound,
+)
+from seqcomm.dfl.critic import TeamCritic
+from seqcomm.envs.base import ACTION, MASK, OBS, env_info
+from seqcomm.envs.matrix import RGMCOMM_TABLE, MatrixGame, best_message_value, random_table
+from seqcomm.rgmcomm_learner import RGMCommLearner, rename_labels
+
+METHOD = "conf/methods/rgmcomm.yaml"
+
+
+def lookup_critic(table: torch.Tensor) -> TeamCritic:
+    """A critic that returns ``table[o1, a1, o2]`` exactly on the matrix game's inputs: one
+    hidden unit per (o1, a1, o2), on only when all three one-hots match."""
+    n1, A, n2 = table.shape
+    D = n1 + n2  # per-agent observation size; state = both observations flattened
+    critic = TeamCritic(2 * D, 2, A, hidden_dim=n1 * A * n2, normalize=False)
+    first, mid, last = critic.net[0], critic.net[2], critic.net[4]
+    with torch.no_grad():
+        for layer in (first, mid, last):
+            layer.weight.zero_()
+            layer.bias.zero_()
+        for u, (o1, a1, o2) in enumerate(itertools.product(range(n1), range(A), range(n2))):
+            first.weight[u, o1] = 1  # agent 1 sees o1
+            first.weight[u, D + n1 + o2] = 1  # agent 2 sees o2
+            first.weight[u, 2 * D + a1] = 1  # agent 1 plays a1
+            first.bias[u] = -2
+            last.weight[0, u] = table[o1, a1, o2]
+        mid.weight.copy_(torch.eye(n1 * A * n2))
+    return critic
+
+
+def all_pairs(table: torch.Tensor, repeat: int = 2):
+    """Every (o1, a1, o2) ``repeat`` times as matrix-game samples: obs, action, mask."""
+    n1, A, n2 = table.shape
+    env = MatrixGame(n1 * n2, exhaustive=True)
+    td = env.reset()
+    obs, mask = td[OBS].repeat(A * repeat, 1, 1), td[MASK].repeat(A * repeat, 1, 1)
+    a1 = torch.arange(A).repeat_interleave(n1 * n2).repeat(repeat)
+    return obs, torch.stack([a1, torch.zeros_like(a1)], -1), mask
+
+
+def test_eq5_vectors_on_the_matrix_game_are_the_papers_columns():
+    critic = lookup_critic(RGMCOMM_TABLE)
+    obs, action, mask = all_pairs(RGMCOMM_TABLE)
+    qv = eq5_vectors(critic, obs, action, mask, top_k=16, prior=1.0)
+    N = obs.shape[0]
+    assert qv.values.shape == (2, N, 16 * 2)
+    # sender 2 (index 1): its four receivers' pairs (o1, a1), its single action
+    pairs = qv.pairs[1, :4]
+    order = (obs[pairs, 0, :2].argmax(-1) * 2 + action[pairs, 0]).argsort()  # (o1, a1) order
+    vec = qv.values[1].view(N, 16, 2)
+    valid = qv.valid[1].view(N, 16, 2)
+    assert not valid[:, 4:].any() and not valid[:, :, 1].any()  # no 5th pair; a2 = 1 masked
+    assert (vec[~valid] == 0).all()
+    columns = {  # hand-computed: 1/2 (= d(o1 | o2)) times the paper's columns
+        0: [53.2, 42.9, 31.8, 22.9], 1: [4.5, 1.2, 12.6, 28.0],
+        2: [58.5, 64.0, 34.1, 10.0], 3: [0.3, 16.1, 34.9, 81.5],
+    }
+    o2 = obs[:, 1, 2:].argmax(-1)
+    for p in range(N):
+        got = vec[p, :4, 0][order]
+        assert torch.allclose(got, 0.5 * torch.tensor(columns[o2[p].item()]), atol=1e-4)
+    # sender 1 (index 0): pairs (o2, a2 = 0), both of its actions, weight d(o2 | o1) = 1/4
+    vec0 = qv.values[0].view(N, 16, 2)[:, :4]
+    o2_of_pair = obs[qv.pairs[0, :4], 1, 2:].argmax(-1)
+    o1 = obs[:, 0, :2].argmax(-1)
+    expected = RGMCOMM_TABLE[o1][:, :, o2_of_pair].transpose(1, 2) / 4  # [N, pair, a1]
+    assert torch.allclose(vec0, expected, atol=1e-4)
+
+
+def test_pair_weights_follow_the_conditional_frequency():
+    """d(o_-i | o_i) is estimated from the sample: skewed o1 given o2 shows in the vector."""
+    critic = lookup_critic(torch.ones(2, 2, 4))  # every value 1: the vector is the weight
+    obs, action, mask = all_pairs(torch.ones(2, 2, 4), repeat=1)
+    keep = ~((obs[:, 1, 2] == 1) & (obs[:, 0, 1] == 1))  # o21 is never seen with o12
+    obs, action, mask = obs[keep], action[keep], mask[keep]
+    qv = eq5_vectors(critic, obs, action, mask, top_k=4, prior=0.0)
+    o1_of_pair = obs[qv.pairs[1], 0, :2].argmax(-1)
+    first = (obs[:, 1, 2] == 1).nonzero()[0, 0]  # a sample with o21
+    w = qv.values[1, first].view(4, 2)[:, 0]
+    assert torch.allclose(w, (o1_of_pair == 0).float())  # all its mass on o11
+
+
+def test_activation_is_the_papers_f():
+    q = torch.tensor([53.2, 42.9, 31.8, 22.9])
+    expected = torch.tanh((q - (53.2 + 22.9) / 2) / 53.2)
+    assert torch.allclose(activate_q(q), expected)
+    # an invalid entry neither moves max / min nor survives
+    q5 = torch.cat([q, torch.tensor([500.0])])
+    out = activate_q(q5, torch.tensor([True] * 4 + [False]))
+    assert torch.allclose(out[:4], expected) and out[4] == 0
+
+
+def _activated_columns(table: torch.Tensor) -> torch.Tensor:
+    """Exact Eq. 5 vectors of agent 2 (one per o2, uniform o1), activated."""
+    return activate_q(table.permute(2, 0, 1).reshape(table.shape[2], -1) / table.shape[0])
+
+
+def _labelling_losses(table: torch.Tensor, n_labels: int) -> dict[tuple, float]:
+    x = _activated_columns(table)
+    out = {}
+    for lab in itertools.product(range(n_labels), repeat=table.shape[2]):
+        onehot = F.one_hot(torch.tensor(lab), n_labels).float()
+        out[lab] = clustering_loss(onehot, x, mi_weight=1.0).item()
+    return out
+
+
+def _value(table: torch.Tensor, lab: tuple) -> float:
+    lab = torch.tensor(lab)
+    total = sum(table[:, :, lab == m].sum(2).max(1).values.sum().item() for m in lab.unique())
+    return total / (table.shape[0] * table.shape[2])
+
+
+@pytest.mark.parametrize("table", ["paper", 2, 3])
+def test_clustering_loss_ranks_the_best_one_bit_split_first(table):
+    values = RGMCOMM_TABLE if table == "paper" else random_table(2, 2, 4, table)
+    losses = _labelling_losses(values, 2)
+    best_lab = min(losses, key=losses.get)
+    best, _ = best_message_value(values, 2)
+    assert _value(values, best_lab) == pytest.approx(best, abs=1e-4)
+    assert losses[(0, 0, 0, 0)] > losses[best_lab] + 0.1  # one label is not the minimum
+    if table == "paper":
+        assert {lab for lab, v in losses.items() if v == losses[best_lab]} == {
+            (0, 1, 0, 1), (1, 0, 1, 0)}
+        assert _value(values, best_lab) == pytest.approx(38.05, abs=1e-4)
+
+
+def test_random_table_1_is_a_counter_example_of_the_bound():
+    """The clustering loss minimises a bound: on table 1 its minimum, {o1, o3} / {o2, o4}
+    (61.1), is not the best 1-bit message, {o1} / {o2, o3, o4} (62.4375)."""
+    values = random_table(2, 2, 4, 1)
+    losses = _labelling_losses(values, 2)
+    chosen = min(losses, key=losses.get)
+    assert chosen in {(0, 1, 0, 1), (1, 0, 1, 0)}
+    assert _value(values, chosen) == pytest.approx(61.1, abs=1e-3)
+    assert best_message_value(values, 2)[0] == pytest.approx(62.4375, abs=1e-3)
+
+
+def test_four_labels_give_each_observation_its_own_label():
+    losses = _labelling_losses(RGMCOMM_TABLE, 4)
+    best = min(losses, key=losses.get)
+    assert sorted(best) == [0, 1, 2, 3] and _value(RGMCOMM_TABLE, best) == pytest.approx(39.15)
+
+
+def test_label_function_learns_the_split_from_soft_labels():
+    x = _activated_columns(RGMCOMM_TABLE)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        comm = RGMComm(8, 2, n_labels=2)
+        h = torch.randn(4, 8)  # agent 2's four states
+        opt = torch.optim.Adam(comm.label_head.parameters(), lr=1e-2)
+        for _ in range(150):
+            loss = clustering_loss(torch.softmax(comm.label_logits(h), -1), x)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        lab = comm.label_logits(h).argmax(-1).tolist()
+        assert lab[0] == lab[2] != lab[1] == lab[3], (seed, lab)
+
+
+def test_epsilon_and_bound():
+    q = RGMCOMM_TABLE.permute(2, 0, 1).reshape(4, 4)
+    eps = average_cosine_distance(q, torch.tensor([0, 1, 0, 1]))
+    assert eps < average_cosine_distance(q, torch.tensor([0, 0, 1, 1]))
+    assert average_cosine_distance(q, torch.arange(4)).abs() < 1e-6
+    assert return_gap_bound(eps.item(), 2, 81.5) == pytest.approx(math.sqrt(eps.item()) * 163)
+
+
+def test_rename_labels_keeps_label_identity():
+    torch.manual_seed(0)
+    head = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    h = torch.randn(20, 4)
+    new = head(h).argmax(-1)
+    old = (new + 1) % 3  # the same partition under other names
+    rename_labels(head, old, new)
+    assert torch.equal(head(h).argmax(-1), old)
+
+
+# -- the learner -----------------------------------------------------------------------
+def _learner(**kwargs) -> RGMCommLearner:
+    info = env_info(MatrixGame(1))
+    return RGMCommLearner(env_info=info, comm=lambda H, n: RGMComm(H, n, n_labels=2),
+                          hidden_dim=16, **kwargs)
+
+
+def _batch(B: int = 8) -> TensorDict:
+    env = MatrixGame(B, seed=1)
+    td = env.reset()
+    action = torch.stack([torch.randint(0, 2, (B,)), torch.zeros(B, dtype=torch.long)], -1)
+    td[ACTION] = action
+    nxt = env.step(td)["next"]
+    td["next"] = nxt
+    td["is_init"] = torch.ones(B, 1, dtype=torch.bool)
+    return td.unsqueeze(1)  # [B, T = 1]
+
+
+def test_labels_receive_no_td_gradient():
+    torch.manual_seed(0)
+    model = _learner()
+    loss, cache = model.td_loss(_batch())
+    loss.backward()
+    comm = model.net.comm
+    assert all(p.grad is None for p in comm.label_head.parameters())
+    assert comm.embedding.grad is not None and comm.embedding.grad.abs().sum() > 0
+    assert model.net.agent.fc.weight.grad.abs().sum() > 0
+    # the value optimiser does not hold the label function; the label optimiser does
+    label_ids = {id(p) for p in comm.label_head.parameters()}
+    assert not label_ids & {id(p) for p in model.value_parameters()}
+    # labels are deterministic and carry no gradient back to the sender's state
+    h = torch.randn(5, 2, 16, requires_grad=True)
+    ctx, aux = comm(h)
+    assert not ctx.requires_grad or torch.autograd.grad(
+        ctx.sum(), h, allow_unused=True)[0] is None
+    assert torch.equal(comm(h)[1]["labels"], aux["labels"])
+    # a masked sender is not heard: receiver 1's context is empty without sender 0
+    ctx_masked, _ = comm(h, torch.tensor([0.0, 1.0]))
+    assert torch.equal(ctx_masked[:, 1], torch.zeros(5, 16))
+    assert torch.equal(ctx_masked[:, 0], ctx[:, 0])
+
+
+def test_staged_schedule_delivers_nothing_before_clustering():
+    model = _learner(schedule="staged")
+    h = torch.randn(3, 2, 16)
+    assert torch.equal(model.net.comm(h)[0], torch.zeros(3, 2, 16))
+    assert torch.equal(model.target.comm(h)[0], torch.zeros(3, 2, 16))
+    model.set_delivery(True)
+    assert model.net.comm(h)[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("schedule", ["online", "staged"])
+def test_fit_logs_return_gap_and_writes_label_map(fit_matrix, schedule):
+    run = fit_matrix("--config", METHOD, f"--data.total_frames={matrix_frames(3)}",
+                     f"--model.init_args.schedule={schedule}",
+                     "--model.init_args.stage_fraction=0.0", "--model.init_args.cluster_steps=5",
+                     "--trainer.log_every_n_steps=1", run_name=schedule)
+    metrics = read_metrics(run)
+    for key in ("loss/cluster", "comm/epsilon", "comm/q_max", "comm/return_gap_bound"):
+        assert key in metrics and all(math.isfinite(v) for v in metrics[key].values())
+    png = run / "labels.png"
+    assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
+    assert (run / "labels.json").exists()
