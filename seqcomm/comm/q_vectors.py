@@ -61,7 +61,8 @@ def top_pairs(key: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def eq5_vectors(critic: TeamCritic, obs: torch.Tensor, action: torch.Tensor,
-                mask: torch.Tensor, top_k: int = 16, prior: float = 1.0) -> QVectors:
+                mask: torch.Tensor, top_k: int = 16, prior: float = 1.0,
+                max_elements: int = 2**25) -> QVectors:
     """Eq. 5 vectors of every sender from samples ``obs [N, n, D]``, ``action [N, n]``,
     ``mask [N, n, A]`` (one batched pass; no loop over agents).
 
@@ -69,6 +70,7 @@ def eq5_vectors(critic: TeamCritic, obs: torch.Tensor, action: torch.Tensor,
         critic: ``Q(o, a)`` built with ``state_dim = n * D``.
         top_k: ``K2``, receivers' pairs per vector.
         prior: pseudo-count of the marginal in ``d(o_-i | o_i)``.
+        max_elements: bound on the critic's hidden activations held at once (memory).
     """
     N, n, D = obs.shape
     A = mask.shape[-1]
@@ -96,9 +98,12 @@ def eq5_vectors(critic: TeamCritic, obs: torch.Tensor, action: torch.Tensor,
     rest = (slot.sum(1, keepdim=True) - slot).transpose(0, 1)  # [n, N, Hc]: all but the sender
     rest = rest.gather(1, pairs.unsqueeze(-1).expand(n, K2, rest.shape[-1]))  # [n, K2, Hc]
     own = torch.einsum("pid,idh->iph", obs, w_obs)  # [n, N, Hc]
-    z = (own[:, :, None, None] + w_act[:, None, None] + rest[:, None, :, None]
-         + first.bias)  # [n, N, K2, A, Hc]
-    q = critic.unscale(critic.net[1:](z).squeeze(-1))  # [n, N, K2, A]
+    block = max(1, max_elements // (n * K2 * A * rest.shape[-1]))
+    q = torch.cat([  # blocks of samples bound the memory of [n, block, K2, A, Hc]
+        critic.unscale(critic.net[1:](
+            own[:, s : s + block, None, None] + w_act[:, None, None] + rest[:, None, :, None]
+            + first.bias).squeeze(-1))
+        for s in range(0, N, block)], dim=1)  # [n, N, K2, A]
 
     valid = exists[:, None, :, None] & mask.transpose(0, 1)[:, :, None, :]
     values = (q * weight.unsqueeze(-1)).masked_fill(~valid, 0.0)
