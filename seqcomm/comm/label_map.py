@@ -10,7 +10,7 @@ import torch
 
 
 def label_table(obs: torch.Tensor, labels: torch.Tensor, max_obs: int = 48) -> list[dict]:
-    """Per sender, its distinct observations (most frequent first, at most ``max_obs``), the
+    """Per sender, its distinct observations (the ``max_obs`` most frequent), the
     majority label of each and how often it is seen. ``obs [n, N, D]``, ``labels [n, N]``.
 
     Observations are named by their non-zero entries (one-hot parts of the tasks' encodings);
@@ -24,7 +24,9 @@ def label_table(obs: torch.Tensor, labels: torch.Tensor, max_obs: int = 48) -> l
                                              return_counts=True)
         votes = torch.zeros(len(rows), n_labels).index_put_(
             (inverse, labels[i].long()), torch.ones(len(inverse)), accumulate=True)
-        order = counts.argsort(descending=True)[:max_obs]
+        order = counts.argsort(descending=True)[:max_obs]  # the most frequent, then
+        order = order[torch.tensor(sorted(range(len(order)),  # in observation order
+                                          key=lambda k: rows[order[k]].tolist()[::-1]))]
         tables.append({
             "sender": i,
             "obs": [_name(rows[k]) for k in order.tolist()],
