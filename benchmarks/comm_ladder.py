@@ -64,11 +64,11 @@ def run_cell(task: str, rung: str, seed: int, root: Path, extra: list[str]) -> P
     return run_dir
 
 
-def read_return(run_dir: Path) -> float | None:
+def read_return(run_dir: Path, metric: str = "return") -> float | None:
     path = run_dir / "version_0" / "summary.json"
     if not path.exists():
         return None
-    return json.loads(path.read_text())["eval"]["return"]
+    return json.loads(path.read_text())["eval"].get(metric)
 
 
 def interval(values: list[float]) -> tuple[float, float]:
@@ -80,20 +80,20 @@ def interval(values: list[float]) -> tuple[float, float]:
     return mean, half
 
 
-def table(root: Path, rungs: list[str], seeds: list[int]) -> str:
+def table(root: Path, rungs: list[str], seeds: list[int], metric: str = "return") -> str:
     """Markdown table of the ladder; a missing or failed cell shows as missing."""
-    results = {r: [read_return(root / f"{r}_s{s}") for s in seeds] for r in rungs}
+    results = {r: [read_return(root / f"{r}_s{s}", metric) for s in seeds] for r in rungs}
     means = {r: interval([v for v in vals if v is not None])[0]
              for r, vals in results.items() if any(v is not None for v in vals)}
     lo, hi = means.get("no_comm"), means.get("full_obs")
     head = "| rung | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± 95% CI | gap closed |"
     lines = [head, "| --- |" + " ---: |" * (len(seeds) + 2)]
     for r, vals in results.items():
-        cells = ["missing" if v is None else f"{v:.1f}" for v in vals]
+        cells = ["missing" if v is None else f"{v:.4g}" for v in vals]
         done = [v for v in vals if v is not None]
         if done:
             mean, half = interval(done)
-            ci = f"{mean:.1f} ± {half:.1f}" if len(done) > 1 else f"{mean:.1f}"
+            ci = f"{mean:.4g} ± {half:.2g}" if len(done) > 1 else f"{mean:.4g}"
             known = lo is not None and hi not in (None, lo)
             gap = f"{(mean - lo) / (hi - lo):.0%}" if known else ""
         else:
@@ -110,13 +110,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--root", default=None, help="default: runs/ladder_<task name>")
     parser.add_argument("--table-only", action="store_true", help="print the table, run nothing")
+    parser.add_argument("--metric", default="return",
+                        help="summary.json eval key of the table, e.g. battle_won on microcombat")
     args, extra = parser.parse_known_args()
     root = Path(args.root or REPO / "runs" / f"ladder_{Path(args.task).stem}").resolve()
     if not args.table_only:
         cells = [(r, s) for s in args.seeds for r in args.rungs]
         with ThreadPoolExecutor(args.workers) as pool:
             list(pool.map(lambda c: run_cell(args.task, c[0], c[1], root, extra), cells))
-    print(table(root, args.rungs, args.seeds))
+    print(table(root, args.rungs, args.seeds, args.metric))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,12 @@ from torch.func import functional_call
 from seqcomm.comm.ordering import guidance_potential, order_entropy
 from seqcomm.comm.rgmcomm import average_cosine_distance
 from seqcomm.dfl.critic import TeamCritic
-from seqcomm.dfl.implicit_gradient import SOLVERS, implicit_hypergradient, unrolled_inner
+from seqcomm.dfl.implicit_gradient import (
+    CURVATURES,
+    SOLVERS,
+    implicit_hypergradient,
+    unrolled_inner,
+)
 from seqcomm.dfl.value_aware import (
     ReconstructionHead,
     awareness_loss,
@@ -54,6 +59,11 @@ class SeqCommDFL(QLearner):
         solver: linear solver of the implicit gradient: ``minres`` (indefinite Hessians),
             ``cg`` (positive definite only), ``neumann`` or ``identity``.
         cg_iters: solver iterations (MINRES/CG iterations or Neumann terms).
+        curvature: the ``H`` of the linear system: ``hessian`` (exact Hessian-vector
+            products of the inner objective, indefinite for a TD loss) or ``gauss_newton``
+            (``2/N J^T J`` of ``L_model``'s online ``Q_tot``, ``J = dQ_tot/dw``: positive
+            semi-definite, so ``cg`` applies; it leaves out the curvature weighted by the TD
+            residuals and that of the awareness hinge).
         damping: ``lambda`` in ``(H + lambda I) v = dL_true/dw``.
         neumann_lr: step of the Neumann series.
         k_inner: inner SGD steps of the ``unrolled`` ablation.
@@ -117,6 +127,7 @@ class SeqCommDFL(QLearner):
         world_model_gradient: str = "implicit",
         solver: str = "minres",
         cg_iters: int = 5,
+        curvature: str = "hessian",
         damping: float = 1e-3,
         neumann_lr: float = 0.01,
         k_inner: int = 5,
@@ -152,6 +163,8 @@ class SeqCommDFL(QLearner):
                              f"choose one of {GRADIENTS}")
         if solver not in SOLVERS:
             raise ValueError(f"model.solver={solver!r}; choose one of {SOLVERS}")
+        if curvature not in CURVATURES:
+            raise ValueError(f"model.curvature={curvature!r}; choose one of {CURVATURES}")
         if va_evaluator not in EVALUATORS:
             raise ValueError(f"model.va_evaluator={va_evaluator!r}; choose one of {EVALUATORS}")
         if implicit_params not in ("head", "all"):
@@ -204,7 +217,8 @@ class SeqCommDFL(QLearner):
                   + hp.lambda_entropy * msg["entropy"]
                   + msg["critic"])
         # 5. outer: the world model follows dL_true/dtheta (implicit, unrolled) or fits (mle)
-        logs = self.update_world_model(opt_theta, batch, td, inner, pred)
+        logs = self.update_world_model(opt_theta, batch, cache, td, inner, pred)
+        logs.update(getattr(self, "_model_logs", {}))
         # 6. the w step, target networks by Polyak averaging / hard copies
         w = [p for p in self.net.parameters() if p.requires_grad]
         self.step_w(opt_w, w_loss, w + self.auxiliary_parameters())
@@ -442,6 +456,11 @@ class SeqCommDFL(QLearner):
         q_next = self.next_utilities(h_next, None, batch[NEXT, *MASK])
         q_tot_next = self.target.mix(q_next, pred.next_state)
         target = self.bootstrap(pred.reward, torch.sigmoid(pred.terminated_logit), q_tot_next)
+        with torch.no_grad():  # where imagined targets part from the real ones
+            self._model_logs = {
+                "dfl/target_error": (target - cache["target"]).abs().mean(),
+                "dfl/reward_error": (pred.reward - batch[NEXT, "reward"]).abs().mean(),
+                "dfl/obs_range": pred.next_obs.abs().max()}
         return (cache["q_tot"] - target).pow(2).mean()
 
     def inner_parameters(self) -> dict[str, torch.nn.Parameter]:
@@ -451,7 +470,7 @@ class SeqCommDFL(QLearner):
             named = {k: p for k, p in named.items() if k.startswith(("agent.head.", "mixer."))}
         return {k: p for k, p in named.items() if p.requires_grad}
 
-    def update_world_model(self, opt, batch, td, inner, pred) -> dict[str, torch.Tensor]:
+    def update_world_model(self, opt, batch, cache, td, inner, pred) -> dict[str, torch.Tensor]:
         """The outer step on ``theta`` (DESIGN.md section 3); returns its logs."""
         hp = self.hparams
         if self.world_model is None:
@@ -470,7 +489,8 @@ class SeqCommDFL(QLearner):
             inner_grad = torch.autograd.grad(inner, w, create_graph=True, allow_unused=True)
             grads, info = implicit_hypergradient(
                 inner_grad, outer_grad, w, theta, solver=hp.solver, iters=hp.cg_iters,
-                damping=hp.damping, neumann_lr=hp.neumann_lr, retain_graph=True)
+                damping=hp.damping, neumann_lr=hp.neumann_lr, retain_graph=True,
+                **self.gauss_newton_outputs(cache))
             logs["dfl/cg_residual"] = info["residual"]
             logs["dfl/cg_iters"] = float(info["iters"])
         else:  # unrolled
@@ -488,6 +508,13 @@ class SeqCommDFL(QLearner):
         torch.nn.utils.clip_grad_norm_(theta, hp.grad_clip)
         opt.optimizer.step()  # the raw optimiser: Lightning counts one step per update (w's)
         return logs
+
+    def gauss_newton_outputs(self, cache: dict) -> dict:
+        """The outputs and scale of ``L_model``'s Gauss-Newton matrix, or nothing (exact H)."""
+        if self.hparams.curvature != "gauss_newton":
+            return {}
+        q_tot = cache["q_tot"]
+        return {"gn_outputs": q_tot, "gn_scale": 2.0 / q_tot.numel()}
 
     def unrolled_hypergradient(self, batch: TensorDictBase, theta) -> tuple[torch.Tensor, ...]:
         """Backpropagate the real TD loss through ``k_inner`` differentiable SGD steps."""

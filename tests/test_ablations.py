@@ -155,8 +155,11 @@ def gradient_switch(name: str):
         assert ("dfl/cg_residual" in metrics) == name.startswith("implicit")
         if name.startswith("implicit"):
             assert hp["solver"] == name.split("_")[1]
-        if name == "implicit_minres":  # works on the indefinite Hessian: uses its iterations
+        if name in ("implicit_minres", "implicit_cg"):
+            # MINRES on the indefinite Hessian, CG on the PSD Gauss-Newton matrix: both use
+            # more than one iteration (CG on the exact Hessian stopped after one)
             assert min(values(metrics, "dfl/cg_iters")) > 1
+            assert hp["curvature"] == ("hessian" if name == "implicit_minres" else "gauss_newton")
     return check
 
 

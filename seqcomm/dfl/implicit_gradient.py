@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.nn.utils import parameters_to_vector
 
 SOLVERS = ("minres", "cg", "neumann", "identity")
+CURVATURES = ("hessian", "gauss_newton")
 
 
 def _dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
@@ -59,6 +60,8 @@ def implicit_hypergradient(
     neumann_lr: float = 0.01,
     tol: float = 0.0,
     retain_graph: bool = False,
+    gn_outputs: Tensor | None = None,
+    gn_scale: float = 1.0,
 ) -> tuple[tuple[Tensor, ...], dict[str, float]]:
     """Return ``(dL_true/dtheta per theta tensor, info)``.
 
@@ -80,6 +83,12 @@ def implicit_hypergradient(
             ``lr < 2 / lambda_max(H + lambda I)``.
         tol: CG stops early once the relative residual falls below ``tol``.
         retain_graph: keep the graph of ``inner_grad`` after the call.
+        gn_outputs: when given, ``H`` is replaced by the Gauss-Newton matrix
+            ``gn_scale * J^T J`` of these outputs (``J = d gn_outputs / dw``, built with a
+            graph to ``w``): for a squared loss ``mean((f(w) - y(theta))^2)`` it is the
+            Hessian without the term weighted by the residuals, positive semi-definite, so
+            CG applies (``gn_scale = 2 / f.numel()``). The mixed term stays exact.
+        gn_scale: the scale of ``J^T J``.
 
     ``info`` holds ``residual`` (relative residual ``||(H + lambda I) v - b|| / ||b||`` of
     the returned ``v``, for every solver: log it as ``dfl/cg_residual``), ``iters`` (the
@@ -119,8 +128,26 @@ def implicit_hypergradient(
     # for inner_grad: one forward pass serves every CG iteration, and the caller's
     # nn.Modules need no functional rewrite (torch.func's forward-over-reverse would redo
     # the forward per product and needs the loss as a pure function of w and theta).
+    def curvature_product(vec: list[Tensor]) -> list[Tensor]:
+        return _grad_or_zeros(outs, w, [vec[i] for i in live], retain_graph=True)
+
+    if gn_outputs is not None:
+        # J u by the double-backward trick: g(z) = J^T z is linear in a dummy z, and
+        # d (g(z) . u) / dz = J u; then J^T (J u) is one more backward pass
+        dummy = torch.zeros_like(gn_outputs, requires_grad=True)
+        jt_z = torch.autograd.grad(gn_outputs, w, grad_outputs=dummy, create_graph=True,
+                                   allow_unused=True)
+        jt_live = [i for i, g in enumerate(jt_z) if g is not None]
+
+        def curvature_product(vec: list[Tensor]) -> list[Tensor]:  # noqa: F811 (GN for H)
+            ju = torch.autograd.grad([jt_z[i] for i in jt_live], dummy,
+                                     grad_outputs=[vec[i] for i in jt_live],
+                                     retain_graph=True)[0]
+            jtju = _grad_or_zeros([gn_outputs], w, [ju.detach()], retain_graph=True)
+            return [gn_scale * h for h in jtju]
+
     def damped_hvp(vec: list[Tensor]) -> list[Tensor]:
-        hv = _grad_or_zeros(outs, w, [vec[i] for i in live], retain_graph=True)
+        hv = curvature_product(vec)
         return [h + damping * x for h, x in zip(hv, vec, strict=True)]
 
     b_norm = _norm(b)
