@@ -1,5 +1,6 @@
 """The ``seqcomm`` command (DESIGN.md section 6): LightningCLI in OmegaConf mode, plus the
-``env-info`` and ``sweep`` commands. Bad input ends with one line on stderr and exit status 2.
+``env-info``, ``sweep``, ``study`` and ``report`` commands. Bad input ends with one line on
+stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -138,6 +139,10 @@ def main(argv: list[str] | None = None) -> None:
             from seqcomm.commands import sweep_main
 
             sweep_main(args[1:])
+        elif args and args[0] in ("study", "report"):
+            from seqcomm.study.commands import report_main, study_main
+
+            (study_main if args[0] == "study" else report_main)(args[1:])
         else:
             lightning_main(None if argv is None else args)
     except ConfigError as err:

@@ -1,0 +1,54 @@
+"""The report's figures (matplotlib, no display needed): IQM learning curves with 95% CI bands
+per task, and an aggregate interval plot (IQM and CI per method, raw per task and normalised
+over the tasks with references)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from seqcomm.study.intervals import Estimate
+
+Curve = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # steps, iqm, low, high
+
+
+def _colours(methods: list[str]) -> dict[str, str]:
+    return {m: f"C{i % 10}" for i, m in enumerate(methods)}
+
+
+def curves_png(curves: dict[str, dict[str, Curve]], methods: list[str], metric: str,
+               path: Path) -> None:
+    """``curves[task][method] = (env steps, IQM, CI low, CI high)``: one panel per task."""
+    colour = _colours(methods)
+    fig = Figure(figsize=(5.0 * max(len(curves), 1), 3.6), layout="constrained")
+    for ax, (task, by_method) in zip(fig.subplots(1, max(len(curves), 1), squeeze=False)[0],
+                                     curves.items(), strict=False):
+        for method, (steps, iqm, low, high) in by_method.items():
+            ax.plot(steps, iqm, color=colour[method], label=method)
+            ax.fill_between(steps, low, high, color=colour[method], alpha=0.2, linewidth=0)
+        ax.set_title(task)
+        ax.set_xlabel("env steps")
+        ax.set_ylabel(f"eval {metric} (IQM, 95% CI)")
+        ax.legend(fontsize="small")
+    fig.savefig(path, dpi=120)
+
+
+def aggregate_png(panels: dict[str, dict[str, Estimate]], methods: list[str], path: Path) -> None:
+    """``panels[title][method] = IQM estimate``: one interval plot per panel."""
+    colour = _colours(methods)
+    fig = Figure(figsize=(4.0 * max(len(panels), 1), 0.5 * len(methods) + 1.5),
+                 layout="constrained")
+    for ax, (title, by_method) in zip(fig.subplots(1, max(len(panels), 1), squeeze=False)[0],
+                                      panels.items(), strict=False):
+        names = [m for m in methods if m in by_method]
+        for y, m in enumerate(names):
+            e = by_method[m]
+            ax.barh(y, e.high - e.low, left=e.low, height=0.6, color=colour[m], alpha=0.6)
+            ax.plot([e.value, e.value], [y - 0.3, y + 0.3], color="black")
+        ax.set_yticks(range(len(names)), names)
+        ax.invert_yaxis()
+        ax.set_title(title)
+        ax.set_xlabel("IQM (95% CI)")
+    fig.savefig(path, dpi=120)
