@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -81,7 +82,7 @@ def start(study: Study, cell: Cell, study_dir: Path, workdir: Path) -> Running:
     log = log_path(study_dir, cell)
     log.parent.mkdir(parents=True, exist_ok=True)
     f = open(log, "w")
-    f.write(" ".join(cmd[2:]) + "\n")
+    f.write(f"seqcomm {shlex.join(cmd[3:])}\n")  # the run, as one would type it
     f.flush()
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=f, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, env=_child_env())

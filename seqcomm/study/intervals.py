@@ -29,11 +29,17 @@ class Estimate:
 
 
 def _estimates(scores: dict, func: Callable[..., np.ndarray], reps: int, seed: int):
-    """rliable's ``get_interval_estimates`` (95% percentile CIs), seeded."""
-    with warnings.catch_warnings():  # arch: random_state is deprecated (rliable passes it)
-        warnings.simplefilter("ignore", FutureWarning)
-        return rly.get_interval_estimates(scores, func, reps=reps,
-                                          random_state=np.random.RandomState(seed))
+    """rliable's ``get_interval_estimates`` (95% percentile CIs), seeded: its stratified
+    resampling draws from numpy's global generator, so that is seeded and then restored."""
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        with warnings.catch_warnings():  # arch: random_state is deprecated (rliable passes it)
+            warnings.simplefilter("ignore", FutureWarning)
+            return rly.get_interval_estimates(scores, func, reps=reps,
+                                              random_state=np.random.RandomState(seed))
+    finally:
+        np.random.set_state(saved)
 
 
 def aggregates(scores: dict[str, np.ndarray], reps: int, seed: int = 0,

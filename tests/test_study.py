@@ -1,0 +1,262 @@
+"""``seqcomm study`` and ``seqcomm report`` (issue 10): the runner on the tiny matrix study with
+2 workers (every cell once; a rerun redoes only a missing cell; failures recorded, not scored),
+the report on synthetic summaries with known IQM and CIs, missing runs shown as missing, the
+W&B sweep and SLURM (submitit) emitters without a cluster, and bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from seqcomm.cli import main
+from seqcomm.study import cell as cells
+from seqcomm.study.emit import SLURM_DEFAULTS, slurm_executor, submit_slurm, write_wandb_sweep
+from seqcomm.study.report import analyse, write_report
+from seqcomm.study.results import read_study
+from seqcomm.study.runner import run_study
+from seqcomm.study.spec import Study, load_study
+
+SMOKE = "studies/smoke.yaml"
+REPS = 200  # bootstrap replications: enough for the checks, fast
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch):
+    monkeypatch.chdir(ROOT)  # study files name configs relative to the repository
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> tuple[Study, Path, dict[str, str], float]:
+    """studies/smoke.yaml run once with 2 workers: (study, study dir, result, wall seconds)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ROOT)
+        mp.setenv("WANDB_MODE", "offline")
+        study = load_study(SMOKE)
+        study_dir = tmp_path_factory.mktemp("studies") / study.name
+        start = time.perf_counter()
+        result = run_study(study, study_dir, ROOT, workers=2, out=io.StringIO())
+        wall = time.perf_counter() - start
+    print(f"tiny study: {len(result)} cells, 2 workers, {wall:.1f} s wall")
+    return study, study_dir, result, wall
+
+
+def test_every_cell_ran_once(smoke):
+    study, study_dir, result, _ = smoke
+    assert sorted(result) == sorted(["matrix/no_comm/0", "matrix/full_obs/0",
+                                     "matrix/no_comm/1", "matrix/full_obs/1"])
+    assert set(result.values()) == {"done"}
+    for c in study.cells():
+        assert [p.name for p in (study_dir / c.run_name).iterdir()] == ["version_0"]
+        log = cells.log_path(study_dir, c).read_text().splitlines()
+        assert [line for line in log if line.startswith("seqcomm fit --config")] == [log[0]]
+        summary = json.loads((cells.run_dir(study_dir, c) / "summary.json").read_text())
+        assert summary["seed"] == c.seed and summary["env_steps"] == 320
+        config = yaml.safe_load((cells.run_dir(study_dir, c) / "config.yaml").read_text())
+        assert config["model"]["init_args"]["full_obs"] == (c.method.name == "full_obs")
+    assert yaml.safe_load((study_dir / "study.yaml").read_text()) == study.source
+
+
+def test_rerun_after_interruption_runs_only_the_missing_cell(smoke):
+    study, study_dir, _, _ = smoke
+    lost = study.cell("matrix/full_obs/1")
+    (cells.run_dir(study_dir, lost) / "summary.json").unlink()  # as if killed before the end
+    out = io.StringIO()
+    result = run_study(study, study_dir, ROOT, workers=2, out=out)
+    assert result == {c.id: "done" if c == lost else "skipped" for c in study.cells()}
+    assert [p.name for p in (study_dir / lost.run_name).iterdir()] == ["version_0"]
+    lines = out.getvalue().splitlines()
+    assert "3/4 done (3 skipped), 0 running, 0 failed, 1 queued; ETA --" in lines[0]
+    assert lines[-1].endswith("4/4 done (3 skipped), 0 running, 0 failed, 0 queued; ETA 0:00:00")
+
+
+def test_a_failed_cell_is_recorded_with_its_log_and_reported_as_failed(smoke, tmp_path,
+                                                                       monkeypatch):
+    study, study_dir, _, _ = smoke
+    bad = study.cell("matrix/no_comm/1")
+    monkeypatch.setattr(Study, "command", lambda self, cell, d, py: [
+        py, "-c", "print('boom'); raise SystemExit(3)"])
+    (cells.run_dir(study_dir, bad) / "summary.json").unlink()
+    result = run_study(study, study_dir, ROOT, workers=2, out=io.StringIO())
+    assert result[bad.id] == "failed"
+    record = json.loads(cells.failed_path(study_dir, bad).read_text())
+    assert record["returncode"] == 3 and "boom" in cells.log_path(study_dir, bad).read_text()
+    assert cells.status(study_dir, bad) == "failed"
+
+    out, table = write_report(study_dir, tmp_path / "report", reps=REPS)
+    row = next(line for line in table.splitlines() if line.startswith("| matrix | no_comm |"))
+    assert row.split(" | ")[2] == "1/2" and row.rstrip(" |").endswith("failed")
+    runs = json.loads((out / "marl_eval.json").read_text())["smoke"]["matrix"]
+    assert sorted(runs["no_comm"]) == ["run_0"] and sorted(runs["full_obs"]) == ["run_0", "run_1"]
+    for name in ("curves.png", "aggregate.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _synthetic(study_dir: Path, values: dict[str, list[float | None]]) -> None:
+    """A study directory whose runs are summary.json files with the given returns."""
+    study = {"seeds": list(range(8)), "tasks": {"t": {"configs": ["conf/matrix.yaml"],
+                                                      "reference": {"low": 0, "high": 10}}},
+             "methods": {m: ["conf/methods/qmix.yaml"] for m in values},
+             "compare": [["a", "b"]]}
+    study_dir.mkdir(parents=True)
+    (study_dir / "study.yaml").write_text(yaml.safe_dump(study))
+    parsed = load_study(study_dir / "study.yaml", name=study_dir.name)
+    for c in parsed.cells():
+        value = values[c.method.name][c.seed]
+        if value is None:
+            continue
+        run = cells.run_dir(study_dir, c)
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps(
+            {"eval": {"return": value}, "env_steps": 100, "updates": 10}))
+        (run / "metrics.csv").write_text(
+            "epoch,eval/return,perf/env_steps,step\n0,,50,4\n0,"
+            f"{value / 2},,4\n0,{value},,10\n")
+
+
+def test_report_iqm_and_intervals_on_known_values(tmp_path):
+    a = [0, 1, 2, 3, 4, 5, 6, 100]  # mean 15.125, IQM (middle half: 2..5) 3.5
+    b = [5, 5, 5, 5, 5, 5, None, 5]  # seed 6 never ran
+    _synthetic(tmp_path / "syn", {"a": a, "b": b})
+    study, runs = read_study(tmp_path / "syn")
+    result = analyse(study, runs, reps=REPS)
+    ra, rb = result["tasks"]["t"]["a"], result["tasks"]["t"]["b"]
+    assert ra["mean"].value == pytest.approx(15.125)
+    assert ra["iqm"].value == pytest.approx(3.5)
+    assert 0 <= ra["iqm"].low <= 3.5 <= ra["iqm"].high <= 100
+    assert ra["mean"].low <= 15.125 <= ra["mean"].high
+    assert ra["normalised_iqm"].value == pytest.approx(0.35)
+    assert (rb["iqm"].value, rb["iqm"].low, rb["iqm"].high) == (5, 5, 5)  # no spread, no width
+    assert rb["runs"][6] == "missing"
+    assert analyse(study, runs, reps=REPS)["tasks"]["t"]["a"]["iqm"] == ra["iqm"]  # seeded
+    # the normalised aggregate needs every run: b is incomplete, not a number
+    assert result["normalised"]["b"] == "incomplete"
+    assert result["normalised"]["a"]["iqm"].value == pytest.approx(0.35)
+    (p,) = result["improvement"]
+    assert p["p"].value == pytest.approx(17.5 / 56)  # (2 wins + 1 tie / 2) x 7 b-runs of 8 x 7
+    curve = result["curves"]["t"]["a"]
+    assert list(curve[0]) == [50, 100]  # env steps of the evaluations at updates 4 and 10
+
+    out, table = write_report(tmp_path / "syn", reps=REPS)
+    assert out == tmp_path / "syn" / "report"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "aggregate.png", "curves.png", "marl_eval.json", "stats.json", "table.md"]
+    row_b = next(line for line in table.splitlines() if line.startswith("| t | b |"))
+    assert row_b.split(" | ")[2] == "7/8" and " missing |" in row_b
+    assert "| b | incomplete |" in table
+    marl = json.loads((out / "marl_eval.json").read_text())["syn"]["t"]
+    assert "run_6" not in marl["b"] and len(marl["a"]) == 8
+    assert marl["a"]["run_7"]["absolute_metrics"] == {"return": [100.0]}
+    assert marl["a"]["run_7"]["step_1"] == {"step_count": 100, "return": [100.0]}
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["tasks"]["t"]["a"]["iqm"]["value"] == pytest.approx(3.5)
+
+
+def test_wandb_sweep_is_a_grid_over_the_cells_that_the_cli_runs(smoke, tmp_path, capsys):
+    study, study_dir, _, _ = smoke
+    root = str(study_dir.parent)
+    path = write_wandb_sweep(study, SMOKE, root, tmp_path / "smoke")
+    from wandb.sdk.launch.sweeps.utils import load_sweep_config
+
+    config = load_sweep_config(str(path))
+    assert config["method"] == "grid" and config["program"] == "seqcomm"
+    assert config["metric"] == {"name": "eval/return", "goal": "maximize"}
+    assert config["parameters"] == {"cell": {"values": [c.id for c in study.cells()]}}
+    from seqcomm.commands import sweep_commands  # W&B's own helpers build the agent's commands
+
+    commands = sweep_commands(str(path))
+    assert [cmd[-1] for cmd in commands] == [f"--cell={c.id}" for c in study.cells()]
+    main(commands[0][1:])  # what `wandb agent` runs; the cell is done, so it is skipped
+    assert cells.status(study_dir, study.cells()[0]) == "done"
+    main(["study", SMOKE, "--root", str(tmp_path / "emit"), "--emit", "wandb"])
+    assert "wandb agent" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "emit" / "smoke").iterdir()) == [
+        "study.yaml", "sweep.yaml"]
+
+
+def test_slurm_job_array_through_submitit_without_a_cluster(smoke, tmp_path, monkeypatch):
+    study, study_dir, _, _ = smoke
+    bin_dir = tmp_path / "bin"  # stand-ins for SLURM's commands: sbatch answers with a job id
+    bin_dir.mkdir()
+    for name, body in {"srun": "exit 0", "sbatch": 'echo "Submitted batch job 4242"'}.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    slurm = {"slurm_partition": "cpu", "timeout_min": 30, "slurm_array_parallelism": 2}
+    study = Study(**{**study.__dict__, "slurm": slurm})
+    target = tmp_path / "smoke"
+    executor = slurm_executor(study, target)
+    params = executor._executor.parameters
+    assert params["partition"] == "cpu" and params["time"] == 30
+    assert params["cpus_per_task"] == SLURM_DEFAULTS["cpus_per_task"] == 1
+    assert params["array_parallelism"] == 2 and params["job_name"] == "seqcomm-smoke"
+
+    jobs = submit_slurm(executor, study, SMOKE, target, ROOT)
+    assert [j.job_id for j in jobs] == [f"4242_{i}" for i in range(4)]
+    script = (target / "slurm" / "4242_submission.sh").read_text()
+    for line in ("#SBATCH --array=0-3%2", "#SBATCH --cpus-per-task=1", "#SBATCH --time=30",
+                 "#SBATCH --partition=cpu", "#SBATCH --job-name=seqcomm-smoke"):
+        assert line in script
+    import submitit
+
+    delayed = submitit.helpers.DelayedSubmission.load(jobs[2].paths.submitted_pickle)
+    assert delayed.function is cells.run_cell_job
+    assert delayed.args == (str(ROOT / SMOKE), str(target), study.cells()[2].id, str(ROOT))
+
+    # the job function itself, through submitit's in-process executor, on a finished cell
+    debug = slurm_executor(study, study_dir, cluster="debug")
+    job = debug.submit(cells.run_cell_job, str(ROOT / SMOKE), str(study_dir),
+                       study.cells()[0].id, str(ROOT))
+    assert job.result() == "done"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["study", "studies/nope.yaml"], "no such study file"),
+    (["study", "{bad}", "--workers", "0"], "--workers must be >= 1"),
+    (["study", "{bad}", "--emit", "mpi"], "invalid choice: 'mpi'"),
+    (["study", "{unknown_key}"], "unknown key 'budgets'"),
+    (["study", "{unknown_task_key}"], "task 'matrix': unknown key 'config'"),
+    (["study", "{missing_config}"], "config 'conf/methods/nope.yaml' does not exist"),
+    (["study", "{bad_pair}"], "compare entry ['a', 'nope']"),
+    (["study", SMOKE, "--cell", "matrix/nope/0"], "is not in study 'smoke'"),
+    (["study", SMOKE, "--emit", "slurm"], "SLURM login node"),
+    (["report", "{empty_study}"], "no finished runs yet"),
+    (["report", "{tmp}"], "not a study directory"),
+    (["report", "{tmp}/none"], "no such study directory"),
+])
+def test_bad_input_is_one_line_and_exit_status_2(args, message, tmp_path, capsys):
+    base = yaml.safe_load((ROOT / SMOKE).read_text())
+    files = {
+        "bad": base,
+        "unknown_key": base | {"budgets": 3},
+        "unknown_task_key": base | {"tasks": {"matrix": {"config": ["conf/matrix.yaml"]}}},
+        "missing_config": base | {"methods": {"a": ["conf/methods/nope.yaml"]}},
+        "bad_pair": base | {"methods": {"a": ["conf/methods/qmix.yaml"]},
+                            "compare": [["a", "nope"]]},
+    }
+    for name, data in files.items():
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(data))
+    empty = tmp_path / "empty_study"
+    empty.mkdir()
+    (empty / "study.yaml").write_text(yaml.safe_dump(base))
+    subs = {"{tmp}": str(tmp_path), "{empty_study}": str(empty)}
+    subs |= {f"{{{name}}}": str(tmp_path / f"{name}.yaml") for name in files}
+    argv = []
+    for a in args:
+        for key, value in subs.items():
+            a = a.replace(key, value)
+        argv.append(a)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--root", str(tmp_path / "root")] if argv[0] == "study" else argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("seqcomm: error: ") and message in err, err
+    assert "Traceback" not in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing new
