@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import submitit  # first import here: it binds log handlers to the streams of the moment
 import yaml
 from conftest import ROOT
 
@@ -203,8 +204,6 @@ def test_slurm_job_array_through_submitit_without_a_cluster(smoke, tmp_path, mon
     for line in ("#SBATCH --array=0-3%2", "#SBATCH --cpus-per-task=1", "#SBATCH --time=30",
                  "#SBATCH --partition=cpu", "#SBATCH --job-name=seqcomm-smoke"):
         assert line in script
-    import submitit
-
     delayed = submitit.helpers.DelayedSubmission.load(jobs[2].paths.submitted_pickle)
     assert delayed.function is cells.run_cell_job
     assert delayed.args == (str(ROOT / SMOKE), str(target), study.cells()[2].id, str(ROOT))
@@ -260,3 +259,14 @@ def test_bad_input_is_one_line_and_exit_status_2(args, message, tmp_path, capsys
     assert err.count("\n") == 1 and err.startswith("seqcomm: error: ") and message in err, err
     assert "Traceback" not in err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing new
+
+
+def test_paper_study_covers_every_method_and_every_ablation_on_hospital():
+    study = load_study("studies/paper.yaml")  # config paths checked
+    stacks = {tuple(c.method.configs) for c in study.cells() if c.task.name == "hospital"}
+    ablations = sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("ablations/*/*.yaml"))
+    assert sorted(s[-1] for s in stacks if len(s) == 2) == ablations
+    methods = sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("conf/methods/*.yaml")
+                     if p.stem != "seqcomm_dfl_1bit")  # the matrix game's 1-bit setting
+    assert sorted(s[0] for s in stacks if len(s) == 1) == methods
+    assert study.seeds == [0, 1, 2] and study.tasks["hospital"].reference == (-154.4, -26.7)

@@ -44,11 +44,10 @@ def write_wandb_sweep(study: Study, study_file: str, root: str, study_dir: Path)
 def slurm_executor(study: Study, study_dir: Path, cluster: str = "slurm"):
     """A submitit executor for the study's jobs: ``SLURM_DEFAULTS`` updated by the study
     file's ``slurm`` mapping (any submitit parameter, e.g. ``slurm_partition``)."""
-    import submitit
-
     if cluster == "slurm" and not (shutil.which("srun") and shutil.which("sbatch")):
         raise ConfigError("--emit slurm submits from a SLURM login node (srun and sbatch on "
                           "PATH); neither is here. Use --emit wandb, or the local runner")
+    import submitit
     executor = submitit.AutoExecutor(folder=study_dir / "slurm", cluster=cluster)
     try:
         executor.update_parameters(name=f"seqcomm-{study.name}",

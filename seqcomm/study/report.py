@@ -74,7 +74,10 @@ def analyse(study: Study, runs: list[Run], reps: int = 2000, seed: int = 0) -> d
             out["curves"].setdefault(task, {})[method] = (steps, iqm, low, high)
     # normalised over the tasks with references: methods complete on all of them
     ref_tasks = [t for t in study.tasks.values() if t.reference is not None]
+    planned = {(c.task.name, c.method.name) for c in study.cells()}
     for method in study.methods:
+        if not all((t.name, method) in planned for t in ref_tasks):
+            continue  # not run on every task with references
         cols = [_normalise(_scores(runs, study, t.name, method), t) for t in ref_tasks]
         if ref_tasks and all(c.size == len(study.seeds) for c in cols):
             out["normalised"][method] = intervals.aggregates(
@@ -83,6 +86,8 @@ def analyse(study: Study, runs: list[Run], reps: int = 2000, seed: int = 0) -> d
             out["normalised"][method] = "incomplete"
     for x, y in study.compare:
         for task in study.tasks:
+            if (task, x) not in planned or (task, y) not in planned:
+                continue
             sx, sy = _scores(runs, study, task, x), _scores(runs, study, task, y)
             entry = {"task": task, "x": x, "y": y}
             if sx.size and sy.size:
