@@ -44,6 +44,8 @@ DESIGNS = {
         comm=functools.partial(SeqCommMessenger, ordering="fixed", base_round=False)),
     "seqcomm, base round, mlp head": dict(
         comm=functools.partial(SeqCommMessenger, ordering="fixed")),
+    "seqcomm, base round, prosocial order, mlp head": dict(
+        comm=functools.partial(SeqCommMessenger, ordering="prosocial")),
 }
 
 
