@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from seqcomm.comm.label_map import label_table, write_label_map
 from seqcomm.comm.q_vectors import eq5_vectors
 from seqcomm.comm.rgmcomm import (
+    LabelHeads,
     RGMComm,
     activate_q,
     average_cosine_distance,
@@ -70,7 +71,7 @@ class RGMCommLearner(QLearner):
         cluster_start: int = 0,
         stage_fraction: float = 0.5,
         cluster_steps: int = 50,
-        cluster_restarts: int = 2,
+        cluster_restarts: int = 8,
         cluster_lr: float = 1e-2,
         cluster_samples: int = 512,
         top_pairs: int = 16,
@@ -131,51 +132,23 @@ class RGMCommLearner(QLearner):
 
     def cluster(self) -> dict[str, float]:
         """Eq. 5 vectors of a replay sample, then ``cluster_steps`` Adam steps of the label
-        function on Eq. 13 (all senders at once), warm-started and from ``cluster_restarts``
-        fresh initialisations; the lowest loss of the hard labels wins, its labels renamed to
-        agree most with the labels in use. Returns the return-gap quantities."""
+        functions on Eq. 13 (all senders at once), warm-started and from ``cluster_restarts``
+        fresh initialisations; per sender the lowest loss of the hard labels wins, its labels
+        renamed to agree most with the labels in use. Returns the return-gap quantities."""
         hp = self.hparams
         sample = self.cluster_sample()
         with torch.no_grad():
             qv = eq5_vectors(self.critic, sample[OBS], sample[ACTION], sample[MASK],
                              hp.top_pairs, hp.pair_prior)
             x = activate_q(qv.values, qv.valid)  # [n, N, D]
-        h = sample["h"].transpose(0, 1).detach()  # [n, N, H]
+        h = sample["h"].detach()  # [N, n, H]
         head = self.net.comm.label_head
-        old = head(h).argmax(-1)
         opt = self.optimizers()[2].optimizer  # raw: Lightning counts one step per update
-        best, best_loss = head, self.fit_labels(head, opt, h, x)
-        for _ in range(hp.cluster_restarts):
-            fresh = copy.deepcopy(head)
-            for layer in fresh:
-                if isinstance(layer, torch.nn.Linear):
-                    layer.reset_parameters()
-            fresh_opt = torch.optim.Adam(fresh.parameters(), lr=hp.cluster_lr)
-            loss = self.fit_labels(fresh, fresh_opt, h, x)
-            if loss < best_loss - 1e-6:
-                best, best_loss = fresh, loss
+        best = cluster_labels(head, opt, h, x, hp.cluster_steps, hp.cluster_lr,
+                              hp.cluster_restarts, hp.mi_weight)
         with torch.no_grad():
-            if best is not head:
-                head.load_state_dict(best.state_dict())
-                opt.state.clear()
-            rename_labels(head, old, head(h).argmax(-1))
-        labels = head(h).argmax(-1)
-        return self.gap_quantities(qv.values, x, labels, best_loss)
-
-    def fit_labels(self, head: torch.nn.Module, opt: torch.optim.Optimizer, h: torch.Tensor,
-                   x: torch.Tensor) -> float:
-        """``cluster_steps`` steps of Eq. 13 on ``head``; returns the loss of its hard labels
-        (mean over senders)."""
-        hp = self.hparams
-        with torch.enable_grad():
-            for _ in range(hp.cluster_steps):
-                loss = clustering_loss(torch.softmax(head(h), -1), x, mi_weight=hp.mi_weight)
-                opt.zero_grad()
-                loss.mean().backward()
-                opt.step()
-        with torch.no_grad():
-            hard = F.one_hot(head(h).argmax(-1), self.net.comm.n_labels).to(x.dtype)
-            return clustering_loss(hard, x, mi_weight=hp.mi_weight).mean().item()
+            labels = head(h).argmax(-1)
+        return self.gap_quantities(qv.values, x, labels.T, best.mean().item())
 
     @torch.no_grad()
     def gap_quantities(self, values: torch.Tensor, activated: torch.Tensor,
@@ -243,15 +216,57 @@ class RGMCommLearner(QLearner):
         write_label_map(run_dir, tables, self.net.comm.n_labels)
 
 
-@torch.no_grad()
-def rename_labels(head: torch.nn.Sequential, old: torch.Tensor, new: torch.Tensor) -> None:
-    """Permute the output rows of ``head``'s last layer so that its labels ``new`` agree
-    most with ``old`` (labels keep their meaning for the receivers across re-clusterings)."""
-    M = head[-1].out_features
-    agree = torch.zeros(M, M).index_put_((old.flatten().cpu(), new.flatten().cpu()),
-                                         torch.ones(old.numel()), accumulate=True)
-    rows, cols = linear_sum_assignment(agree.numpy(), maximize=True)
-    perm = torch.empty(M, dtype=torch.long)
-    perm[torch.as_tensor(rows)] = torch.as_tensor(cols)  # old label a <- new label perm[a]
-    head[-1].weight.copy_(head[-1].weight[perm])
-    head[-1].bias.copy_(head[-1].bias[perm])
+def fit_labels(head: LabelHeads, opt: torch.optim.Optimizer, h: torch.Tensor,
+               x: torch.Tensor, steps: int, mi_weight: float) -> torch.Tensor:
+    """``steps`` Adam steps of Eq. 13 on ``head`` (states ``h [N, n, H]``, activated vectors
+    ``x [n, N, D]``); returns the loss of its hard labels per sender ``[n]``."""
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = clustering_loss(torch.softmax(head(h), -1).transpose(0, 1), x,
+                                   mi_weight=mi_weight)
+            opt.zero_grad()
+            loss.sum().backward()
+            opt.step()
+    with torch.no_grad():
+        hard = F.one_hot(head(h).argmax(-1), head.b2.shape[-1]).to(x.dtype)
+        return clustering_loss(hard.transpose(0, 1), x, mi_weight=mi_weight)
+
+
+def cluster_labels(head: LabelHeads, opt: torch.optim.Optimizer, h: torch.Tensor,
+                   x: torch.Tensor, steps: int, lr: float, restarts: int,
+                   mi_weight: float) -> torch.Tensor:
+    """Fit ``head`` warm-started and from ``restarts`` fresh initialisations; per sender the
+    lowest hard-label loss wins (Eq. 13 has local minima, e.g. a 3-1 split of the matrix
+    game's four observations); labels are then renamed to agree with those in use.
+    Returns the winning losses ``[n]``."""
+    with torch.no_grad():
+        old = head(h).argmax(-1)
+    best = fit_labels(head, opt, h, x, steps, mi_weight)
+    for _ in range(restarts):
+        fresh = copy.deepcopy(head)
+        fresh.reset_parameters()
+        loss = fit_labels(fresh, torch.optim.Adam(fresh.parameters(), lr), h, x, steps,
+                          mi_weight)
+        better = loss < best - 1e-6
+        if better.any():
+            head.take(fresh, better)
+            opt.state.clear()
+            best = torch.where(better, loss, best)
+    with torch.no_grad():
+        head.permute_labels(label_renaming(old, head(h).argmax(-1), head.b2.shape[-1]))
+    return best
+
+
+def label_renaming(old: torch.Tensor, new: torch.Tensor, n_labels: int) -> torch.Tensor:
+    """``perm [n, M]`` for ``LabelHeads.permute_labels``: per sender, the renaming of the
+    labels ``new [N, n]`` that agrees most with ``old [N, n]`` (so labels keep their meaning
+    for the receivers across re-clusterings)."""
+    n = old.shape[-1]
+    agree = torch.zeros(n, n_labels, n_labels).index_put_(
+        (torch.arange(n).expand_as(old).flatten(), old.flatten().cpu(), new.flatten().cpu()),
+        torch.ones(old.numel()), accumulate=True)
+    perm = torch.empty(n, n_labels, dtype=torch.long)
+    for i in range(n):  # once per clustering, on M x M tables
+        rows, cols = linear_sum_assignment(agree[i].numpy(), maximize=True)
+        perm[i, torch.as_tensor(rows)] = torch.as_tensor(cols)
+    return perm.to(old.device)

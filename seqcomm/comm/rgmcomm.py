@@ -85,7 +85,8 @@ def clustering_loss(
     if weight is None:
         weight = probs.new_full(probs.shape[:-1], 1.0 / probs.shape[-2])
     sim = 1 - cosine_distance_matrix(q_vectors.detach())
-    sq = torch.cdist(probs, probs).pow(2)
+    norm = probs.pow(2).sum(-1)  # ||m^p - m^q||^2 without cdist's square root, whose
+    sq = norm.unsqueeze(-1) + norm.unsqueeze(-2) - 2 * probs @ probs.transpose(-1, -2)  # grad
     pair = weight.unsqueeze(-1) * weight.unsqueeze(-2)
     l_cd = (pair * sim * sq).sum((-1, -2))
     return l_cd - mi_weight * label_information(probs, weight)
@@ -115,6 +116,51 @@ def return_gap_bound(epsilon: float, n_agents: int, q_max: float) -> float:
     return math.sqrt(max(epsilon, 0.0)) * n_agents * q_max
 
 
+class LabelHeads(nn.Module):
+    """One label function per sender (the paper's ``g_xi_i``), evaluated for all senders in
+    one batched pass: a hidden layer and ``M`` logits, with per-sender weights.
+
+    Args:
+        n_agents: number of senders.
+        in_dim: input size (the recurrent state).
+        hidden: hidden width.
+        n_labels: ``M``.
+    """
+
+    def __init__(self, n_agents: int, in_dim: int, hidden: int, n_labels: int) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.empty(n_agents, in_dim, hidden))
+        self.b1 = nn.Parameter(torch.empty(n_agents, hidden))
+        self.w2 = nn.Parameter(torch.empty(n_agents, hidden, n_labels))
+        self.b2 = nn.Parameter(torch.empty(n_agents, n_labels))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """``nn.Linear``'s default initialisation, per sender."""
+        for w, b in ((self.w1, self.b1), (self.w2, self.b2)):
+            bound = 1 / math.sqrt(w.shape[1])
+            w.uniform_(-bound, bound)
+            b.uniform_(-bound, bound)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """``h [*B, n, in_dim]`` -> logits ``[*B, n, M]``."""
+        z = torch.relu(torch.einsum("...nh,nhk->...nk", h, self.w1) + self.b1)
+        return torch.einsum("...nk,nkm->...nm", z, self.w2) + self.b2
+
+    @torch.no_grad()
+    def take(self, other: LabelHeads, senders: torch.Tensor) -> None:
+        """Copy ``other``'s parameters for the senders where ``senders [n]`` is True."""
+        for mine, theirs in zip(self.parameters(), other.parameters(), strict=True):
+            mine[senders] = theirs[senders]
+
+    @torch.no_grad()
+    def permute_labels(self, perm: torch.Tensor) -> None:
+        """Output ``a`` of sender ``i`` becomes its former output ``perm[i, a]`` (``[n, M]``)."""
+        self.w2.copy_(self.w2.gather(2, perm.unsqueeze(1).expand_as(self.w2)))
+        self.b2.copy_(self.b2.gather(1, perm))
+
+
 class RGMComm(Communication):
     """Deterministic discrete labels per sender; ``ctx_j`` = sum of the other delivered
     senders' label embeddings (one embedding table per sender, so the receiver knows who
@@ -141,8 +187,7 @@ class RGMComm(Communication):
         if n_labels < 2:
             raise ValueError(f"RGMComm needs n_labels >= 2, got {n_labels}")
         self.n_labels, self.ctx_dim = n_labels, embed_dim
-        self.label_head = nn.Sequential(nn.Linear(hidden_dim, label_hidden), nn.ReLU(),
-                                        nn.Linear(label_hidden, n_labels))
+        self.label_head = LabelHeads(n_agents, hidden_dim, label_hidden, n_labels)
         self.embedding = nn.Parameter(torch.randn(n_agents, n_labels, embed_dim) / n_labels**0.5)
         # False until the staged schedule has clustered: every message is the empty one
         self.register_buffer("active", torch.ones((), dtype=torch.bool))
