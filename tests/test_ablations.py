@@ -288,7 +288,8 @@ def test_baseline_trains_on_matrix(name, fit):
     if name == "omd":  # the world model without messages
         assert hp["comm"] is None and "dfl/cg_residual" in metrics
     if name == "rgmcomm":  # labels trained by the clustering loss, no world model
-        assert min(values(metrics, "loss/cluster")) != 0
+        for key in ("loss/cluster", "comm/epsilon", "comm/q_max", "comm/return_gap_bound"):
+            assert all(math.isfinite(v) for v in values(metrics, key))
         assert "dfl/outer_grad_norm" not in metrics
     if name == "seqcomm_dfl_1bit":  # one bit from agent 2 (the leader) to agent 1
         assert msg_args(config)["n_labels"] == 2
