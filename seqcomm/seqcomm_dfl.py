@@ -14,7 +14,6 @@ from tensordict import TensorDictBase
 from torch.func import functional_call
 
 from seqcomm.comm.ordering import guidance_potential, order_entropy
-from seqcomm.comm.rgmcomm import average_cosine_distance
 from seqcomm.dfl.critic import TeamCritic
 from seqcomm.dfl.implicit_gradient import (
     CURVATURES,
@@ -90,8 +89,6 @@ class SeqCommDFL(QLearner):
         lambda_aware: weight of ``L_aware``.
         lambda_gp: weight of the guidance-potential regression of the ordering head.
         lambda_recon: weight of the reconstruction loss (``value_aware: false``).
-        lambda_cluster: weight of RGMComm's clustering loss (Eq. 13), used when the messenger
-            has one (``seqcomm.comm.rgmcomm.RGMComm``).
         lambda_mi: weight of the label mutual-information bonus ``H(E[p]) - E[H(p)]`` of
             discrete messages (RGMComm's L_MI): keeps every label in use, against the
             collapse of straight-through labels onto one that acts as a constant bias.
@@ -144,7 +141,6 @@ class SeqCommDFL(QLearner):
         lambda_aware: float = 0.1,
         lambda_gp: float = 1.0,
         lambda_recon: float = 1.0,
-        lambda_cluster: float = 1.0,
         lambda_mi: float = 0.0,
         lambda_entropy: float = 0.0,
         aware_margin: float = 0.1,
@@ -213,7 +209,7 @@ class SeqCommDFL(QLearner):
         w_loss = (weight * td + hp.model_td_weight * model_td + hp.lambda_aware * msg["aware"]
                   + hp.lambda_va * msg["va"] + hp.lambda_inf * msg["inf"]
                   + hp.lambda_gp * msg["gp"] + hp.lambda_recon * msg["recon"]
-                  + hp.lambda_cluster * msg["cluster"] + hp.lambda_mi * msg["mi"]
+                  + hp.lambda_mi * msg["mi"]
                   + hp.lambda_entropy * msg["entropy"]
                   + msg["critic"])
         # 5. outer: the world model follows dL_true/dtheta (implicit, unrolled) or fits (mle)
@@ -226,9 +222,8 @@ class SeqCommDFL(QLearner):
         logs.update({"loss/td": td, "loss/model_td": model_td, "loss/va": msg["va"],
                      "loss/inf": msg["inf"], "loss/aware": msg["aware"], "loss/gp": msg["gp"],
                      "loss/recon": msg["recon"], "loss/critic": msg["critic"],
-                     "loss/cluster": msg["cluster"], "loss/mi": msg["mi"],
+                     "loss/mi": msg["mi"],
                      "loss/entropy": msg["entropy"], "comm/va_beta": msg["va_beta"],
-                     "comm/epsilon": msg["epsilon"],
                      "comm/guidance_potential": msg["gp_mean"],
                      "comm/order_entropy": msg["order_entropy"]})
         self.log_training(logs)
@@ -247,19 +242,16 @@ class SeqCommDFL(QLearner):
         h, q, aux = cache["h"], cache["q"], cache["aux"]
         n, hp = self.info.n_agents, self.hparams
         zero = q.new_zeros(())
-        keys = ("va", "inf", "aware", "gp", "recon", "cluster", "mi", "entropy", "epsilon",
+        keys = ("va", "inf", "aware", "gp", "recon", "mi", "entropy",
                 "gp_mean", "order_entropy", "critic", "va_beta")
         out = {k: zero for k in keys}
         if self.net.comm.ctx_dim == 0:
             return out
-        clustered = hasattr(self.net.comm, "clustering_loss")
-        if clustered or hp.value_aware or "gp_pred" in aux:
+        if hp.value_aware or "gp_pred" in aux:
             # the full-information critic learns the same TD targets as Q_tot
             joint = torch.nn.functional.one_hot(batch[ACTION], self.info.n_actions).to(h.dtype)
             out["critic"] = self.critic.loss(batch[STATE], joint, cache["target"])
-        if clustered:
-            out["cluster"], out["epsilon"] = self.clustering(batch, aux)
-        elif "label_probs" in aux:
+        if "label_probs" in aux:
             probs = aux["label_probs"]
             out["mi"] = -label_information(probs.reshape(-1, n, probs.shape[-1])).mean()
             out["entropy"] = (probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
@@ -310,23 +302,6 @@ class SeqCommDFL(QLearner):
         advantage = normalised_advantage(self.mc_returns(batch), baseline)
         mc = mc_gain(logp_all, logp_masked, advantage)
         return mc * (critic_gain.detach().std() / mc.detach().std().clamp_min(1e-6))
-
-    def clustering(self, batch: TensorDictBase, aux: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """RGMComm's Eq. 13 per sender over the batch, and its average cosine distance
-        ``epsilon`` (Eq. 6). A sender's Q-vector: the critic's values of every action of every
-        other agent (the receivers' action values the label should preserve)."""
-        n, A = self.info.n_agents, self.info.n_actions
-        values = self.critic.switch_values(batch[STATE], batch[ACTION]).detach()
-        values = values.reshape(-1, n, A)
-        probs = aux["label_probs"].reshape(-1, n, aux["label_probs"].shape[-1])
-        labels = aux["labels"].reshape(probs.shape).detach()  # one-hot [N, n, M]
-        # sender i's Q-vector: the other agents' [n-1, A] values, for all senders at once
-        others = torch.stack([torch.cat([torch.arange(i), torch.arange(i + 1, n)])
-                              for i in range(n)]).to(values.device)  # [n, n-1] index table
-        q_vec = values[:, others].flatten(-2)  # [N, n, (n-1) A]
-        losses = torch.vmap(self.net.comm.clustering_loss, in_dims=(1, 1))(probs, q_vec)
-        eps = torch.vmap(average_cosine_distance, in_dims=(1, 1))(q_vec, labels)
-        return losses.mean(), eps.mean()
 
     def counterfactual_utilities(self, h: torch.Tensor):
         """Receivers' utilities with each sender masked ``[n, *B, n, A]`` and with every
