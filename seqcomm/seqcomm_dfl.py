@@ -78,6 +78,9 @@ class SeqCommDFL(QLearner):
         mle_weight: weight of the prediction loss added to the world model's hypergradient
             (``implicit``, ``unrolled``): an anchor that keeps imagined states in the range
             the value networks were trained on (without it ``L_model`` diverged on hospital).
+        hypergradient_ratio: when > 0, the hypergradient's norm is capped at this fraction
+            of the (weighted) anchor's instead of at ``grad_clip``, so the decision-focused
+            term cannot outgrow the prediction loss as the model fits (0 = the clip).
         implicit_params: the inner parameters ``w`` the implicit/unrolled gradient
             differentiates through: ``head`` (the agents' utility head and the mixer, the
             last-layer approximation: no Hessian-vector product through the GRU unroll) or
@@ -134,6 +137,7 @@ class SeqCommDFL(QLearner):
         real_td_weight: float = 1.0,
         model_td_weight: float = 0.5,
         mle_weight: float = 1.0,
+        hypergradient_ratio: float = 0.0,
         implicit_params: str = "head",
         value_aware: bool = True,
         lambda_va: float = 0.1,
@@ -173,6 +177,8 @@ class SeqCommDFL(QLearner):
         if va_receiver == "soft" and va_evaluator != "critic":
             raise ValueError("model.va_receiver='soft' scores the receiver with the critic; "
                              "set model.va_evaluator='critic' or pick another va_receiver")
+        if hypergradient_ratio < 0:
+            raise ValueError(f"model.hypergradient_ratio={hypergradient_ratio} must be >= 0")
         if cg_iters < 0 or k_inner < 1:
             raise ValueError("model.cg_iters must be >= 0 and model.k_inner >= 1")
         self.save_hyperparameters(ignore=["comm"])
@@ -473,9 +479,14 @@ class SeqCommDFL(QLearner):
         norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
         logs["dfl/outer_grad_norm"] = norm
         if hp.world_model_gradient != "mle" and hp.mle_weight > 0:
-            # clip the hypergradient on its own first, so the anchor keeps its say
-            scale = torch.clamp(hp.grad_clip / (norm + 1e-12), max=1.0)
+            # clip the hypergradient on its own first, so the anchor keeps its say; with
+            # hypergradient_ratio, to that fraction of the anchor's norm (scale-free)
             anchor = torch.autograd.grad(mle, theta, retain_graph=True)
+            limit = hp.grad_clip
+            if hp.hypergradient_ratio > 0:
+                limit = hp.hypergradient_ratio * hp.mle_weight * torch.linalg.vector_norm(
+                    torch.stack([a.norm() for a in anchor]))
+            scale = torch.clamp(limit / (norm + 1e-12), max=1.0)
             grads = [scale * g + hp.mle_weight * a for g, a in zip(grads, anchor, strict=True)]
         opt.zero_grad()
         for p, g in zip(theta, grads, strict=True):

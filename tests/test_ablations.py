@@ -294,3 +294,18 @@ def test_baseline_trains_on_matrix(name, fit):
     if name == "seqcomm_dfl_1bit":  # one bit from agent 2 (the leader) to agent 1
         assert msg_args(config)["n_labels"] == 2
         assert set(values(metrics, "comm/order_entropy")) == {0.0}
+
+
+def test_hypergradient_ratio_caps_the_decision_focused_step_against_the_anchor(fit):
+    """With ``hypergradient_ratio`` near 0 the implicit world model follows its prediction
+    anchor alone (Adam's steps do not depend on the anchor's weight): its prediction losses
+    equal the ``mle`` ablation's update by update; the uncapped default departs from them."""
+    def model_mle(*extra: str) -> list[float]:
+        run = fit(*stack(task("hospital"), METHOD), *extra, *SHORT["hospital"])
+        return values(read_metrics(run), "loss/model_mle")
+
+    pure = model_mle(*stack("ablations/gradient/mle.yaml"))
+    capped = model_mle("--model.init_args.hypergradient_ratio=1e-9")
+    default = model_mle()
+    assert len(pure) > 1 and capped == pytest.approx(pure, rel=1e-6)
+    assert default != pytest.approx(pure, rel=1e-6)
