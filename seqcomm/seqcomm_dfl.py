@@ -206,7 +206,10 @@ class SeqCommDFL(QLearner):
         msg = self.message_losses(batch, cache)
         # 3. world model imagines transitions from the real (s, o, a, M) (3)
         pred = self.imagine(batch, cache)
-        model_td = self.imagined_td_loss(batch, cache, pred) if pred is not None else td * 0
+        model_td, logs = td * 0, {}
+        if pred is not None:
+            model_td, imagined = self.imagined_td_loss(batch, cache, pred)
+            logs = self.imagination_errors(batch, cache, pred, imagined)
         # 4. inner objective (DESIGN.md 3): L_model + lambda_aware L_aware; the w step adds
         #    the real TD loss and the message losses as outer terms, the critic its own loss
         hp = self.hparams
@@ -219,8 +222,7 @@ class SeqCommDFL(QLearner):
                   + hp.lambda_entropy * msg["entropy"]
                   + msg["critic"])
         # 5. outer: the world model follows dL_true/dtheta (implicit, unrolled) or fits (mle)
-        logs = self.update_world_model(opt_theta, batch, cache, td, inner, pred)
-        logs.update(getattr(self, "_model_logs", {}))
+        logs.update(self.update_world_model(opt_theta, batch, cache, td, inner, pred))
         # 6. the w step, target networks by Polyak averaging / hard copies
         w = [p for p in self.net.parameters() if p.requires_grad]
         self.step_w(opt_w, w_loss, w + self.auxiliary_parameters())
@@ -429,20 +431,25 @@ class SeqCommDFL(QLearner):
         ctx = self.net.comm(cache["h"].detach())[0].detach()
         return self.world_model(batch[STATE], batch[OBS], batch[ACTION], ctx)
 
-    def imagined_td_loss(self, batch: TensorDictBase, cache: dict, pred) -> torch.Tensor:
+    def imagined_td_loss(self, batch: TensorDictBase, cache: dict,
+                         pred) -> tuple[torch.Tensor, torch.Tensor]:
         """``L_model(w; theta)``: the QMIX TD loss of the online ``Q_tot(s, a)`` against
-        targets bootstrapped (target networks) from the imagined ``(s', o', r, terminated)``."""
+        targets bootstrapped (target networks) from the imagined ``(s', o', r, terminated)``;
+        returns the loss and those targets."""
         inputs = self.target.inputs(pred.next_obs, pred.next_state)
         h_next = self.target.agent.encode(inputs, cache["h_target"])
         q_next = self.next_utilities(h_next, None, batch[NEXT, *MASK])
         q_tot_next = self.target.mix(q_next, pred.next_state)
         target = self.bootstrap(pred.reward, torch.sigmoid(pred.terminated_logit), q_tot_next)
-        with torch.no_grad():  # where imagined targets part from the real ones
-            self._model_logs = {
-                "dfl/target_error": (target - cache["target"]).abs().mean(),
+        return (cache["q_tot"] - target).pow(2).mean(), target
+
+    @torch.no_grad()
+    def imagination_errors(self, batch: TensorDictBase, cache: dict, pred,
+                           target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Where the imagined transitions part from the real ones (same ``(s, a)``)."""
+        return {"dfl/target_error": (target - cache["target"]).abs().mean(),
                 "dfl/reward_error": (pred.reward - batch[NEXT, "reward"]).abs().mean(),
                 "dfl/obs_range": pred.next_obs.abs().max()}
-        return (cache["q_tot"] - target).pow(2).mean()
 
     def inner_parameters(self) -> dict[str, torch.nn.Parameter]:
         """The ``w`` of the bilevel problem, by name (see ``implicit_params``)."""
@@ -522,7 +529,7 @@ class SeqCommDFL(QLearner):
         """Real and imagined TD losses at the current parameters (used functionally by the
         ``unrolled`` ablation)."""
         td, cache = self.td_loss(batch)
-        return td, self.imagined_td_loss(batch, cache, self.imagine(batch, cache))
+        return td, self.imagined_td_loss(batch, cache, self.imagine(batch, cache))[0]
 
     # -- optimisation -------------------------------------------------------------------
     def step_w(self, opt, inner: torch.Tensor, w) -> None:

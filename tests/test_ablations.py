@@ -152,6 +152,7 @@ def gradient_switch(name: str):
         assert min(values(metrics, "dfl/outer_grad_norm")) > 0  # theta gets a gradient
         assert min(values(metrics, "loss/model_td")) > 0  # w learns from imagined steps
         assert min(values(metrics, "loss/model_mle")) > 0
+        assert min(values(metrics, "dfl/target_error")) > 0  # the imagined-target read-out
         assert ("dfl/cg_residual" in metrics) == name.startswith("implicit")
         if name.startswith("implicit"):
             assert hp["solver"] == name.split("_")[1]
