@@ -13,6 +13,7 @@ prints a markdown table and the machine it ran on.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import platform
 import time
@@ -64,6 +65,15 @@ def steps_per_second(env: EnvBase, steps: int, warmup: int) -> float:
     return env.batch_size[0] * steps / (time.perf_counter() - start - policy_s)
 
 
+def _parse_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> (key, value), the value read as a Python literal if it is one."""
+    key, _, value = text.partition("=")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", type=int, nargs="+", default=[1, 64, 1024],
@@ -76,7 +86,11 @@ def main() -> None:
                              "CPU one thread is fastest for these tensor sizes")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS),
                         help="which tasks to time")
+    parser.add_argument("--mc-option", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="MicroCombat constructor options for the microcombat tasks, e.g. "
+                             "collisions=True enemy_targeting=sticky")
     args = parser.parse_args()
+    mc_options = dict(_parse_option(o) for o in args.mc_option)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
@@ -85,7 +99,9 @@ def main() -> None:
         cells = []
         for n in args.envs:
             try:
-                env = TASKS[task](n, args.device)
+                env = (MicroCombat(num_envs=n, device=args.device, map_name=task.split()[1],
+                                   **mc_options) if task.startswith("microcombat") and mc_options
+                       else TASKS[task](n, args.device))
             except ImportError as err:
                 notes.append(f"{task} skipped: {err}")
                 break
@@ -104,7 +120,8 @@ def main() -> None:
     print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
           f"({load}), torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
           f"device {device}; {args.steps} timed steps after {args.warmup} warm-up steps, "
-          "random available actions, policy time excluded.\n")
+          "random available actions, policy time excluded"
+          + (f"; microcombat options {mc_options}" if mc_options else "") + ".\n")
     print("| task | " + " | ".join(f"{n} copies" for n in args.envs) + " |")
     print("| --- |" + " ---: |" * len(args.envs))
     print("\n".join(rows))

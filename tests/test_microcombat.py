@@ -6,7 +6,7 @@ from torchrl.envs.utils import check_env_specs
 
 from seqcomm.envs.base import ACTION, INFO, MASK, OBS, env_info
 from seqcomm.envs.microcombat import MicroCombat
-from seqcomm.envs.reference import evaluate_policy
+from seqcomm.envs.reference import evaluate_policy, random_policy
 from seqcomm.envs.units import MAPS, UNIT_TYPES
 
 STOP, NORTH, SOUTH, EAST, WEST, ATTACK = 1, 2, 3, 4, 5, 6
@@ -251,3 +251,125 @@ def test_focus_fire_beats_random_on_3m():
     rand = evaluate_policy(env, policies["random"], 32)
     assert focus["won"] > rand["won"] + 0.3
     assert focus["return"] > rand["return"] + 5.0
+
+
+def _hits_taken(env: MicroCombat, before: torch.Tensor) -> list[bool]:
+    """Which units lost health since ``before`` (health [U] of copy 0)."""
+    return (env.health[0] < before).tolist()
+
+
+def test_sticky_enemy_keeps_its_target_while_alive_and_in_range():
+    env = MicroCombat(num_envs=1, map_name="3m", enemy_targeting="sticky")
+    env.reset()
+    # enemy 0 (unit 3) at distance 5 of agent 0: its only ally in range, so its target
+    env.place_units(far_3m(u0=(10.0, 16.0), u3=(15.0, 16.0)))
+    step(env, [STOP, STOP, STOP])
+    assert env.enemy_target[0, 0].item() == 0
+    # agent 1 comes nearer (distance 2): the enemy keeps shooting agent 0
+    env.x[0, 1], env.y[0, 1] = 13.0, 16.0
+    before = env.health[0].clone()
+    for _ in range(4):  # > one weapon cooldown
+        step(env, [STOP, STOP, STOP])
+        assert env.enemy_target[0, 0].item() == 0
+    assert _hits_taken(env, before)[:2] == [True, False]
+    # agent 0 dies: the enemy switches to the nearest ally in range, agent 1
+    env.health[0, 0] = 0.0
+    step(env, [0, STOP, STOP])
+    assert env.enemy_target[0, 0].item() == 1
+    # agent 2 comes in range, then agent 1 leaves range (distance 7): switch to agent 2
+    env.x[0, 2], env.y[0, 2] = 15.0, 12.0
+    step(env, [0, STOP, STOP])
+    assert env.enemy_target[0, 0].item() == 1
+    env.x[0, 1], env.y[0, 1] = env.x[0, 3].item() - 7.0, env.y[0, 3].item()
+    step(env, [0, STOP, STOP])
+    assert env.enemy_target[0, 0].item() == 2
+
+
+def test_nearest_enemy_retargets_every_step():
+    env = MicroCombat(num_envs=1, map_name="3m")
+    env.reset()
+    env.place_units(far_3m(u0=(10.0, 16.0), u1=(13.0, 16.0), u3=(15.0, 16.0)))
+    before = env.health[0].clone()
+    for _ in range(4):
+        step(env, [STOP, STOP, STOP])
+    assert _hits_taken(env, before)[:2] == [False, True]
+
+
+def test_sticky_enemy_attack_moves_towards_the_allies_start():
+    env = MicroCombat(num_envs=1, map_name="3m", enemy_targeting="sticky")
+    env.reset()
+    env.place_units(far_3m())  # nobody in range
+    x0, y0 = env.x[0, 3].item(), env.y[0, 3].item()
+    step(env, [STOP, STOP, STOP])
+    goal = torch.tensor(env.ally_start) - torch.tensor([x0, y0])
+    moved = torch.tensor([env.x[0, 3].item() - x0, env.y[0, 3].item() - y0])
+    assert env.enemy_target[0, 0].item() == -1 and moved.norm() > 0.5
+    assert torch.allclose(moved / moved.norm(), goal / goal.norm(), atol=1e-5)
+
+
+def test_bad_enemy_targeting_fails_early():
+    with pytest.raises(ValueError, match="enemy_targeting"):
+        MicroCombat(enemy_targeting="random")
+
+
+@pytest.mark.parametrize("pair", [(0, 1), (1, 4)])  # two allies; an ally and an enemy
+def test_collisions_push_units_on_one_point_apart(pair):
+    i, j = pair
+    point = {f"u{i}": (10.0, 16.0), f"u{j}": (10.0, 16.0)}
+    off = MicroCombat(num_envs=2, map_name="3m")
+    on = MicroCombat(num_envs=2, map_name="3m", collisions=True)
+    for env in (off, on):
+        env.reset()
+        env.place_units(far_3m(**point))
+        step(env, [STOP, STOP, STOP])
+
+    def dist(env: MicroCombat) -> torch.Tensor:
+        return torch.hypot(env.x[:, i] - env.x[:, j], env.y[:, i] - env.y[:, j])
+
+    sep = 2 * MARINE.radius
+    assert (dist(off) == 0).all()
+    assert (dist(on) >= sep - 1e-4).all()
+    # the other units were not moved by the separation
+    others = [k for k in range(3) if k not in pair]
+    assert torch.equal(on.x[:, others], off.x[:, others])
+
+
+def test_collisions_spread_a_stacked_army():
+    env = MicroCombat(num_envs=1, map_name="2s3z", collisions=True)
+    env.reset()
+    pos = torch.stack([torch.full((10,), 16.0), torch.full((10,), 16.0)], -1)
+    pos[5:, 0] = 30.0  # enemies stacked on another point, out of range
+    env.place_units(pos)
+    for _ in range(3):
+        step(env, [STOP] * 5)
+    x, y = env.x[0, :5], env.y[0, :5]
+    d = torch.hypot(x[:, None] - x[None], y[:, None] - y[None])
+    need = env.min_sep[:5, :5]
+    overlap = (need - d).clamp_min(0.0)[need > 0]
+    assert overlap.max() < 0.05 * need.max()
+
+
+@pytest.mark.parametrize("map_name", ["3m", "5m_vs_6m", "2s3z"])
+def test_defaults_are_the_unchanged_game(map_name):
+    """Default options equal explicit ``nearest`` / no collisions bit for bit, and the same
+    rollout does exercise what the options change (they give different trajectories)."""
+
+    def run(**options):
+        env = MicroCombat(num_envs=8, seed=2, map_name=map_name, **options)
+        gen = torch.Generator().manual_seed(0)
+        policy = env.reference_policies()["focus_fire"] if map_name == "3m" else None
+
+        def act(td):
+            if policy is not None:
+                return td.set(ACTION, policy(td))
+            return td.set(ACTION, random_policy(td, generator=gen))
+
+        return env.rollout(60, act, break_when_any_done=False)
+
+    default = run()
+    explicit = run(enemy_targeting="nearest", collisions=False)
+    for key in [("next", OBS), ("next", "state"), ("next", "reward"), ("next", "done")]:
+        assert torch.equal(default[key], explicit[key])
+    assert default["next", INFO, "dead_allies"].sum() > 0  # the enemy did shoot
+    for options in ({"enemy_targeting": "sticky"}, {"collisions": True}):
+        assert not torch.equal(default["next", "state"], run(**options)["next", "state"])

@@ -15,9 +15,17 @@ Volleys deal ``attacks * max(damage + bonus - armour, 0.5)``, to shields first; 
 health 0; all shots of a tick land at once (both teams can die together: a draw, not a win).
 A volley adds the weapon cooldown to the unit's timer and the remainder carries over, so the
 rate of fire does not depend on the tick length.
-Not modelled: collisions between units, shield regeneration, auto-acquiring targets after a
-``stop``, terrain. The scripted enemy attack-moves: it fires at the nearest living ally within
-its shoot range, else walks towards the nearest living ally.
+With ``collisions`` on, after each tick's movement overlapping living units (both teams) are
+pushed apart (SMAX-style pairwise separation, ``COLLISION_ITERS`` relaxation passes, radii
+from ``units.py``).
+Not modelled: shield regeneration, auto-acquiring targets after a ``stop``, terrain.
+
+Scripted enemy (``enemy_targeting``). ``"nearest"`` (default): every step it fires at the
+nearest living ally within its shoot range, else walks towards the nearest living ally.
+``"sticky"`` (SC2 / SMAX-like): it keeps its current target while that ally is alive and
+within its shoot range, else takes the nearest living ally in range; with none in range it
+attack-moves towards the allies' start point, and once within shoot range of that point
+(nobody there) towards the nearest living ally, so an episode cannot stall.
 
 Actions (SMAC): 0 no-op (dead agents only), 1 stop, 2-5 move north/south/east/west, 6+j
 attack enemy j (alive, within the agent's shoot range and strictly within its sight range: with
@@ -42,6 +50,8 @@ N_NO_ATTACK = 6  # no-op, stop, north, south, east, west
 DIRECTIONS = ((0.0, 1.0), (0.0, -1.0), (1.0, 0.0), (-1.0, 0.0))
 # SMAC's reward constants
 DEATH_VALUE, WIN_VALUE, NEGATIVE_SCALE = 10.0, 200.0, 0.5
+ENEMY_TARGETING = ("nearest", "sticky")
+COLLISION_ITERS = 3  # relaxation passes of the pairwise separation per tick
 
 
 class MicroCombat(MultiAgentEnv):
@@ -60,6 +70,9 @@ class MicroCombat(MultiAgentEnv):
         reward_only_positive: SMAC's default; False subtracts half the damage taken.
         reward_scale_rate: the maximum possible return (SMAC: 20).
         spawn_spread: half-width of the square around each team's start point.
+        enemy_targeting: ``"nearest"`` (re-picks the nearest ally every step) or ``"sticky"``
+            (keeps its target while alive and in range; attack-moves to the allies' start).
+        collisions: push overlapping living units apart after movement.
     """
 
     metrics = ("dead_allies", "dead_enemies", "won")
@@ -78,6 +91,8 @@ class MicroCombat(MultiAgentEnv):
         reward_only_positive: bool = True,
         reward_scale_rate: float = 20.0,
         spawn_spread: float = 2.0,
+        enemy_targeting: str = "nearest",
+        collisions: bool = False,
     ) -> None:
         if map_name not in MAPS:
             raise ValueError(f"microcombat: unknown map {map_name!r}; known maps: {sorted(MAPS)}")
@@ -89,6 +104,10 @@ class MicroCombat(MultiAgentEnv):
                              f"{episode_limit}")
         if ticks_per_step < 1:
             raise ValueError(f"microcombat: ticks_per_step must be >= 1, got {ticks_per_step}")
+        if enemy_targeting not in ENEMY_TARGETING:
+            raise ValueError(f"microcombat: enemy_targeting must be one of {ENEMY_TARGETING}, "
+                             f"got {enemy_targeting!r}")
+        self.enemy_targeting, self.collisions = enemy_targeting, bool(collisions)
         spec = MAPS[map_name]
         self.map_name, self.size = map_name, spec.size
         self.sight_range, self.see_allies = float(sight_range), see_allies
@@ -128,6 +147,8 @@ class MicroCombat(MultiAgentEnv):
         self.t = torch.zeros(E, dtype=torch.long, device=dev)
         self.last_action = torch.zeros(E, self.n_agents, self.n_actions, device=dev)
         self.won = torch.zeros(E, device=dev)
+        # sticky enemy targeting: each enemy's current target (agent index), -1 for none
+        self.enemy_target = torch.full((E, self.n_enemies), -1, dtype=torch.long, device=dev)
         self._policy_rng = torch.Generator(device=dev).manual_seed(seed)
 
     def _build_tables(self, names: tuple[str, ...], kinds: list[str]) -> None:
@@ -147,6 +168,13 @@ class MicroCombat(MultiAgentEnv):
         self.cd_norm = vec("max_cooldown") / LOOPS_PER_SECOND  # SMAC's max cooldown, seconds
         self.shoot_range = vec("shoot_range")
         radius = vec("radius")
+        self.radius = radius
+        # collisions: minimum centre distance of every pair [U, U], zero on the diagonal
+        self.min_sep = (radius[:, None] + radius[None, :]) * (1 - torch.eye(U, device=dev))
+        # tie-break direction for coincident units: along x, the lower index goes left
+        idx = torch.arange(U, device=dev)
+        self.tie_x = torch.sign(idx[None, :] - idx[:, None]).float()
+        self.ally_start = (W / 4, W / 2)  # the allies' start point (sticky enemies' goal)
         # weapon reach between centres and damage per volley, for every (shooter, target)
         self.reach = (vec("weapon_range")[:, None] + radius[:, None] + radius[None, :]).flatten()
         per_attack = vec("damage")[:, None] + vec("bonus_armoured")[:, None] * vec("armoured")
@@ -181,6 +209,7 @@ class MicroCombat(MultiAgentEnv):
         self.t = torch.where(mask, 0, self.t)
         self.last_action = torch.where(m[..., None], 0.0, self.last_action)
         self.won = torch.where(mask, 0.0, self.won)
+        self.enemy_target = torch.where(m, -1, self.enemy_target)
 
     def place_units(self, pos: torch.Tensor, health: torch.Tensor | None = None,
                     shield: torch.Tensor | None = None) -> TensorDictBase:
@@ -196,6 +225,7 @@ class MicroCombat(MultiAgentEnv):
             self.health = health.to(self.device, torch.float32).expand_as(self.health).clone()
         if shield is not None:
             self.shield = shield.to(self.device, torch.float32).expand_as(self.shield).clone()
+        self.enemy_target.fill_(-1)
         return self._observe()
 
     def _move_ok(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -313,14 +343,42 @@ class MicroCombat(MultiAgentEnv):
         ey = y[:, None, :n_a] - y[:, n_a:, None]
         d_ea = torch.where(a_alive[:, None], (ex * ex + ey * ey).sqrt(), float("inf"))
         d_min, nearest = d_ea.min(-1)
-        e_att = (d_min <= self.shoot_range[n_a:]) & e_alive
-        walk = (e_alive & ~e_att & torch.isfinite(d_min)) / d_min.clamp_min(1e-6)
-        target = torch.cat([a_tgt, nearest], 1)
-        move_x = torch.cat([self.dir_x[d_idx] * a_move, ex.gather(2, nearest[..., None])[..., 0]
-                            * walk], 1)
-        move_y = torch.cat([self.dir_y[d_idx] * a_move, ey.gather(2, nearest[..., None])[..., 0]
-                            * walk], 1)
+        e_range = self.shoot_range[n_a:]
+        e_att = (d_min <= e_range) & e_alive
+        if self.enemy_targeting == "nearest":
+            walk = (e_alive & ~e_att & torch.isfinite(d_min)) / d_min.clamp_min(1e-6)
+            wx = ex.gather(2, nearest[..., None])[..., 0] * walk
+            wy = ey.gather(2, nearest[..., None])[..., 0] * walk
+            e_tgt = nearest
+        else:
+            e_tgt, wx, wy = self._sticky_enemy(ex, ey, d_ea, d_min, nearest, e_att, e_alive)
+            e_att = e_tgt >= 0
+            e_tgt = e_tgt.clamp_min(0)
+        target = torch.cat([a_tgt, e_tgt], 1)
+        move_x = torch.cat([self.dir_x[d_idx] * a_move, wx], 1)
+        move_y = torch.cat([self.dir_y[d_idx] * a_move, wy], 1)
         return target, torch.cat([a_att, e_att], 1), move_x, move_y
+
+    def _sticky_enemy(self, ex: torch.Tensor, ey: torch.Tensor, d_ea: torch.Tensor,
+                      d_min: torch.Tensor, nearest: torch.Tensor, in_range: torch.Tensor,
+                      e_alive: torch.Tensor):
+        """Sticky targets [E, n_e] (-1: none, stored) and unit walk vectors wx, wy [E, n_e]."""
+        n_a, e_range = self.n_agents, self.shoot_range[self.n_agents:]
+        cur = self.enemy_target
+        d_cur = d_ea.gather(2, cur.clamp_min(0)[..., None])[..., 0]  # inf if the target died
+        keep = (cur >= 0) & (d_cur <= e_range) & e_alive
+        tgt = torch.where(keep, cur, torch.where(in_range, nearest, -1))
+        self.enemy_target = tgt
+        # no ally in range: towards the allies' start point; there, towards the nearest ally
+        sx = self.ally_start[0] - self.x[:, n_a:]
+        sy = self.ally_start[1] - self.y[:, n_a:]
+        d_s = (sx * sx + sy * sy).sqrt()
+        arrived = d_s <= e_range
+        gx = torch.where(arrived, ex.gather(2, nearest[..., None])[..., 0], sx)
+        gy = torch.where(arrived, ey.gather(2, nearest[..., None])[..., 0], sy)
+        d_g = torch.where(arrived, d_min, d_s)
+        walk = (e_alive & (tgt < 0) & torch.isfinite(d_min)) / d_g.clamp_min(1e-6)
+        return tgt, gx * walk, gy * walk
 
     def _simulate(self, target: torch.Tensor, has_target: torch.Tensor, move_x: torch.Tensor,
                   move_y: torch.Tensor) -> None:
@@ -340,6 +398,8 @@ class MicroCombat(MultiAgentEnv):
             chase = torch.where(engaged & ~in_reach, self.step_len / dist.clamp_min(1e-6), 0.0)
             x = (x + dx * chase + walk_x).clamp_(0.0, self.size)
             y = (y + dy * chase + walk_y).clamp_(0.0, self.size)
+            if self.collisions:
+                x, y = self._separate(x, y, alive)
             hits = torch.zeros_like(health).scatter_add_(1, target, volley * fire)
             if self.has_shields:  # shields absorb first
                 absorbed = torch.minimum(shield, hits)
@@ -351,6 +411,24 @@ class MicroCombat(MultiAgentEnv):
             cooldown = (torch.where(fire, cooldown + self.weapon_cd, cooldown) - self.dt
                         ).clamp_min_(-self.dt)
         self.x, self.y, self.health, self.shield, self.cooldown = x, y, health, shield, cooldown
+
+    def _separate(self, x: torch.Tensor, y: torch.Tensor, alive: torch.Tensor):
+        """Push overlapping living units apart: each pair closer than the sum of its radii
+        moves apart along the line between them, half the overlap each, summed over pairs
+        (``COLLISION_ITERS`` batched passes over [E, U, U])."""
+        both = (alive[:, :, None] & alive[:, None, :]).float()
+        for _ in range(COLLISION_ITERS):  # fixed relaxation passes, not a loop over units
+            dx = x[:, None, :] - x[:, :, None]  # [E, i, j]: from unit i to unit j
+            dy = y[:, None, :] - y[:, :, None]
+            dist = (dx * dx + dy * dy).sqrt()
+            apart = dist > 1e-6
+            inv = 1.0 / dist.clamp_min(1e-6)
+            ux = torch.where(apart, dx * inv, self.tie_x)
+            uy = torch.where(apart, dy * inv, 0.0)
+            half = 0.5 * (self.min_sep - dist).clamp_min(0.0) * both
+            x = (x - (ux * half).sum(-1)).clamp_(0.0, self.size)
+            y = (y - (uy * half).sum(-1)).clamp_(0.0, self.size)
+        return x, y
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         action = tensordict[ACTION]
