@@ -128,23 +128,8 @@ def implicit_hypergradient(
     # for inner_grad: one forward pass serves every CG iteration, and the caller's
     # nn.Modules need no functional rewrite (torch.func's forward-over-reverse would redo
     # the forward per product and needs the loss as a pure function of w and theta).
-    def curvature_product(vec: list[Tensor]) -> list[Tensor]:
-        return _grad_or_zeros(outs, w, [vec[i] for i in live], retain_graph=True)
-
-    if gn_outputs is not None:
-        # J u by the double-backward trick: g(z) = J^T z is linear in a dummy z, and
-        # d (g(z) . u) / dz = J u; then J^T (J u) is one more backward pass
-        dummy = torch.zeros_like(gn_outputs, requires_grad=True)
-        jt_z = torch.autograd.grad(gn_outputs, w, grad_outputs=dummy, create_graph=True,
-                                   allow_unused=True)
-        jt_live = [i for i, g in enumerate(jt_z) if g is not None]
-
-        def curvature_product(vec: list[Tensor]) -> list[Tensor]:  # noqa: F811 (GN for H)
-            ju = torch.autograd.grad([jt_z[i] for i in jt_live], dummy,
-                                     grad_outputs=[vec[i] for i in jt_live],
-                                     retain_graph=True)[0]
-            jtju = _grad_or_zeros([gn_outputs], w, [ju.detach()], retain_graph=True)
-            return [gn_scale * h for h in jtju]
+    curvature_product = (_hessian_product(outs, live, w) if gn_outputs is None
+                         else _gauss_newton_product(gn_outputs, gn_scale, w))
 
     def damped_hvp(vec: list[Tensor]) -> list[Tensor]:
         hv = curvature_product(vec)
@@ -194,6 +179,31 @@ def implicit_hypergradient(
     hypergrad = tuple(-m for m in mixed)
     info = {"residual": residual, "iters": float(n_run), "v_norm": _norm(v)}
     return hypergrad, info
+
+
+def _hessian_product(outs: list[Tensor], live: list[int],
+                     w: list[Tensor]) -> Callable[[list[Tensor]], list[Tensor]]:
+    """``u -> H u`` by double backward through ``inner_grad``'s graph (``outs``)."""
+    def product(vec: list[Tensor]) -> list[Tensor]:
+        return _grad_or_zeros(outs, w, [vec[i] for i in live], retain_graph=True)
+    return product
+
+
+def _gauss_newton_product(outputs: Tensor, scale: float,
+                          w: list[Tensor]) -> Callable[[list[Tensor]], list[Tensor]]:
+    """``u -> scale J^T J u`` with ``J = d outputs / dw``. ``J u`` by the double-backward
+    trick: ``g(z) = J^T z`` is linear in a dummy ``z``, and ``d (g(z) . u) / dz = J u``."""
+    dummy = torch.zeros_like(outputs, requires_grad=True)
+    jt_z = torch.autograd.grad(outputs, w, grad_outputs=dummy, create_graph=True,
+                               allow_unused=True)
+    live = [i for i, g in enumerate(jt_z) if g is not None]
+
+    def product(vec: list[Tensor]) -> list[Tensor]:
+        ju = torch.autograd.grad([jt_z[i] for i in live], dummy,
+                                 grad_outputs=[vec[i] for i in live], retain_graph=True)[0]
+        jtju = _grad_or_zeros([outputs], w, [ju.detach()], retain_graph=True)
+        return [scale * h for h in jtju]
+    return product
 
 
 def _minres(
