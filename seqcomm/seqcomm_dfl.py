@@ -78,6 +78,12 @@ class SeqCommDFL(QLearner):
         mle_weight: weight of the prediction loss added to the world model's hypergradient
             (``implicit``, ``unrolled``): an anchor that keeps imagined states in the range
             the value networks were trained on (without it ``L_model`` diverged on hospital).
+        target_radius: when > 0, a trust region on the imagined targets: each is replaced by
+            ``y + r tanh((y_img - y) / r)`` around the real target ``y`` of the same
+            ``(s, a)``, with ``r = target_radius x`` the RMS of the real TD residual
+            (detached). The values then never chase an imagined target further than the
+            real data's own noise, and the hypergradient vanishes where the model strays
+            (scale-free: the same setting for 3 and 4 hospital specialists). 0 = off.
         hypergradient_ratio: when > 0, the hypergradient's norm is capped at this fraction
             of the (weighted) anchor's instead of at ``grad_clip``, so the decision-focused
             term cannot outgrow the prediction loss as the model fits (0 = the clip).
@@ -138,6 +144,7 @@ class SeqCommDFL(QLearner):
         model_td_weight: float = 0.5,
         mle_weight: float = 1.0,
         hypergradient_ratio: float = 0.0,
+        target_radius: float = 0.0,
         implicit_params: str = "head",
         value_aware: bool = True,
         lambda_va: float = 0.1,
@@ -177,8 +184,9 @@ class SeqCommDFL(QLearner):
         if va_receiver == "soft" and va_evaluator != "critic":
             raise ValueError("model.va_receiver='soft' scores the receiver with the critic; "
                              "set model.va_evaluator='critic' or pick another va_receiver")
-        if hypergradient_ratio < 0:
-            raise ValueError(f"model.hypergradient_ratio={hypergradient_ratio} must be >= 0")
+        if hypergradient_ratio < 0 or target_radius < 0:
+            raise ValueError(f"model.hypergradient_ratio={hypergradient_ratio} and "
+                             f"model.target_radius={target_radius} must be >= 0")
         if cg_iters < 0 or k_inner < 1:
             raise ValueError("model.cg_iters must be >= 0 and model.k_inner >= 1")
         self.save_hyperparameters(ignore=["comm"])
@@ -441,7 +449,17 @@ class SeqCommDFL(QLearner):
         q_next = self.next_utilities(h_next, None, batch[NEXT, *MASK])
         q_tot_next = self.target.mix(q_next, pred.next_state)
         target = self.bootstrap(pred.reward, torch.sigmoid(pred.terminated_logit), q_tot_next)
-        return (cache["q_tot"] - target).pow(2).mean(), target
+        return (cache["q_tot"] - self.trust_region(target, cache)).pow(2).mean(), target
+
+    def trust_region(self, imagined: torch.Tensor, cache: dict) -> torch.Tensor:
+        """Imagined targets softly clipped to ``target_radius`` x RMS(real TD residual)
+        around the real targets (identity when ``target_radius`` is 0)."""
+        if self.hparams.target_radius <= 0:
+            return imagined
+        real = cache["target"].detach()
+        radius = self.hparams.target_radius * (cache["q_tot"] - real).detach().pow(2).mean(
+        ).sqrt().clamp_min(1e-6)
+        return real + radius * torch.tanh((imagined - real) / radius)
 
     @torch.no_grad()
     def imagination_errors(self, batch: TensorDictBase, cache: dict, pred,

@@ -163,3 +163,20 @@ def test_monte_carlo_warmup_gain_favours_actions_followed_by_better_returns():
     mc.sum().backward()
     taken = q_all.grad[..., 1]  # the taken action's utility, every receiver
     assert (taken[1] > 0).all() and (taken[2] < 0).all()  # best return up, worst down
+
+
+def test_trust_region_bounds_imagined_targets_by_the_real_residual():
+    """``target_radius`` r: imagined targets stay within r x RMS(real TD residual) of the real
+    ones, keep their side, and are untouched (up to tanh's slope) near the real target."""
+    real = torch.tensor([0.0, 10.0, -5.0, 2.0])
+    q_tot = real + torch.tensor([1.0, -1.0, 1.0, -1.0])  # RMS residual 1
+    imagined = real + torch.tensor([50.0, -30.0, 0.01, 0.0])
+    cache = {"target": real, "q_tot": q_tot}
+    off = learner()
+    assert torch.equal(off.trust_region(imagined, cache), imagined)
+    clipped = learner(target_radius=2.0).trust_region(imagined, cache)
+    gap = clipped - real
+    assert (gap.abs() <= 2.0).all() and gap[0] > 1.99 and gap[1] < -1.99
+    assert gap[2] == pytest.approx(0.01, rel=1e-3) and gap[3] == 0
+    with pytest.raises(ValueError, match="target_radius"):
+        learner(target_radius=-1.0)
