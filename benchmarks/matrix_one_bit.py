@@ -9,6 +9,7 @@ brute-force best 1-bit value (``seqcomm.envs.matrix.best_message_value``). Each 
 
     python benchmarks/matrix_one_bit.py --tables rgmcomm 1 2 3 --seeds 0 1 2 --updates 600
     python benchmarks/matrix_one_bit.py --method rgmcomm --tables 1 2 3 --updates 1249
+    python benchmarks/matrix_one_bit.py --root runs/x --model.init_args.label_scoring=lookahead
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=600)
     parser.add_argument("--method", choices=list(STACKS), default="seqcomm_dfl_1bit")
     parser.add_argument("--root", default=None, help="default: runs/matrix_one_bit[_<method>]")
-    args = parser.parse_args()
+    args, overrides = parser.parse_known_args()  # the rest goes to every `seqcomm fit`
     stack, extra = STACKS[args.method]
+    extra = extra + overrides
     suffix = "" if args.method == "seqcomm_dfl_1bit" else f"_{args.method}"
     root = args.root or str(REPO / "runs" / f"matrix_one_bit{suffix}")
     frames = 64 + (args.updates - 1) * 32  # conf/matrix.yaml: 32 copies, 64 warm-up chunks
