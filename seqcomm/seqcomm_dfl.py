@@ -21,6 +21,7 @@ from seqcomm.dfl.implicit_gradient import (
     implicit_hypergradient,
     unrolled_inner,
 )
+from seqcomm.dfl.label_lookahead import group_ids, lookahead_label_scores
 from seqcomm.dfl.value_aware import (
     ReconstructionHead,
     awareness_loss,
@@ -105,6 +106,12 @@ class SeqCommDFL(QLearner):
             the sender becomes a Boltzmann policy over its labels' gains (temperature
             ``lambda_entropy / lambda_va``), stochastic until a label's gain differs across
             its observations, instead of collapsing onto one label before the critic knows.
+        label_scoring: how a discrete sender's labels are scored in the one-way setting
+            (two agents, no base round): ``current`` (each label by the value of the
+            receiver's current decision under it: a best-response step) or ``lookahead``
+            (each observation's label by the team value after the receivers best-respond to
+            the new pools: ``seqcomm.dfl.label_lookahead``). The receiver learns from the
+            current-decision gain either way.
         aware_margin: ``eps_margin`` of the awareness hinge.
         influence_tau: temperature of ``pi_j = softmax(Q_j / tau)``.
         va_evaluator: what scores a receiver's decision (and the guidance potential).
@@ -154,6 +161,7 @@ class SeqCommDFL(QLearner):
         lambda_recon: float = 1.0,
         lambda_mi: float = 0.0,
         lambda_entropy: float = 0.0,
+        label_scoring: str = "current",
         aware_margin: float = 0.1,
         influence_tau: float = 1.0,
         va_evaluator: str = "critic",
@@ -172,6 +180,9 @@ class SeqCommDFL(QLearner):
             raise ValueError(f"model.solver={solver!r}; choose one of {SOLVERS}")
         if curvature not in CURVATURES:
             raise ValueError(f"model.curvature={curvature!r}; choose one of {CURVATURES}")
+        if label_scoring not in ("current", "lookahead"):
+            raise ValueError(f"model.label_scoring={label_scoring!r}; choose 'current' or "
+                             "'lookahead'")
         if va_evaluator not in EVALUATORS:
             raise ValueError(f"model.va_evaluator={va_evaluator!r}; choose one of {EVALUATORS}")
         if implicit_params not in ("head", "all"):
@@ -410,7 +421,11 @@ class SeqCommDFL(QLearner):
                 *hk.shape[:-1], -1)
             value_k = decision_value(self.receiver_q(hk, ck), values, tau, mask)  # [M,*B,n]
             probs = aux["label_probs"].movedim(-2, 0).movedim(-1, 1)  # [n_send, M, *B]
-            gain = (probs.unsqueeze(-1) * value_k.unsqueeze(0)).sum(1) - base
+            if hp.label_scoring == "lookahead":  # senders by the look-ahead only
+                gain = ((probs.detach().unsqueeze(-1) * value_k.unsqueeze(0)).sum(1) - base
+                        + self.lookahead_gain(batch, values, aux["label_probs"]))
+            else:
+                gain = (probs.unsqueeze(-1) * value_k.unsqueeze(0)).sum(1) - base
             if hp.va_receiver == "soft":
                 ent_k = entropy(self.receiver_q(hk, ck.detach()))
                 gain = gain + tau * (probs.detach().unsqueeze(-1) * ent_k.unsqueeze(0)).sum(1)
@@ -419,6 +434,29 @@ class SeqCommDFL(QLearner):
         if hp.va_receiver == "soft":
             gain = gain + tau * entropy(self.receiver_q(h.detach(), ctx.detach()))
         return gain
+
+    def lookahead_gain(self, batch: TensorDictBase, values: torch.Tensor,
+                       probs: torch.Tensor) -> torch.Tensor:
+        """Two agents, each hearing the other: sender i's gain ``sum_k p_i(k) score_i(k)``
+        ``[n_send, *B, n_recv]`` (in the listening receiver's column) with the look-ahead
+        scores of ``lookahead_label_scores``; samples are grouped by identical observations."""
+        n = self.info.n_agents
+        obs = batch[OBS].flatten(0, -3)  # [N, n, D]; sender i's receiver is 1 - i
+        sender = torch.arange(n, dtype=obs.dtype, device=obs.device).view(1, n, 1)
+        sender = sender.expand(obs.shape[0], n, 1)
+
+        def groups(x: torch.Tensor) -> torch.Tensor:  # ids distinct across senders
+            return group_ids(torch.cat([sender, x], -1).transpose(0, 1).flatten(0, 1)).view(n, -1)
+
+        def per_sender(x: torch.Tensor) -> torch.Tensor:  # [*B, n, X] -> [n, N, X]
+            return x.flatten(0, -3).transpose(0, 1)
+
+        scores = lookahead_label_scores(
+            per_sender(probs), per_sender(values.flip(-2)), groups(obs), groups(obs.flip(-2)),
+            per_sender(batch[MASK].flip(-2)))
+        gain = (per_sender(probs) * scores).sum(-1).view(n, *probs.shape[:-2], 1)
+        off = 1 - torch.eye(n, dtype=gain.dtype, device=gain.device)
+        return gain * off.view(n, *[1] * (gain.dim() - 2), n)
 
     def mc_returns(self, batch: TensorDictBase) -> torch.Tensor:
         """Discounted returns-to-go ``[B, T, 1]`` inside each chunk (cut at episode ends)."""
