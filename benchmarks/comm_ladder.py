@@ -36,6 +36,7 @@ RUNGS: dict[str, tuple[list[str], list[str]]] = {
     "commnet": ([M + "commnet.yaml"], []),
     "tarmac": ([M + "tarmac.yaml"], []),
     "rgmcomm": ([M + "rgmcomm.yaml"], []),
+    "seqcomm": ([M + "seqcomm.yaml"], []),
     "seqcomm_td": ([M + "seqcomm_dfl.yaml", NO_WM], TD_ONLY),
     "seqcomm_va": ([M + "seqcomm_dfl.yaml", NO_WM], []),
     "seqcomm_dfl": ([M + "seqcomm_dfl.yaml"], []),

@@ -272,6 +272,10 @@ BASELINES = {  # method file(s) stacked on the matrix game -> comm/bits_per_step
                lambda c: 32.0 * (msg_args(c)["key_dim"] + msg_args(c)["value_dim"])),
     "omd": (["conf/methods/omd.yaml"], lambda c: 0.0),
     "rgmcomm": (["conf/methods/rgmcomm.yaml"], lambda c: math.log2(msg_args(c)["n_labels"])),
+    # hidden-state message + intention value (floats), and the leader's action: 1 of 2 agents
+    # sends log2 2 bits on the matrix game
+    "seqcomm": (["conf/methods/seqcomm.yaml"],
+                lambda c: 32.0 * (msg_args(c)["msg_dim"] + 1) + 0.5),
     "seqcomm_dfl_1bit": ([METHOD, "conf/methods/seqcomm_dfl_1bit.yaml"],
                          lambda c: bits(c, n=2)),
 }
