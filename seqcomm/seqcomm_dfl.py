@@ -421,11 +421,10 @@ class SeqCommDFL(QLearner):
                 *hk.shape[:-1], -1)
             value_k = decision_value(self.receiver_q(hk, ck), values, tau, mask)  # [M,*B,n]
             probs = aux["label_probs"].movedim(-2, 0).movedim(-1, 1)  # [n_send, M, *B]
-            if hp.label_scoring == "lookahead":  # senders by the look-ahead only
-                gain = ((probs.detach().unsqueeze(-1) * value_k.unsqueeze(0)).sum(1) - base
-                        + self.lookahead_gain(batch, values, aux["label_probs"]))
-            else:
-                gain = (probs.unsqueeze(-1) * value_k.unsqueeze(0)).sum(1) - base
+            if hp.label_scoring == "lookahead":
+                return self.lookahead_gain(batch, values, aux["label_probs"],
+                                           self.receiver_q(hk, ck))
+            gain = (probs.unsqueeze(-1) * value_k.unsqueeze(0)).sum(1) - base
             if hp.va_receiver == "soft":
                 ent_k = entropy(self.receiver_q(hk, ck.detach()))
                 gain = gain + tau * (probs.detach().unsqueeze(-1) * ent_k.unsqueeze(0)).sum(1)
@@ -436,10 +435,16 @@ class SeqCommDFL(QLearner):
         return gain
 
     def lookahead_gain(self, batch: TensorDictBase, values: torch.Tensor,
-                       probs: torch.Tensor) -> torch.Tensor:
-        """Two agents, each hearing the other: sender i's gain ``sum_k p_i(k) score_i(k)``
-        ``[n_send, *B, n_recv]`` (in the listening receiver's column) with the look-ahead
-        scores of ``lookahead_label_scores``; samples are grouped by identical observations."""
+                       probs: torch.Tensor, q_labels: torch.Tensor) -> torch.Tensor:
+        """Two agents, each hearing the other: the gain ``[n_send, *B, n_recv]`` (in the
+        listening receiver's column) of ``label_scoring: lookahead``. Sender i gets
+        ``sum_k p_i(k) score_i(k)`` (``lookahead_label_scores``; samples grouped by identical
+        observations); the receiver's utilities under each label ``q_labels [M, *B, n, A]``
+        get minus the squared error between their advantages (utility minus the mean over
+        available actions) and those of its pool's mean values: the re-best-response the
+        scores assume. A regression in value units, not the softened decision's value, because
+        a receiver that was confident under a label's old meaning gets no gradient from a
+        saturated softmax when the label moves, and the TD loss fixes only the taken action."""
         n = self.info.n_agents
         obs = batch[OBS].flatten(0, -3)  # [N, n, D]; sender i's receiver is 1 - i
         sender = torch.arange(n, dtype=obs.dtype, device=obs.device).view(1, n, 1)
@@ -448,13 +453,23 @@ class SeqCommDFL(QLearner):
         def groups(x: torch.Tensor) -> torch.Tensor:  # ids distinct across senders
             return group_ids(torch.cat([sender, x], -1).transpose(0, 1).flatten(0, 1)).view(n, -1)
 
-        def per_sender(x: torch.Tensor) -> torch.Tensor:  # [*B, n, X] -> [n, N, X]
-            return x.flatten(0, -3).transpose(0, 1)
+        def per_sender(x: torch.Tensor) -> torch.Tensor:  # [*B, n, ...] -> [n, N, ...]
+            return x.flatten(0, probs.dim() - 3).transpose(0, 1)
 
-        scores = lookahead_label_scores(
-            per_sender(probs), per_sender(values.flip(-2)), groups(obs), groups(obs.flip(-2)),
-            per_sender(batch[MASK].flip(-2)))
-        gain = (per_sender(probs) * scores).sum(-1).view(n, *probs.shape[:-2], 1)
+        mask = per_sender(batch[MASK].flip(-2))
+        look = lookahead_label_scores(per_sender(probs), per_sender(values.flip(-2)),
+                                      groups(obs), groups(obs.flip(-2)), mask)
+        p = per_sender(probs)
+        q = per_sender(q_labels.movedim(0, -2).flip(-3))  # [n, N, M, A]
+        avail = mask.unsqueeze(-2).expand_as(q)
+
+        def advantage(x: torch.Tensor) -> torch.Tensor:
+            x = torch.where(avail, x, torch.zeros_like(x))
+            return x - x.sum(-1, keepdim=True) / avail.sum(-1, keepdim=True).clamp_min(1)
+
+        error = torch.where(avail, advantage(q) - advantage(look.pooled), torch.zeros_like(q))
+        gain = (p * look.scores).sum(-1) - (p.detach() * error.pow(2).sum(-1)).sum(-1)
+        gain = gain.view(n, *probs.shape[:-2], 1)
         off = 1 - torch.eye(n, dtype=gain.dtype, device=gain.device)
         return gain * off.view(n, *[1] * (gain.dim() - 2), n)
 

@@ -17,7 +17,7 @@ O1, O2 = (g.flatten() for g in torch.meshgrid(torch.arange(2), torch.arange(4), 
 def scores(table: torch.Tensor, labelling: tuple[int, ...]) -> torch.Tensor:
     """``[8, 2]`` scores of every (o1, o2) sample for a hard labelling of o2."""
     probs = F.one_hot(torch.tensor(labelling)[O2], 2).float()
-    return lookahead_label_scores(probs[None], table[O1, :, O2][None], O2[None], O1[None])[0]
+    return lookahead_label_scores(probs[None], table[O1, :, O2][None], O2[None], O1[None]).scores[0]
 
 
 def value(table: torch.Tensor, labelling: tuple[int, ...]) -> float:
@@ -60,5 +60,16 @@ def test_group_ids_and_unavailable_actions():
     table = random_table(2, 2, 4, 1)
     probs = torch.full((1, 8, 2), 0.5)
     mask = torch.tensor([True, False]).expand(1, 8, 2)
-    s = lookahead_label_scores(probs, table[O1, :, O2][None], O2[None], O1[None], mask)
-    assert s.abs().max() < 1e-4
+    out = lookahead_label_scores(probs, table[O1, :, O2][None], O2[None], O1[None], mask)
+    assert out.scores.abs().max() < 1e-4 and torch.isinf(out.pooled[..., 1]).all()
+
+
+def test_pooled_values_are_the_means_over_each_receiver_pool():
+    """Labelling 0111 of table 1: o1 = 1 with label 0 pools o2 = 0 alone, so its pooled values
+    are that column; with label 1 the mean of columns 1-3."""
+    table = random_table(2, 2, 4, 1)
+    probs = F.one_hot(torch.tensor([0, 1, 1, 1])[O2], 2).float()[None]
+    pooled = lookahead_label_scores(probs, table[O1, :, O2][None], O2[None], O1[None]).pooled[0]
+    sample = 4  # (o1, o2) = (1, 0)
+    assert torch.allclose(pooled[sample, 0], table[1, :, 0])
+    assert torch.allclose(pooled[sample, 1], table[1, :, 1:].mean(-1))

@@ -16,8 +16,19 @@ implements a label look-ahead against a learned critic.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch.nn import functional as F
+
+
+class LookAhead(NamedTuple):
+    """``scores [S, N, M]``: each label's look-ahead score per sample; ``pooled [S, N, M, A]``:
+    the mean evaluator value of each receiver action over the sample's current
+    (receiver observation, label) pool (unavailable actions: ``-inf``)."""
+
+    scores: torch.Tensor
+    pooled: torch.Tensor
 
 
 def group_ids(rows: torch.Tensor) -> torch.Tensor:
@@ -31,8 +42,8 @@ def lookahead_label_scores(
     sender_group: torch.Tensor,
     receiver_group: torch.Tensor,
     action_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Per-sample look-ahead score of each label ``[S, N, M]``.
+) -> LookAhead:
+    """Per-sample look-ahead score of each label, and the current pools' values.
 
     Args:
         probs: ``[S, N, M]`` each sender's label probabilities per sample (read detached).
@@ -58,9 +69,14 @@ def lookahead_label_scores(
     if action_mask is not None:  # an action counts only where every sample of the group has it
         have = torch.einsum("snr,sna->ra", member, action_mask.to(p.dtype))
         usable = have >= member.sum((0, 1)).unsqueeze(-1)
-        pool = pool.masked_fill(~usable[None, :, None, :], torch.finfo(p.dtype).min)
-    best = pool.argmax(-1)[:, receiver_group]  # [C, S, N, M]
+    else:
+        usable = torch.ones(R, values.shape[-1], dtype=torch.bool, device=p.device)
+    best = pool.masked_fill(~usable[None, :, None, :], torch.finfo(p.dtype).min).argmax(-1)
+    best = best[:, receiver_group]  # [C, S, N, M]
     chosen = values.unsqueeze(0).expand(best.shape[0], -1, -1, -1).gather(-1, best)
     team = (p_all * chosen).sum((-1, -2)) / N  # [C, S]
     score = (team[:-1] - team[-1]).view(G, M, S).permute(2, 0, 1)  # [S, G, M]
-    return score.gather(1, sender_group.unsqueeze(-1).expand(S, N, M))
+    mass = torch.einsum("snm,snr->rm", p, member).clamp_min(1e-12)
+    pooled = (pool[-1] / mass.unsqueeze(-1)).masked_fill(~usable[:, None, :], -float("inf"))
+    return LookAhead(score.gather(1, sender_group.unsqueeze(-1).expand(S, N, M)),
+                     pooled[receiver_group])
