@@ -33,9 +33,11 @@ from seqcomm.comm.rgmcomm import (
     activate_q,
     average_cosine_distance,
     clustering_loss,
+    refine_labelling,
     return_gap_bound,
 )
 from seqcomm.dfl.critic import TeamCritic
+from seqcomm.dfl.label_lookahead import group_ids
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE
 from seqcomm.learner import QLearner
 
@@ -58,6 +60,9 @@ class RGMCommLearner(QLearner):
         top_pairs: ``K2``, receivers' (observation, action) pairs per Eq. 5 vector.
         pair_prior: pseudo-count of the marginal in ``d(o_-i | o_i)``.
         mi_weight: ``lambda`` of Eq. 13 (see ``clustering_loss``).
+        refine: after the gradient steps, Hartigan's local search on the hard labels (the
+            same Eq. 13, exact moves of one group of identical sender states at a time): soft
+            labels stall at saddles, e.g. two clusters where four labels score lower.
         critic_hidden: width of the critic ``Q(o, a)``.
         critic_lr: its Adam rate.
         label_map: write ``labels.json`` / ``labels.png`` into the run directory at the end.
@@ -77,6 +82,7 @@ class RGMCommLearner(QLearner):
         top_pairs: int = 16,
         pair_prior: float = 1.0,
         mi_weight: float = 1.0,
+        refine: bool = True,
         critic_hidden: int = 128,
         critic_lr: float = 1e-3,
         label_map: bool = True,
@@ -145,7 +151,7 @@ class RGMCommLearner(QLearner):
         head = self.net.comm.label_head
         opt = self.optimizers()[2].optimizer  # raw: Lightning counts one step per update
         best = cluster_labels(head, opt, h, x, hp.cluster_steps, hp.cluster_lr,
-                              hp.cluster_restarts, hp.mi_weight)
+                              hp.cluster_restarts, hp.mi_weight, hp.refine)
         with torch.no_grad():
             labels = head(h).argmax(-1)
         return self.gap_quantities(qv.values, x, labels.T, best.mean().item())
@@ -234,10 +240,11 @@ def fit_labels(head: LabelHeads, opt: torch.optim.Optimizer, h: torch.Tensor,
 
 def cluster_labels(head: LabelHeads, opt: torch.optim.Optimizer, h: torch.Tensor,
                    x: torch.Tensor, steps: int, lr: float, restarts: int,
-                   mi_weight: float) -> torch.Tensor:
+                   mi_weight: float, refine: bool = False) -> torch.Tensor:
     """Fit ``head`` warm-started and from ``restarts`` fresh initialisations; per sender the
     lowest hard-label loss wins (Eq. 13 has local minima, e.g. a 3-1 split of the matrix
-    game's four observations); labels are then renamed to agree with those in use.
+    game's four observations); with ``refine``, Hartigan's local search on the hard labels
+    follows (``refine_head``); labels are then renamed to agree with those in use.
     Returns the winning losses ``[n]``."""
     with torch.no_grad():
         old = head(h).argmax(-1)
@@ -252,9 +259,41 @@ def cluster_labels(head: LabelHeads, opt: torch.optim.Optimizer, h: torch.Tensor
             head.take(fresh, better)
             opt.state.clear()
             best = torch.where(better, loss, best)
+    if refine:
+        best = refine_head(head, opt, h, x, best, steps, mi_weight)
     with torch.no_grad():
         head.permute_labels(label_renaming(old, head(h).argmax(-1), head.b2.shape[-1]))
     return best
+
+
+def refine_head(head: LabelHeads, opt: torch.optim.Optimizer, h: torch.Tensor, x: torch.Tensor,
+                best: torch.Tensor, steps: int, mi_weight: float) -> torch.Tensor:
+    """Hartigan's local search from the head's hard labels (``refine_labelling``; groups are
+    identical sender states), then ``steps`` cross-entropy steps of the head towards the
+    refined labels; a sender keeps them only where its hard-label loss falls."""
+    n_labels = head.b2.shape[-1]
+    n = h.shape[-2]
+    with torch.no_grad():
+        sender = torch.arange(n, dtype=h.dtype, device=h.device).view(1, n, 1)
+        rows = torch.cat([sender.expand(h.shape[0], n, 1), h], -1).transpose(0, 1)
+        groups = group_ids(rows.flatten(0, 1)).view(n, -1)
+        target = refine_labelling(head(h).argmax(-1).T, x, groups, n_labels, mi_weight)
+    trial = copy.deepcopy(head)
+    trial_opt = torch.optim.Adam(trial.parameters(), opt.param_groups[0]["lr"])
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = F.cross_entropy(trial(h).flatten(0, 1), target.T.flatten())
+            trial_opt.zero_grad()
+            loss.backward()
+            trial_opt.step()
+    with torch.no_grad():
+        hard = F.one_hot(trial(h).argmax(-1), n_labels).to(x.dtype)
+        loss = clustering_loss(hard.transpose(0, 1), x, mi_weight=mi_weight)
+    better = loss < best - 1e-6
+    if better.any():
+        head.take(trial, better)
+        opt.state.clear()
+    return torch.where(better, loss, best)
 
 
 def label_renaming(old: torch.Tensor, new: torch.Tensor, n_labels: int) -> torch.Tensor:

@@ -16,12 +16,18 @@ from seqcomm.comm.rgmcomm import (
     activate_q,
     average_cosine_distance,
     clustering_loss,
+    refine_labelling,
     return_gap_bound,
 )
 from seqcomm.dfl.critic import TeamCritic
 from seqcomm.envs.base import ACTION, MASK, OBS, env_info
 from seqcomm.envs.matrix import RGMCOMM_TABLE, MatrixGame, best_message_value, random_table
-from seqcomm.rgmcomm_learner import RGMCommLearner, cluster_labels, label_renaming
+from seqcomm.rgmcomm_learner import (
+    RGMCommLearner,
+    cluster_labels,
+    label_renaming,
+    refine_head,
+)
 
 METHOD = "conf/methods/rgmcomm.yaml"
 
@@ -257,3 +263,41 @@ def test_fit_logs_return_gap_and_writes_label_map(fit_matrix, schedule):
     png = run / "labels.png"
     assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
     assert (run / "labels.json").exists()
+
+
+@pytest.mark.parametrize("n_labels,start", [(4, (0, 1, 0, 1)), (4, (0, 0, 0, 0)),
+                                            (2, (0, 0, 0, 0)), (2, (0, 0, 0, 1))])
+def test_refinement_reaches_the_eq13_minimum_from_soft_labels_saddles(n_labels, start):
+    """Hartigan's moves on Eq. 13 leave the two-cluster split that gradient descent stops at
+    with four labels (39.15, full observability) and the one-label / 3-1 starts with two
+    (38.05); each observation is one group of 8 duplicate samples."""
+    x = _activated_columns(RGMCOMM_TABLE)
+    obs = torch.arange(4).repeat(8)
+    labels = torch.tensor(start)[obs].unsqueeze(0)
+    refined = refine_labelling(labels, x[obs].unsqueeze(0), obs.unsqueeze(0), n_labels)
+    lab = tuple(refined[0, :4].tolist())
+    assert torch.equal(refined[0], refined[0, :4].repeat(8))  # groups move together
+    losses = _labelling_losses(RGMCOMM_TABLE, n_labels)
+    assert losses[lab] == pytest.approx(min(losses.values()), abs=1e-4)
+    assert _value(RGMCOMM_TABLE, lab) == pytest.approx(39.15 if n_labels == 4 else 38.05)
+
+
+def test_refine_head_splits_a_two_cluster_head_into_four_labels():
+    """A label head stuck at {o1, o3} / {o2, o4} with four labels available (what the learner
+    runs showed) is moved to four labels, and the winning loss is the refined one."""
+    torch.manual_seed(0)
+    x = _activated_columns(RGMCOMM_TABLE).expand(2, 4, 4)
+    heads = LabelHeads(2, 8, 64, 4)
+    h = torch.randn(4, 2, 8)
+    opt = torch.optim.Adam(heads.parameters(), lr=1e-2)
+    stuck = torch.tensor([0, 1, 0, 1]).unsqueeze(-1).expand(4, 2)
+    for _ in range(200):
+        loss = F.cross_entropy(heads(h).flatten(0, 1), stuck.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    before = clustering_loss(F.one_hot(heads(h).argmax(-1), 4).float().transpose(0, 1), x)
+    best = refine_head(heads, opt, h, x, before.detach(), 200, 1.0)
+    for i in range(2):
+        assert sorted(heads(h)[:, i].argmax(-1).tolist()) == [0, 1, 2, 3]
+    assert torch.all(best < before - 0.2)

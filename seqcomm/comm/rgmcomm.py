@@ -15,6 +15,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from seqcomm.comm.base import Communication
 from seqcomm.comm.messages import expand_to_deliver
@@ -90,6 +91,57 @@ def clustering_loss(
     pair = weight.unsqueeze(-1) * weight.unsqueeze(-2)
     l_cd = (pair * sim * sq).sum((-1, -2))
     return l_cd - mi_weight * label_information(probs, weight)
+
+
+def refine_labelling(labels: torch.Tensor, q_vectors: torch.Tensor, groups: torch.Tensor,
+                     n_labels: int, mi_weight: float = 1.0,
+                     max_moves: int = 64) -> torch.Tensor:
+    """Hartigan's local search on Eq. 13 with hard labels, per sender (batched over senders).
+
+    Gradient descent on soft labels stops at saddles of Eq. 13 (e.g. two confident clusters
+    when four labels would score lower); this moves one group of samples (``groups``: ids of
+    identical sender inputs, which the label function cannot tell apart) at a time to the
+    label that lowers the hard-label loss most, until no move does (or ``max_moves``). The
+    loss change of every (group, label) move is exact and costs ``O(G N + G M)``: moving
+    group g from label a to b changes ``L_CD`` by ``4 (A[g, a] - A[g, b])``, ``A[g, k]`` the
+    similarity mass between g and the other samples labelled k, and the information term by
+    the change of the label marginal's entropy (hard labels have no conditional entropy).
+
+    Args:
+        labels: ``[n, N]`` current hard labels (constant within a group).
+        q_vectors: ``[n, N, D]`` activated Eq. 5 vectors.
+        groups: ``[n, N]`` group ids (``0 .. G-1``).
+        n_labels: ``M``.
+        mi_weight: ``lambda`` of Eq. 13.
+        max_moves: most moves per sender.
+    Returns the refined labels ``[n, N]``.
+    """
+    N = labels.shape[-1]
+    G = int(groups.max()) + 1
+    member = F.one_hot(groups, G).to(q_vectors.dtype)  # [n, N, G]
+    sim = (1 - cosine_distance_matrix(q_vectors)) / N**2
+    s_group = member.transpose(-1, -2) @ sim @ member  # [n, G, G]
+    mass_g = member.sum(-2) / N  # [n, G]
+    present = mass_g > 0
+    glab = (member * labels.unsqueeze(-1)).sum(-2).div(member.sum(-2).clamp_min(1)).round().long()
+    entropy = lambda m: -(m * m.clamp_min(1e-12).log()).sum(-1)  # noqa: E731
+    idx = torch.arange(labels.shape[0], device=labels.device)
+    for _ in range(max_moves):  # a loop over moves, once per clustering
+        own = F.one_hot(glab, n_labels).to(sim.dtype)  # [n, G, M]
+        a_mass = s_group @ own - torch.diagonal(s_group, dim1=-2, dim2=-1).unsqueeze(-1) * own
+        d_cd = 4 * ((a_mass * own).sum(-1, keepdim=True) - a_mass)  # [n, G, M]
+        marginal = (mass_g.unsqueeze(-1) * own).sum(-2)  # [n, M]
+        moved = (marginal[:, None, None, :] - (mass_g.unsqueeze(-1) * own).unsqueeze(-2)
+                 + mass_g[..., None, None] * torch.eye(n_labels, device=sim.device))
+        delta = d_cd - mi_weight * (entropy(moved) - entropy(marginal).view(-1, 1, 1))
+        delta = delta.masked_fill((own > 0) | ~present.unsqueeze(-1), float("inf"))
+        best = delta.flatten(1).min(-1)
+        improve = best.values < -1e-9
+        if not improve.any():
+            break
+        g, k = best.indices // n_labels, best.indices % n_labels
+        glab[idx[improve], g[improve]] = k[improve]
+    return glab.gather(-1, groups)
 
 
 def average_cosine_distance(q_vectors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
