@@ -104,7 +104,7 @@ def test_damage_kill_and_reward_rules():
     assert out[INFO, "dead_enemies"].item() == 1.0 and not out[MASK][0, 0, ATTACK]
 
 
-def test_shields_absorb_first_and_armour_reduces_damage():
+def test_shields_absorb_first_without_armour():
     env = MicroCombat(num_envs=1, map_name="2s3z")
     env.reset()
     # allies: stalkers 0-1, zealots 2-4; enemies: stalkers 5-6, zealots 7-9
@@ -115,7 +115,7 @@ def test_shields_absorb_first_and_armour_reduces_damage():
     env.place_units(pos)
     step(env, [ATTACK + 2, STOP, STOP, STOP, STOP])  # the stalker shoots enemy 2 (a zealot)
     stalker, zealot = UNIT_TYPES["stalker"], UNIT_TYPES["zealot"]
-    hit = stalker.damage - zealot.armour  # zealots are light: no armoured bonus
+    hit = stalker.damage  # zealots are light: no armoured bonus; shields ignore armour
     assert env.shield[0, 7].item() == pytest.approx(zealot.shield - hit)
     assert env.health[0, 7].item() == zealot.health  # shields first
     # the zealot walked towards the stalker (melee) and did not reach it within one step
@@ -143,7 +143,8 @@ def test_win_flag_bonus_and_termination():
 
 
 def test_won_episodes_return_exactly_the_scale_rate():
-    env = MicroCombat(num_envs=16, seed=1, map_name="3m")
+    # random starts: under SMAC's fixed formation every copy plays the same (lost) episode
+    env = MicroCombat(num_envs=16, seed=1, map_name="3m", start_positions="random")
     policy = env.reference_policies()["focus_fire"]
     td, ret = env.reset(), torch.zeros(16)
     finished = torch.zeros(16, dtype=torch.bool)
@@ -168,7 +169,7 @@ def test_episode_limit_truncates():
     env = MicroCombat(num_envs=2, map_name="3m", episode_limit=3)
     env.reset()
     for t in range(3):
-        out = step(env, [STOP, STOP, STOP])  # the teams start 16 apart: nobody fights
+        out = step(env, [STOP, STOP, STOP])  # the teams start 14 apart: nobody fights
         assert out["done"].squeeze(-1).tolist() == [t == 2] * 2
     assert out["truncated"].all() and not out["terminated"].any()
     assert out[INFO, "won"].eq(0).all()
@@ -245,7 +246,8 @@ def test_focus_fire_targets_only_visible_enemies():
 
 
 def test_focus_fire_beats_random_on_3m():
-    env = MicroCombat(num_envs=32, seed=0, map_name="3m")
+    # random starts: SMAC's fixed formation makes every copy play one deterministic episode
+    env = MicroCombat(num_envs=32, seed=0, map_name="3m", start_positions="random")
     policies = env.reference_policies()
     focus = evaluate_policy(env, policies["focus_fire"], 32)
     rand = evaluate_policy(env, policies["random"], 32)
@@ -373,3 +375,121 @@ def test_defaults_are_the_unchanged_game(map_name):
     assert default["next", INFO, "dead_allies"].sum() > 0  # the enemy did shoot
     for options in ({"enemy_targeting": "sticky"}, {"collisions": True}):
         assert not torch.equal(default["next", "state"], run(**options)["next", "state"])
+
+
+def test_smac_start_positions_are_the_maps_formation_on_3m():
+    """SMAC's 3m: both teams created on the map's Team 1 (9, 16) / Team 2 (23, 16) points;
+    the clusters are hexagonal lattices at twice the marine radius, mirrored, no noise."""
+    envs = [MicroCombat(num_envs=4, seed=s, map_name="3m") for s in (0, 1)]
+    s = 2 * MARINE.radius
+    h = s * 3 ** 0.5 / 2
+    ally = torch.tensor([[9.0, 16.0], [9.0 + s, 16.0], [9.0 + s / 2, 16.0 - h]])
+    enemy = torch.stack([32.0 - ally[:, 0], ally[:, 1]], -1)
+    want = torch.cat([ally, enemy])
+    for env in envs:
+        env.reset()
+        for _ in range(2):  # every copy, every reset: the same positions
+            pos = torch.stack([env.x, env.y], -1)
+            assert torch.allclose(pos, want.expand_as(pos), atol=1e-5)
+            env._reset_where(torch.ones(4, dtype=torch.bool))
+    assert MicroCombat(map_name="3m").ally_start == (9.0, 16.0)  # the enemy's attack point
+
+
+def test_random_start_positions_still_randomise():
+    env = MicroCombat(num_envs=8, seed=0, map_name="3m", start_positions="random")
+    env.reset()
+    x, y = env.x.clone(), env.y.clone()
+    assert x[:, 0].unique().numel() == 8  # copies differ
+    assert ((x[:, :3] - 8.0).abs() <= 2.0).all() and ((x[:, 3:] - 24.0).abs() <= 2.0).all()
+    assert ((y - 16.0).abs() <= 2.0).all()
+    env._reset_where(torch.ones(8, dtype=torch.bool))
+    assert not torch.equal(env.x, x)  # and every reset differs
+    with pytest.raises(ValueError, match="start_positions"):
+        MicroCombat(start_positions="line")
+
+
+def _stalker_duel(shield_of_target: float, **options) -> MicroCombat:
+    """2s3z: ally stalker 0 shoots enemy stalker 5 once (5 apart), everyone else far away."""
+    env = MicroCombat(num_envs=1, map_name="2s3z", **options)
+    env.reset()
+    pos = torch.tensor([[2.0, 2.0 + 2 * i] for i in range(5)]
+                       + [[30.0, 30.0 - 2 * i] for i in range(5)])
+    pos[0], pos[5] = torch.tensor([10.0, 16.0]), torch.tensor([15.0, 16.0])
+    shield = env.smax.clone()
+    shield[5] = shield_of_target
+    env.place_units(pos, shield=shield)
+    step(env, [ATTACK + 0, STOP, STOP, STOP, STOP])
+    return env
+
+
+def test_shields_take_full_damage_and_the_rest_takes_armour():
+    stalker = UNIT_TYPES["stalker"]
+    raw = stalker.damage + stalker.bonus_armoured  # 18 against an armoured stalker
+    env = _stalker_duel(stalker.shield)
+    assert env.shield[0, 5].item() == pytest.approx(stalker.shield - raw)  # 62, not 63
+    assert env.health[0, 5].item() == stalker.health
+    env = _stalker_duel(5.0)  # 5 shield left: 13 spill over, less 1 armour
+    assert env.shield[0, 5].item() == 0.0
+    assert env.health[0, 5].item() == pytest.approx(stalker.health - (raw - 5 - stalker.armour))
+    env = _stalker_duel(0.0)  # no shield: the armoured hit, 17
+    assert env.health[0, 5].item() == pytest.approx(stalker.health - (raw - stalker.armour))
+
+
+@pytest.mark.parametrize("rate, delay", [(2.0, 10.0), (4.0, 3.0)])
+def test_shields_regenerate_at_the_rate_after_the_delay(rate, delay):
+    env = MicroCombat(num_envs=1, map_name="2s3z", shield_regen_rate=rate,
+                      shield_regen_delay=delay)
+    env.reset()
+    pos = torch.tensor([[2.0, 2.0 + 2 * i] for i in range(5)]
+                       + [[30.0, 30.0 - 2 * i] for i in range(5)])
+    health = env.hmax.clone()
+    health[5:] = 0.0  # no enemies: nobody is hit again
+    env.place_units(pos, health, shield=torch.zeros(10))  # just hit, shields empty
+    step_s = env.step_seconds
+    t = 0.0
+    for _ in range(int((delay + 5.0) / step_s)):
+        step(env, [STOP] * 5)
+        t += step_s
+        grown = env.shield[0, :5]
+        if t < delay - env.dt:
+            assert (grown == 0).all(), t  # not before the delay
+        else:  # rate per second since the delay, within a tick
+            lo = max(rate * (t - delay - env.dt), 0.0)
+            assert (grown >= lo - 1e-4).all() and (grown <= rate * (t - delay + env.dt)).all()
+    assert (env.shield[0, :5] > 0).all()
+    assert (env.shield[0, :5] <= env.smax[:5]).all()
+    off = MicroCombat(num_envs=1, map_name="2s3z", shield_regen_rate=0.0)
+    off.reset()
+    off.place_units(pos, health, shield=torch.zeros(10))
+    for _ in range(int((delay + 5.0) / step_s)):
+        step(off, [STOP] * 5)
+    assert (off.shield == 0).all()
+
+
+def test_regeneration_waits_for_the_delay_after_each_hit():
+    stalker = UNIT_TYPES["stalker"]
+    env = _stalker_duel(stalker.shield)  # hit once: 62 shield left, regenerates from 10 s
+    env.health[0, :5] = 0.0  # the allies leave: nobody shoots again
+    env.health[0, 6:] = 0.0
+    left = env.shield[0, 5].item()
+    for _ in range(int(9.5 / env.step_seconds)):
+        step(env, [0] * 5)
+    assert env.shield[0, 5].item() == left
+    for _ in range(int(3.0 / env.step_seconds)):
+        step(env, [0] * 5)
+    assert left < env.shield[0, 5].item() <= left + 2.0 * 3.0
+
+
+@pytest.mark.parametrize("smac_convention", [False, True])
+def test_timeout_terminates_switch(smac_convention):
+    options = {"timeout_terminates": True} if smac_convention else {}
+    env = MicroCombat(num_envs=2, map_name="3m", episode_limit=3, **options)
+    env.reset()
+    for t in range(3):
+        out = step(env, [STOP, STOP, STOP])
+        assert out["done"].squeeze(-1).tolist() == [t == 2] * 2
+        if t < 2:
+            assert not out["terminated"].any()
+    assert out["terminated"].all() == smac_convention
+    assert out["truncated"].all() != smac_convention
+    assert out[INFO, "won"].eq(0).all()  # a time-out is not a win

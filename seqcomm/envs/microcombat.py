@@ -3,29 +3,57 @@
 After JaxMARL's SMAX: SMAC's unit types (``units.py``), maps, observation / state / action
 layout and shaped reward, with simple continuous 2-D kinematics instead of StarCraft II.
 Everything is batched over copies and units: per-unit state is ``[E, U]`` and pairwise
-quantities are ``[E, n_agents, U]`` / ``[E, n_enemies, n_agents]`` tensors. Teams start on the
-left and right quarter points of a 32 x 32 map (plus uniform noise), out of sight.
+quantities are ``[E, n_agents, U]`` / ``[E, n_enemies, n_agents]`` tensors.
+
+Start positions (``start_positions``). ``"smac"`` (default): SMAC's placement, the same every
+episode. Read from SMAC's own map files (``smac/env/starcraft2/maps/SMAC_Maps/*.SC2Map``,
+opened as MPQ archives: ``Objects``, ``MapScript.galaxy``, ``MapInfo``): all seven maps modelled
+here are 32 x 32 and hold two points, "Team 1" at (9, 16) and "Team 2" at (23, 16); the map
+script's start trigger (run again when all units are dead) creates every allied unit at Team 1
+and every enemy at Team 2 (``CreateUnitsWithDefaultFacing``, allies created in SMAC's unit
+order, stalkers before zealots) and orders the enemy to attack-move to Team 1. Where exactly
+the game then puts the units of a group around its point is decided by StarCraft II's
+placement search, which the files do not hold; it is modelled here as a compact cluster: a
+hexagonal lattice with spacing of twice the team's largest radius (no overlap), filled in unit
+order from the point outwards, front (towards the enemy) before back, the enemy's cluster the
+allies' mirrored through x = 16 (14 apart, out of sight range 9, facing each other).
+``"random"``: the earlier SMAX-like scheme, each team on its quarter point (8, 16) / (24, 16)
+plus uniform noise of half-width ``spawn_spread`` per unit (SMACv2-style randomness).
 
 Dynamics. One agent step is SMAC's 8 game loops (0.357 s at "faster" speed), split into
 ``ticks_per_step`` ticks. Per tick every living unit with an attack order on a living target
 fires when the target is within weapon reach (weapon range plus both radii, SC2 measures
 range edge to edge) and its weapon is cooled down, else walks towards the target (as SC2 does
 with an attack order); a unit with a move order walks ``speed * dt`` in its direction.
-Volleys deal ``attacks * max(damage + bonus - armour, 0.5)``, to shields first; units die at
-health 0; all shots of a tick land at once (both teams can die together: a draw, not a win).
+Volleys deal ``attacks * (damage + bonus)`` to shields first, without armour (as StarCraft II:
+a stalker hit takes 18 off a stalker's shields); what the shields do not absorb reaches health
+less the target's armour once per attack that reaches it (at least 0.5 per attack, so a
+shieldless hit deals ``attacks * max(damage + bonus - armour, 0.5)``). Hits of several shooters
+on one target in one tick are pooled: the attacks reaching health are counted at the pool's
+mean damage per attack (exact when the shooters are of one type). Shields regenerate
+``shield_regen_rate`` per second once a unit has gone ``shield_regen_delay`` seconds (game
+time) without being hit (SC2: 2 per second after 10 s); regenerated shields are neither
+rewarded nor penalised. Units die at health 0; all shots of a tick land at once (both teams can
+die together: a draw, not a win).
 A volley adds the weapon cooldown to the unit's timer and the remainder carries over, so the
 rate of fire does not depend on the tick length.
 With ``collisions`` on, after each tick's movement overlapping living units (both teams) are
 pushed apart (SMAX-style pairwise separation, ``COLLISION_ITERS`` relaxation passes, radii
 from ``units.py``).
-Not modelled: shield regeneration, auto-acquiring targets after a ``stop``, terrain.
+Not modelled: auto-acquiring targets after a ``stop``, terrain, shield armour upgrades.
+
+Time-out. At ``episode_limit`` steps an unfinished episode ends with ``truncated`` (the learner
+bootstraps from its last state, the usual time-limit convention) by default;
+``timeout_terminates=True`` takes SMAC / PyMARL's convention instead: the time-out is a
+terminal state (``terminated``, no bootstrap) and a loss.
 
 Scripted enemy (``enemy_targeting``). ``"nearest"`` (default): every step it fires at the
 nearest living ally within its shoot range, else walks towards the nearest living ally.
 ``"sticky"`` (SC2 / SMAX-like): it keeps its current target while that ally is alive and
 within its shoot range, else takes the nearest living ally in range; with none in range it
-attack-moves towards the allies' start point, and once within shoot range of that point
-(nobody there) towards the nearest living ally, so an episode cannot stall.
+attack-moves towards the allies' start point (SMAC's Team 1 point under SMAC placement), and
+once within shoot range of that point (nobody there) towards the nearest living ally, so an
+episode cannot stall.
 
 Actions (SMAC): 0 no-op (dead agents only), 1 stop, 2-5 move north/south/east/west, 6+j
 attack enemy j (alive, within the agent's shoot range and strictly within its sight range: with
@@ -51,6 +79,9 @@ DIRECTIONS = ((0.0, 1.0), (0.0, -1.0), (1.0, 0.0), (-1.0, 0.0))
 # SMAC's reward constants
 DEATH_VALUE, WIN_VALUE, NEGATIVE_SCALE = 10.0, 200.0, 0.5
 ENEMY_TARGETING = ("nearest", "sticky")
+START_POSITIONS = ("smac", "random")
+# SMAC's start points ("Team 1", "Team 2" in each .SC2Map's Objects) on its 32 x 32 maps
+SMAC_ALLY_POINT, SMAC_ENEMY_POINT = (9.0, 16.0), (23.0, 16.0)
 COLLISION_ITERS = 3  # relaxation passes of the pairwise separation per tick
 
 
@@ -69,10 +100,17 @@ class MicroCombat(MultiAgentEnv):
         state_last_action: append the agents' last actions to the state (SMAC's default).
         reward_only_positive: SMAC's default; False subtracts half the damage taken.
         reward_scale_rate: the maximum possible return (SMAC: 20).
-        spawn_spread: half-width of the square around each team's start point.
+        spawn_spread: half-width of the square of uniform noise around each team's start
+            point (``start_positions="random"`` only).
         enemy_targeting: ``"nearest"`` (re-picks the nearest ally every step) or ``"sticky"``
             (keeps its target while alive and in range; attack-moves to the allies' start).
         collisions: push overlapping living units apart after movement.
+        start_positions: ``"smac"`` (SMAC's fixed formations, see the module docstring) or
+            ``"random"`` (quarter points plus ``spawn_spread`` noise).
+        shield_regen_rate: shield points regenerated per second (SC2: 2); 0 disables.
+        shield_regen_delay: seconds without being hit before shields regenerate (SC2: 10).
+        timeout_terminates: a time-out is ``terminated`` (SMAC / PyMARL: no bootstrap) instead
+            of ``truncated``.
     """
 
     metrics = ("dead_allies", "dead_enemies", "won")
@@ -93,6 +131,10 @@ class MicroCombat(MultiAgentEnv):
         spawn_spread: float = 2.0,
         enemy_targeting: str = "nearest",
         collisions: bool = False,
+        start_positions: str = "smac",
+        shield_regen_rate: float = 2.0,
+        shield_regen_delay: float = 10.0,
+        timeout_terminates: bool = False,
     ) -> None:
         if map_name not in MAPS:
             raise ValueError(f"microcombat: unknown map {map_name!r}; known maps: {sorted(MAPS)}")
@@ -107,7 +149,15 @@ class MicroCombat(MultiAgentEnv):
         if enemy_targeting not in ENEMY_TARGETING:
             raise ValueError(f"microcombat: enemy_targeting must be one of {ENEMY_TARGETING}, "
                              f"got {enemy_targeting!r}")
+        if start_positions not in START_POSITIONS:
+            raise ValueError(f"microcombat: start_positions must be one of {START_POSITIONS}, "
+                             f"got {start_positions!r}")
+        if shield_regen_rate < 0 or shield_regen_delay < 0:
+            raise ValueError("microcombat: shield_regen_rate and shield_regen_delay must be >= 0")
         self.enemy_targeting, self.collisions = enemy_targeting, bool(collisions)
+        self.start_positions, self.timeout_terminates = start_positions, bool(timeout_terminates)
+        self.shield_regen_rate = float(shield_regen_rate)
+        self.shield_regen_delay = float(shield_regen_delay)
         spec = MAPS[map_name]
         self.map_name, self.size = map_name, spec.size
         self.sight_range, self.see_allies = float(sight_range), see_allies
@@ -144,6 +194,7 @@ class MicroCombat(MultiAgentEnv):
         self.health = self.hmax.expand(E, U).clone()
         self.shield = self.smax.expand(E, U).clone()
         self.cooldown = torch.zeros(E, U, device=dev)
+        self.since_hit = torch.zeros(E, U, device=dev)  # seconds since last hit (shields)
         self.t = torch.zeros(E, dtype=torch.long, device=dev)
         self.last_action = torch.zeros(E, self.n_agents, self.n_actions, device=dev)
         self.won = torch.zeros(E, device=dev)
@@ -174,19 +225,33 @@ class MicroCombat(MultiAgentEnv):
         # tie-break direction for coincident units: along x, the lower index goes left
         idx = torch.arange(U, device=dev)
         self.tie_x = torch.sign(idx[None, :] - idx[:, None]).float()
-        self.ally_start = (W / 4, W / 2)  # the allies' start point (sticky enemies' goal)
         # weapon reach between centres and damage per volley, for every (shooter, target)
         self.reach = (vec("weapon_range")[:, None] + radius[:, None] + radius[None, :]).flatten()
         per_attack = vec("damage")[:, None] + vec("bonus_armoured")[:, None] * vec("armoured")
         self.volley = (vec("attacks")[:, None]
                        * (per_attack - vec("armour")[None, :]).clamp_min(0.5)).flatten()
+        # with shields: raw damage per volley (shields take it without armour) and per unit
+        # attacks per volley and armour (applied per attack that reaches health)
+        self.volley_raw = (vec("attacks")[:, None] * per_attack).flatten()
+        self.attacks, self.armour = vec("attacks"), vec("armour")
+        self.regen = self.has_shields and self.shield_regen_rate > 0
         self.rows_u = torch.arange(U, device=dev) * U  # row offsets into the flat tables
         type_id = torch.tensor([kinds.index(k) for k in names], device=dev)
         self.type_planes = F.one_hot(type_id, len(kinds)).float().T[: self.type_bits]  # [tb, U]
         # ally j != i of agent i, row by row: [n_a, n_a - 1]
         others = [[j for j in range(n_a) if j != i] for i in range(n_a)]
         self.others = torch.tensor(others, dtype=torch.long, device=dev).reshape(n_a, n_a - 1)
-        self.spawn_x = torch.tensor([W / 4] * n_a + [3 * W / 4] * self.n_enemies, device=dev)
+        if self.start_positions == "smac":
+            self.ally_start = SMAC_ALLY_POINT  # the allies' start point (sticky enemies' goal)
+            ally = self._formation(radius[:n_a], SMAC_ALLY_POINT, 1.0)
+            enemy = self._formation(radius[n_a:], SMAC_ENEMY_POINT, -1.0)
+            self.start_x, self.start_y = torch.cat([ally[0], enemy[0]]), torch.cat([ally[1],
+                                                                                    enemy[1]])
+        else:
+            self.ally_start = (W / 4, W / 2)
+            self.start_x = torch.tensor([W / 4] * n_a + [3 * W / 4] * self.n_enemies,
+                                        device=dev)
+            self.start_y = torch.full((U,), W / 2, device=dev)
         self.dir_x = torch.tensor([d[0] for d in DIRECTIONS], device=dev)
         self.dir_y = torch.tensor([d[1] for d in DIRECTIONS], device=dev)
         # team indicator [U, 2] (allies, enemies): counts and team sums are one matmul
@@ -196,16 +261,42 @@ class MicroCombat(MultiAgentEnv):
         ally_weight = 0.0 if self.reward_only_positive else -NEGATIVE_SCALE
         self.reward_weight = team[:, 1] + ally_weight * team[:, 0]
 
+    @staticmethod
+    def _formation(radius: torch.Tensor, point: tuple[float, float], facing: float):
+        """SMAC-like cluster of one team (module docstring): ``len(radius)`` hexagonal lattice
+        sites (spacing twice the largest radius) nearest ``point``, taken in unit order, nearest
+        first, then front (``facing``: +1 east, -1 west) before back, then south before north.
+        Returns x, y [m]."""
+        m, s = len(radius), 2 * float(radius.max())
+        rings = 2  # enough rows and columns that the m nearest sites are among the candidates
+        while 3 * rings * (rings - 1) + 1 < m:
+            rings += 1
+        sites = []
+        for row in range(-rings, rings + 1):
+            for col in range(-2 * rings, 2 * rings + 1):
+                dx, dy = (col + (row % 2) / 2) * s, row * s * 3 ** 0.5 / 2
+                d = round((dx * dx + dy * dy) ** 0.5, 6)
+                sites.append((d, -dx, dy, dx))  # nearest, then front (dx sign), then south
+        sites.sort()
+        dx = torch.tensor([q[3] for q in sites[:m]], device=radius.device)
+        dy = torch.tensor([q[2] for q in sites[:m]], device=radius.device)
+        return point[0] + facing * dx, point[1] + dy
+
     # ------------------------------------------------------------------ reset and observe
     def _reset_where(self, mask: torch.Tensor) -> None:
         E, U = self.x.shape
-        noise = (self.rand(2, E, U) * 2 - 1) * self.spawn_spread
         m = mask[:, None]
-        self.x = torch.where(m, self.spawn_x + noise[0], self.x)
-        self.y = torch.where(m, self.size / 2 + noise[1], self.y)
+        if self.start_positions == "random":
+            noise = (self.rand(2, E, U) * 2 - 1) * self.spawn_spread
+            self.x = torch.where(m, self.start_x + noise[0], self.x)
+            self.y = torch.where(m, self.start_y + noise[1], self.y)
+        else:  # SMAC's fixed formations, no noise
+            self.x = torch.where(m, self.start_x, self.x)
+            self.y = torch.where(m, self.start_y, self.y)
         self.health = torch.where(m, self.hmax, self.health)
         self.shield = torch.where(m, self.smax, self.shield)
         self.cooldown = torch.where(m, 0.0, self.cooldown)
+        self.since_hit = torch.where(m, 0.0, self.since_hit)
         self.t = torch.where(mask, 0, self.t)
         self.last_action = torch.where(m[..., None], 0.0, self.last_action)
         self.won = torch.where(mask, 0.0, self.won)
@@ -214,7 +305,8 @@ class MicroCombat(MultiAgentEnv):
     def place_units(self, pos: torch.Tensor, health: torch.Tensor | None = None,
                     shield: torch.Tensor | None = None) -> TensorDictBase:
         """Put units by hand (tests, demos): ``pos`` [E, U, 2] or [U, 2], allies first;
-        ``health`` and ``shield`` [E, U] or [U]. Returns the observation TensorDict."""
+        ``health`` and ``shield`` [E, U] or [U]. Every unit counts as just hit (shields
+        regenerate ``shield_regen_delay`` seconds later). Returns the observation TensorDict."""
         U = self.n_agents + self.n_enemies
         if pos.shape[-2:] != (U, 2):
             raise ValueError(f"microcombat: pos must end in ({U}, 2), got {tuple(pos.shape)}")
@@ -226,6 +318,7 @@ class MicroCombat(MultiAgentEnv):
         if shield is not None:
             self.shield = shield.to(self.device, torch.float32).expand_as(self.shield).clone()
         self.enemy_target.fill_(-1)
+        self.since_hit.zero_()
         return self._observe()
 
     def _move_ok(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -384,9 +477,12 @@ class MicroCombat(MultiAgentEnv):
                   move_y: torch.Tensor) -> None:
         """Advance ``ticks_per_step`` ticks of movement and combat for every copy and unit."""
         flat = self.rows_u + target
-        reach, volley = self.reach.take(flat), self.volley.take(flat)  # [E, U]
+        reach = self.reach.take(flat)  # [E, U]
+        # per volley: armour-reduced damage (no shields on the map) or raw damage and attacks
+        volley = self.volley_raw.take(flat) if self.has_shields else self.volley.take(flat)
         walk_x, walk_y = move_x * self.step_len, move_y * self.step_len  # zero when attacking
         x, y, health, shield, cooldown = self.x, self.y, self.health, self.shield, self.cooldown
+        since_hit = self.since_hit
         for _ in range(self.ticks_per_step):  # a loop over time, not over copies or units
             alive = health > 0
             dx, dy = x.gather(1, target) - x, y.gather(1, target) - y
@@ -401,16 +497,38 @@ class MicroCombat(MultiAgentEnv):
             if self.collisions:
                 x, y = self._separate(x, y, alive)
             hits = torch.zeros_like(health).scatter_add_(1, target, volley * fire)
-            if self.has_shields:  # shields absorb first
-                absorbed = torch.minimum(shield, hits)
-                shield = shield - absorbed
-                hits = hits - absorbed
-            health = (health - hits).clamp_min_(0.0)
+            if self.has_shields:
+                health, shield, since_hit = self._shielded_hits(
+                    hits, target, fire, alive, health, shield, since_hit)
+            else:
+                health = (health - hits).clamp_min_(0.0)
             # a volley adds the weapon cooldown; the remainder below zero carries over (clamped
             # at one tick) so the rate of fire does not depend on the tick length
             cooldown = (torch.where(fire, cooldown + self.weapon_cd, cooldown) - self.dt
                         ).clamp_min_(-self.dt)
         self.x, self.y, self.health, self.shield, self.cooldown = x, y, health, shield, cooldown
+        self.since_hit = since_hit
+
+    def _shielded_hits(self, raw: torch.Tensor, target: torch.Tensor, fire: torch.Tensor,
+                       alive: torch.Tensor, health: torch.Tensor, shield: torch.Tensor,
+                       since_hit: torch.Tensor):
+        """One tick's raw damage per target ``raw`` [E, U] on shields (no armour), the rest on
+        health (armour once per attack reaching it, at least 0.5 each); then regeneration."""
+        n = torch.zeros_like(raw).scatter_add_(1, target, self.attacks * fire)  # attacks taken
+        absorbed = torch.minimum(shield, raw)
+        shield = shield - absorbed
+        rest = raw - absorbed
+        # attacks that reach health, at the pool's mean damage per attack (clamped: rounding)
+        per = raw / n.clamp_min(1.0)
+        n_h = torch.minimum(torch.ceil(rest / per.clamp_min(1e-6) - 1e-4).clamp_min_(0.0), n)
+        dealt = torch.maximum(rest - self.armour * n_h, torch.minimum(rest, 0.5 * n_h))
+        health = (health - dealt).clamp_min_(0.0)
+        if self.regen:
+            since_hit = torch.where(raw > 0, 0.0, since_hit + self.dt)
+            grow = (since_hit >= self.shield_regen_delay) & alive & (health > 0)
+            shield = torch.where(grow, (shield + self.shield_regen_rate * self.dt)
+                                 .clamp_max_(self.smax), shield)
+        return health, shield, since_hit
 
     def _separate(self, x: torch.Tensor, y: torch.Tensor, alive: torch.Tensor):
         """Push overlapping living units apart: each pair closer than the sum of its radii
@@ -437,13 +555,20 @@ class MicroCombat(MultiAgentEnv):
         self._simulate(*self._orders(action, alive0))
         alive = self.health > 0
         # SMAC's reward_battle: damage dealt + kill bonus (+ win bonus below), scaled
-        lost = hp0 - self.health - self.shield + DEATH_VALUE * (alive0 & ~alive)
+        # regenerated shields are neither rewarded nor penalised (SMAC's reward_only_positive
+        # takes the absolute value of the sum, which would reward an enemy's regeneration)
+        lost = ((hp0 - self.health - self.shield).clamp_min(0.0)
+                + DEATH_VALUE * (alive0 & ~alive))
         left = alive.float() @ self.team  # living allies, living enemies
         won = (left[:, 0] > 0) & (left[:, 1] == 0)
         terminated = (left == 0).any(-1)  # win, loss or draw
         reward = (lost @ self.reward_weight + WIN_VALUE * won) * self.reward_scale
         self.t = self.t + 1
-        truncated = (self.t >= self.episode_limit) & ~terminated
+        timeout = (self.t >= self.episode_limit) & ~terminated
+        if self.timeout_terminates:  # SMAC / PyMARL: a time-out is terminal (a loss)
+            terminated, truncated = terminated | timeout, torch.zeros_like(timeout)
+        else:
+            truncated = timeout
         self.won = won.float()
         self.last_action = F.one_hot(action, self.n_actions).float()
         out = self._observe()
