@@ -1,6 +1,7 @@
 """The recurrent agent network of the QMIX backbone (DESIGN.md section 1).
 
-One GRU shared by all agents (agent id one-hot appended to the input). ``encode`` advances the
+One GRU shared by all agents (agent id one-hot appended to the input; optionally PyMARL's
+one-hot of the agent's previous action, zero at an episode start). ``encode`` advances the
 recurrent state, ``q`` reads the per-agent utilities ``Q_i(h_i, ctx_i, .)`` where ``ctx_i`` is
 the message context a ``Communication`` module produced for receiver ``i``.
 """
@@ -29,6 +30,8 @@ class RNNAgent(nn.Module):
             ``[h_i, ctx_i]``, so a message's meaning can depend on the receiver's own state:
             "this risk is yours, not mine") or ``"linear"`` (``Linear([h_i, ctx_i])``: a
             message only adds a per-action offset). Without a context the head is linear.
+        last_action: also input the one-hot of the agent's previous action (PyMARL's
+            ``obs_last_action``); ``encode`` / ``unroll`` then need ``prev_action``.
     """
 
     def __init__(
@@ -39,10 +42,11 @@ class RNNAgent(nn.Module):
         hidden_dim: int = 64,
         ctx_dim: int = 0,
         receiver: Literal["mlp", "linear"] = "mlp",
+        last_action: bool = False,
     ) -> None:
         super().__init__()
-        self.n_agents, self.hidden_dim = n_agents, hidden_dim
-        self.fc = nn.Linear(obs_dim + n_agents, hidden_dim)
+        self.n_agents, self.hidden_dim, self.last_action = n_agents, hidden_dim, last_action
+        self.fc = nn.Linear(obs_dim + n_agents + (n_actions if last_action else 0), hidden_dim)
         self.rnn = nn.GRUCell(hidden_dim, hidden_dim)
         if receiver not in RECEIVERS:
             raise ValueError(f"receiver={receiver!r}; choose one of {RECEIVERS}")
@@ -53,15 +57,25 @@ class RNNAgent(nn.Module):
             self.head = nn.Linear(hidden_dim + ctx_dim, n_actions)
         self.register_buffer("agent_ids", torch.eye(n_agents), persistent=False)
 
-    def encode(self, obs: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """One recurrent step: ``obs [*B, n, D]``, ``h [*B, n, H]`` -> new ``h [*B, n, H]``."""
+    def encode(self, obs: torch.Tensor, h: torch.Tensor,
+               prev_action: torch.Tensor | None = None) -> torch.Tensor:
+        """One recurrent step: ``obs [*B, n, D]``, ``h [*B, n, H]`` -> new ``h [*B, n, H]``;
+        ``prev_action [*B, n, A]`` (one-hot, zero at an episode start) under ``last_action``."""
         ids = self.agent_ids.expand(*obs.shape[:-1], self.n_agents)
-        x = torch.relu(self.fc(torch.cat([obs, ids], dim=-1)))
+        parts = [obs, ids]
+        if self.last_action:
+            if prev_action is None:
+                raise ValueError("RNNAgent(last_action=True) needs prev_action: this caller "
+                                 "does not feed the previous joint action")
+            parts = [obs, prev_action.to(obs.dtype), ids]
+        x = torch.relu(self.fc(torch.cat(parts, dim=-1)))
         flat = self.rnn(x.reshape(-1, x.shape[-1]), h.reshape(-1, self.hidden_dim))
         return flat.reshape(h.shape)
 
-    def unroll(self, obs: torch.Tensor, is_init: torch.Tensor) -> torch.Tensor:
-        """Recurrent states ``[B, T, n, H]`` over a chunk ``obs [B, T, n, D]``, ``is_init [B, T]``.
+    def unroll(self, obs: torch.Tensor, is_init: torch.Tensor,
+               prev_action: torch.Tensor | None = None) -> torch.Tensor:
+        """Recurrent states ``[B, T, n, H]`` over a chunk ``obs [B, T, n, D]``, ``is_init [B, T]``
+        (and ``prev_action [B, T, n, A]`` under ``last_action``).
 
         The state is reset to zero wherever an episode starts (``is_init``).
         """
@@ -69,7 +83,8 @@ class RNNAgent(nn.Module):
         h = obs.new_zeros(B, n, self.hidden_dim)
         states = []
         for t in range(T):  # a loop over time, not over agents or environment copies
-            h = self.encode(obs[:, t], h * (~is_init[:, t]).view(B, 1, 1).to(h.dtype))
+            prev = prev_action[:, t] if prev_action is not None else None
+            h = self.encode(obs[:, t], h * (~is_init[:, t]).view(B, 1, 1).to(h.dtype), prev)
             states.append(h)
         return torch.stack(states, dim=1)
 

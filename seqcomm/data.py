@@ -23,7 +23,7 @@ from torchrl.data.replay_buffers import RandomSampler
 from torchrl.envs import Compose, EnvBase, InitTracker, RewardSum, TensorDictPrimer, TransformedEnv
 
 from seqcomm.envs.base import INFO, EnvInfo, env_info
-from seqcomm.policy import HIDDEN
+from seqcomm.policy import HIDDEN, PREV_ACTION
 
 #: An environment class configured by class_path; seqcomm supplies (num_envs, seed, device).
 EnvFactory = Callable[[int, int, str], EnvBase]
@@ -138,7 +138,8 @@ class EpisodeData(L.LightningDataModule):
             episodes.update({k: v[done] for k, v in data["next", INFO].items()})
         if done.any():
             self.last_episodes = {k: v.float().mean().item() for k, v in episodes.items()}
-        self.buffer.extend(data.exclude(HIDDEN, ("next", HIDDEN), "collector"))
+        self.buffer.extend(data.exclude(HIDDEN, ("next", HIDDEN), PREV_ACTION,
+                                        ("next", PREV_ACTION), "collector"))
 
     def start_collector(self) -> None:
         """Build the collector once (its construction resets, i.e. draws from, the envs)."""

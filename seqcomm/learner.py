@@ -39,6 +39,8 @@ class QLearner(L.LightningModule):
         oracle_obs: every agent also observes all agents' observations (an oracle channel).
         receiver: how utilities read the message context: ``mlp`` (message x own-state
             interactions) or ``linear`` (a per-action offset); see ``RNNAgent``.
+        last_action: agents also input their previous action's one-hot (PyMARL's SMAC default);
+            acting and training unrolls both feed it.
         lr: Adam learning rate (PyMARL 5e-4).
         gamma: discount.
         grad_clip: gradient-norm clip (PyMARL 10).
@@ -68,6 +70,7 @@ class QLearner(L.LightningModule):
         eps_start: float = 1.0,
         eps_end: float = 0.05,
         eps_anneal_frames: int = 50_000,
+        last_action: bool = False,
     ) -> None:
         super().__init__()
         if env_info is None:
@@ -79,7 +82,7 @@ class QLearner(L.LightningModule):
         self.automatic_optimization = False
         self.info = env_info
         self.net = TeamQ(env_info, comm, hidden_dim, mixer_embed_dim, full_obs, oracle_obs,
-                         receiver)
+                         receiver, last_action)
         self.target = copy.deepcopy(self.net).requires_grad_(False)
         self.policy = EpsilonGreedyPolicy(self.net, eps_start, eps_end, eps_anneal_frames)
         self._clock: tuple[float, int, int] | None = None
@@ -92,8 +95,13 @@ class QLearner(L.LightningModule):
         Bootstrapping from ``next`` observations (one batched GRU step on top of the unrolled
         states) stays correct across episode ends and at the chunk's last step.
         """
-        h = net.agent.unroll(net.inputs(batch[OBS], batch[STATE]), batch["is_init"].squeeze(-1))
-        h_next = net.agent.encode(net.inputs(batch[NEXT, *OBS], batch[NEXT, STATE]), h)
+        is_init = batch["is_init"].squeeze(-1)
+        # under last_action: the one-hot previous actions each step and its next step see
+        prev = (net.previous_actions(batch[ACTION], is_init)
+                if getattr(net.agent, "last_action", False) else ())
+        h = net.agent.unroll(net.inputs(batch[OBS], batch[STATE]), is_init, *prev[:1])
+        h_next = net.agent.encode(net.inputs(batch[NEXT, *OBS], batch[NEXT, STATE]), h,
+                                  *prev[1:])
         return h, h_next
 
     def td_loss(self, batch: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -15,6 +15,7 @@ from seqcomm.envs.base import ACTION, MASK, OBS, STATE
 from seqcomm.team_q import TeamQ, masked_argmax
 
 HIDDEN = "hidden"  # [E, n, H] at the root, so nested agent batch sizes never clash
+PREV_ACTION = "prev_action"  # [E, n, A] one-hot, under TeamQ(last_action=True)
 
 
 class EpsilonGreedyPolicy(TensorDictModuleBase):
@@ -32,7 +33,8 @@ class EpsilonGreedyPolicy(TensorDictModuleBase):
         super().__init__()
         self.net = net
         self.in_keys = [OBS, MASK, STATE, HIDDEN, "is_init"]
-        self.out_keys = [ACTION, ("next", HIDDEN)]
+        self.out_keys = [ACTION, ("next", HIDDEN)] + (
+            [("next", PREV_ACTION)] if net.agent.last_action else [])
         self.eps_start, self.eps_end, self.eps_anneal_frames = eps_start, eps_end, eps_anneal_frames
         self.register_buffer("frames", torch.zeros((), dtype=torch.long))
         self.greedy = False
@@ -46,7 +48,10 @@ class EpsilonGreedyPolicy(TensorDictModuleBase):
     def primer_spec(self, num_envs: int) -> Composite:
         """Spec of the recurrent state, for ``TensorDictPrimer`` on the environment."""
         n, H = self.net.info.n_agents, self.net.agent.hidden_dim
-        return Composite({HIDDEN: Unbounded((num_envs, n, H))}, shape=(num_envs,))
+        spec = {HIDDEN: Unbounded((num_envs, n, H))}
+        if self.net.agent.last_action:
+            spec[PREV_ACTION] = Unbounded((num_envs, n, self.net.info.n_actions))
+        return Composite(spec, shape=(num_envs,))
 
     @torch.no_grad()
     def forward(self, td: TensorDictBase) -> TensorDictBase:
@@ -55,9 +60,13 @@ class EpsilonGreedyPolicy(TensorDictModuleBase):
         if h is None:
             h = obs.new_zeros(*obs.shape[:-1], self.net.agent.hidden_dim)
         reset = td.get("is_init", None)
+        prev = td.get(PREV_ACTION, None) if self.net.agent.last_action else None
+        if self.net.agent.last_action and prev is None:
+            prev = obs.new_zeros(*mask.shape)
         if reset is not None:
             h = h * (~reset).to(h.dtype).unsqueeze(-1)
-        h = self.net.agent.encode(self.net.inputs(obs, td[STATE]), h)
+            prev = prev * (~reset).to(h.dtype).unsqueeze(-1) if prev is not None else None
+        h = self.net.agent.encode(self.net.inputs(obs, td[STATE]), h, prev)
         q, _ = self.net.utilities(h)
         action = masked_argmax(q, mask)
         if not self.greedy:
@@ -69,4 +78,7 @@ class EpsilonGreedyPolicy(TensorDictModuleBase):
             action = torch.where(explore, rand.to(action.device), action)
         td.set(ACTION, action)
         td.set(("next", HIDDEN), h)
+        if self.net.agent.last_action:  # the next step's input (replay rebuilds it from ACTION)
+            td.set(("next", PREV_ACTION), torch.nn.functional.one_hot(
+                action, self.net.info.n_actions).to(obs.dtype))
         return td

@@ -34,6 +34,7 @@ class TeamQ(nn.Module):
         oracle_obs: every agent also observes all agents' observations (the oracle channel
             of the diagnostic ladder: a perfect, free message of each sender's raw input).
         receiver: how utilities read the message context (see ``RNNAgent``).
+        last_action: agents also input their previous action's one-hot (see ``RNNAgent``).
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class TeamQ(nn.Module):
         full_obs: bool = False,
         oracle_obs: bool = False,
         receiver: Literal["mlp", "linear"] = "mlp",
+        last_action: bool = False,
     ) -> None:
         super().__init__()
         self.info, self.full_obs, self.oracle_obs = info, full_obs, oracle_obs
@@ -53,7 +55,7 @@ class TeamQ(nn.Module):
         in_dim = (info.obs_dim + (info.state_dim if full_obs else 0)
                   + (info.n_agents * info.obs_dim if oracle_obs else 0))
         self.agent = RNNAgent(in_dim, info.n_agents, info.n_actions, hidden_dim,
-                              self.comm.ctx_dim, receiver)
+                              self.comm.ctx_dim, receiver, last_action)
         self.mixer = MonotonicMixer(info.state_dim, info.n_agents, mixer_embed_dim)
 
     def inputs(self, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
@@ -65,6 +67,14 @@ class TeamQ(nn.Module):
         if self.oracle_obs:
             parts.append(obs.flatten(-2).unsqueeze(-2).expand(*obs.shape[:-1], -1))
         return torch.cat(parts, dim=-1) if len(parts) > 1 else obs
+
+    def previous_actions(self, action: torch.Tensor, is_init: torch.Tensor):
+        """For a chunk of actions ``[B, T, n]`` (``is_init [B, T]``): the one-hot previous
+        action each step's input sees ``[B, T, n, A]`` (zero where an episode starts) and the one
+        the step after it sees (the step's own action), for agents with ``last_action``."""
+        now = nn.functional.one_hot(action, self.info.n_actions).float()
+        prev = torch.cat([torch.zeros_like(now[:, :1]), now[:, :-1]], 1)
+        return prev * (~is_init).to(prev.dtype)[..., None, None], now
 
     def utilities(
         self, h: torch.Tensor, deliver: torch.Tensor | None = None

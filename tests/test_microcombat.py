@@ -493,3 +493,41 @@ def test_timeout_terminates_switch(smac_convention):
     assert out["terminated"].all() == smac_convention
     assert out["truncated"].all() != smac_convention
     assert out[INFO, "won"].eq(0).all()  # a time-out is not a win
+
+
+def test_last_action_input_is_fed_alike_in_acting_and_training():
+    """RNNAgent(last_action=True): the input grows by n_actions; the acting policy's recurrent
+    states (previous actions carried by the policy) equal the learner's training unroll (previous
+    actions rebuilt from the stored actions), across an episode start inside the chunk."""
+    from torchrl.envs import Compose, InitTracker, TensorDictPrimer, TransformedEnv
+
+    from seqcomm.learner import NEXT, QLearner
+    from seqcomm.policy import HIDDEN, PREV_ACTION
+
+    env = MicroCombat(num_envs=3, seed=0, map_name="3m", episode_limit=4,
+                      start_positions="random")
+    info = env_info(env)
+    plain = QLearner(env_info=info, hidden_dim=8)
+    torch.manual_seed(0)
+    learner = QLearner(env_info=info, hidden_dim=8, last_action=True)
+    fc = learner.net.agent.fc
+    assert fc.in_features == plain.net.agent.fc.in_features + info.n_actions
+    policy = learner.policy  # epsilon 1: random available actions, so previous actions vary
+    wrapped = TransformedEnv(env, Compose(InitTracker(), TensorDictPrimer(
+        policy.primer_spec(3), expand_specs=False)))
+    roll = wrapped.rollout(10, policy, break_when_any_done=False)  # resets after step 4
+    assert roll["is_init"][:, 4].all() and not roll["is_init"][:, 3].any()
+    batch = roll.exclude(HIDDEN, (NEXT, HIDDEN), PREV_ACTION, (NEXT, PREV_ACTION))
+    with torch.no_grad():
+        h, h_next = learner.recurrent_states(learner.net, batch)
+        assert torch.allclose(h, roll[NEXT, HIDDEN], atol=1e-6)  # what acting computed
+        # bootstrapping input: the next observation with this step's action as previous
+        cont = ~roll["is_init"][:, 1:].squeeze(-1)
+        assert torch.allclose(h_next[:, :-1][cont], h[:, 1:][cont], atol=1e-6)
+        # the previous actions do matter: zeroing them changes the states
+        zero = learner.net.agent.unroll(learner.net.inputs(batch[OBS], batch["state"]),
+                                        batch["is_init"].squeeze(-1),
+                                        torch.zeros(*batch[MASK].shape))
+        assert not torch.allclose(zero[:, 1:4], h[:, 1:4], atol=1e-4)
+    with pytest.raises(ValueError, match="prev_action"):
+        learner.net.agent.encode(batch[OBS][:, 0], h[:, 0])
