@@ -64,7 +64,8 @@ FAKE_SMACV2 = {
                 self.episode_limit = get_map_params(map_name)["limit"]
                 self.continuing_episode = continuing_episode
                 self.sim = MicroCombat(1, seed=seed or 0, map_name=map_name,
-                                       episode_limit=self.episode_limit)
+                                       episode_limit=self.episode_limit,
+                                       start_positions="random")  # SMACv2 randomises
                 self.n_agents, self.n_enemies = self.sim.n_agents, self.sim.n_enemies
                 self.n_actions = self.sim.n_actions
                 self._td = None
