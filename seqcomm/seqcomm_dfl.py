@@ -437,14 +437,18 @@ class SeqCommDFL(QLearner):
     def lookahead_gain(self, batch: TensorDictBase, values: torch.Tensor,
                        probs: torch.Tensor, q_labels: torch.Tensor) -> torch.Tensor:
         """Two agents, each hearing the other: the gain ``[n_send, *B, n_recv]`` (in the
-        listening receiver's column) of ``label_scoring: lookahead``. Sender i gets
-        ``sum_k p_i(k) score_i(k)`` (``lookahead_label_scores``; samples grouped by identical
-        observations); the receiver's utilities under each label ``q_labels [M, *B, n, A]``
-        get minus the squared error between their advantages (utility minus the mean over
-        available actions) and those of its pool's mean values: the re-best-response the
-        scores assume. A regression in value units, not the softened decision's value, because
-        a receiver that was confident under a label's old meaning gets no gradient from a
-        saturated softmax when the label moves, and the TD loss fixes only the taken action."""
+        listening receiver's column) of ``label_scoring: lookahead``. Sender i's centred label
+        log-probabilities regress on its centred look-ahead scores over the temperature
+        ``lambda_entropy / lambda_va`` (``lookahead_label_scores``; samples grouped by identical
+        observations; targets clipped to +-10): a Boltzmann sender over the scores averaged
+        across batches, whose gradient, unlike that of ``sum_k p(k) score(k)``, does not vanish
+        when a label it was sure of stops being the best. The receiver's utilities under each
+        label ``q_labels [M, *B, n, A]`` get minus the squared error between their advantages
+        (utility minus the mean over available actions) and those of its pool's mean values:
+        the re-best-response the scores assume. A regression in value units, not the softened
+        decision's value, because a receiver that was confident under a label's old meaning
+        gets no gradient from a saturated softmax when the label moves, and the TD loss fixes
+        only the taken action."""
         n = self.info.n_agents
         obs = batch[OBS].flatten(0, -3)  # [N, n, D]; sender i's receiver is 1 - i
         sender = torch.arange(n, dtype=obs.dtype, device=obs.device).view(1, n, 1)
@@ -468,7 +472,11 @@ class SeqCommDFL(QLearner):
             return x - x.sum(-1, keepdim=True) / avail.sum(-1, keepdim=True).clamp_min(1)
 
         error = torch.where(avail, advantage(q) - advantage(look.pooled), torch.zeros_like(q))
-        gain = (p * look.scores).sum(-1) - (p.detach() * error.pow(2).sum(-1)).sum(-1)
+        temperature = max(self.hparams.lambda_entropy / self.hparams.lambda_va, 1e-6)
+        logp = p.clamp_min(1e-12).log()
+        target = (look.scores - look.scores.mean(-1, keepdim=True)) / temperature
+        sender = (logp - logp.mean(-1, keepdim=True) - target.clamp(-10, 10)).pow(2).sum(-1)
+        gain = -sender - (p.detach() * error.pow(2).sum(-1)).sum(-1)
         gain = gain.view(n, *probs.shape[:-2], 1)
         off = 1 - torch.eye(n, dtype=gain.dtype, device=gain.device)
         return gain * off.view(n, *[1] * (gain.dim() - 2), n)
