@@ -202,13 +202,17 @@ class QLearner(L.LightningModule):
 
     @torch.no_grad()
     def evaluate(self, n_episodes: int) -> dict[str, float]:
-        """Greedy return and task metrics on the evaluation copies."""
+        """Greedy return and task metrics on the evaluation copies, in eval mode (no
+        sampled labels), whatever mode the caller left the module in (e.g. after ``fit``)."""
         data = self.trainer.datamodule
+        mode = self.training
         self.policy.greedy = True
+        self.eval()
         try:
             result = evaluate_policy(data.eval_env, self.policy, n_episodes)
         finally:
             self.policy.greedy = False
+            self.train(mode)
         return {_metric_name(k): v for k, v in result.items()}
 
     def validation_step(self, batch, batch_idx: int) -> None:

@@ -281,7 +281,8 @@ class SeqCommDFL(QLearner):
         if "label_probs" in aux:
             probs = aux["label_probs"]
             out["mi"] = -label_information(probs.reshape(-1, n, probs.shape[-1])).mean()
-            out["entropy"] = (probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
+            if hp.label_scoring != "lookahead":  # there the temperature is in the regression
+                out["entropy"] = (probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
         q_masked, q_all, ctx_all = self.counterfactual_utilities(h)
         mask = batch[MASK]
         if "gp_pred" in aux:
@@ -440,7 +441,8 @@ class SeqCommDFL(QLearner):
         listening receiver's column) of ``label_scoring: lookahead``. Sender i's centred label
         log-probabilities regress on its centred look-ahead scores over the temperature
         ``lambda_entropy / lambda_va`` (``lookahead_label_scores``; samples grouped by identical
-        observations; targets clipped to +-10): a Boltzmann sender over the scores averaged
+        observations; targets clipped to +-10; the squared error is in score units, so the
+        shared recurrent encoder is not shaken by it): a Boltzmann sender over the scores averaged
         across batches, whose gradient, unlike that of ``sum_k p(k) score(k)``, does not vanish
         when a label it was sure of stops being the best. The receiver's utilities under each
         label ``q_labels [M, *B, n, A]`` get minus the squared error between their advantages
@@ -475,7 +477,8 @@ class SeqCommDFL(QLearner):
         temperature = max(self.hparams.lambda_entropy / self.hparams.lambda_va, 1e-6)
         logp = p.clamp_min(1e-12).log()
         target = (look.scores - look.scores.mean(-1, keepdim=True)) / temperature
-        sender = (logp - logp.mean(-1, keepdim=True) - target.clamp(-10, 10)).pow(2).sum(-1)
+        sender = temperature**2 * (logp - logp.mean(-1, keepdim=True)  # in score units
+                                   - target.clamp(-10, 10)).pow(2).sum(-1)
         gain = -sender - (p.detach() * error.pow(2).sum(-1)).sum(-1)
         gain = gain.view(n, *probs.shape[:-2], 1)
         off = 1 - torch.eye(n, dtype=gain.dtype, device=gain.device)

@@ -180,3 +180,23 @@ def test_trust_region_bounds_imagined_targets_by_the_real_residual():
     assert gap[2] == pytest.approx(0.01, rel=1e-3) and gap[3] == 0
     with pytest.raises(ValueError, match="target_radius"):
         learner(target_radius=-1.0)
+
+
+def test_evaluation_runs_in_eval_mode_and_restores_the_mode(monkeypatch):
+    """The final summary evaluates right after ``fit``, with the module in training mode:
+    sampled (Gumbel) labels would make the "greedy" evaluation random."""
+    import seqcomm.learner as learner_module
+
+    model = learner()
+    seen = []
+
+    def fake_evaluate(env, policy, n_episodes):
+        seen.append((policy.greedy, policy.net.training, model.net.comm.training))
+        return {"return": 0.0}
+
+    monkeypatch.setattr(learner_module, "evaluate_policy", fake_evaluate)
+    monkeypatch.setattr(SeqCommDFL, "trainer", property(
+        lambda self: type("T", (), {"datamodule": type("D", (), {"eval_env": None})()})()))
+    model.train()
+    model.evaluate(1)
+    assert seen == [(True, False, False)] and model.training and model.net.comm.training
