@@ -46,7 +46,8 @@ def lookahead_label_scores(
     """Per-sample look-ahead score of each label, and the current pools' values.
 
     Args:
-        probs: ``[S, N, M]`` each sender's label probabilities per sample (read detached).
+        probs: ``[S, N, M]`` each sender's label probabilities per sample (their argmax is
+            the labelling scored).
         values: ``[S, N, A]`` the evaluator's value of the listening receiver playing ``a``.
         sender_group: ``[S, N]`` ids of the sender's observation, distinct across senders.
         receiver_group: ``[S, N]`` ids of the receiver's observation, distinct across senders.
@@ -58,7 +59,10 @@ def lookahead_label_scores(
     whole sender group sending ``k``, minus ``J`` of the current labelling.
     """
     S, N, M = probs.shape
-    p = probs.detach()
+    # the labels sent at execution: the argmax (ties: the first label), so a move from a
+    # sender undecided between labels still creates a pure pool (soft pools of an
+    # undecided sender are all alike, and every move would score 0)
+    p = F.one_hot(probs.detach().argmax(-1), M).to(probs.dtype)
     G, R = int(sender_group.max()) + 1, int(receiver_group.max()) + 1
     inside = F.one_hot(sender_group, G).to(p.dtype).permute(2, 0, 1)[:, None, :, :, None]
     labels = torch.eye(M, dtype=p.dtype, device=p.device)[None, :, None, None, :]
