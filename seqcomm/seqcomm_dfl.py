@@ -110,8 +110,8 @@ class SeqCommDFL(QLearner):
             (two agents, no base round): ``current`` (each label by the value of the
             receiver's current decision under it: a best-response step) or ``lookahead``
             (each observation's label by the team value after the receivers best-respond to
-            the new pools: ``seqcomm.dfl.label_lookahead``). The receiver learns from the
-            current-decision gain either way.
+            the new pools: ``seqcomm.dfl.label_lookahead``, ``lookahead_gain``: there the
+            receiver regresses on its pools' values instead of the current-decision gain).
         aware_margin: ``eps_margin`` of the awareness hinge.
         influence_tau: temperature of ``pi_j = softmax(Q_j / tau)``.
         va_evaluator: what scores a receiver's decision (and the guidance potential).
@@ -477,9 +477,9 @@ class SeqCommDFL(QLearner):
         temperature = max(self.hparams.lambda_entropy / self.hparams.lambda_va, 1e-6)
         logp = p.clamp_min(1e-12).log()
         target = (look.scores - look.scores.mean(-1, keepdim=True)) / temperature
-        sender = temperature**2 * (logp - logp.mean(-1, keepdim=True)  # in score units
-                                   - target.clamp(-10, 10)).pow(2).sum(-1)
-        gain = -sender - (p.detach() * error.pow(2).sum(-1)).sum(-1)
+        sender_loss = temperature**2 * (logp - logp.mean(-1, keepdim=True)  # score units
+                                        - target.clamp(-10, 10)).pow(2).sum(-1)
+        gain = -sender_loss - (p.detach() * error.pow(2).sum(-1)).sum(-1)
         gain = gain.view(n, *probs.shape[:-2], 1)
         off = 1 - torch.eye(n, dtype=gain.dtype, device=gain.device)
         return gain * off.view(n, *[1] * (gain.dim() - 2), n)
