@@ -37,7 +37,7 @@ from seqcomm.comm.rgmcomm import (
     return_gap_bound,
 )
 from seqcomm.dfl.critic import TeamCritic
-from seqcomm.dfl.label_lookahead import group_ids
+from seqcomm.dfl.label_lookahead import sender_group_ids
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE
 from seqcomm.learner import QLearner
 
@@ -272,12 +272,9 @@ def refine_head(head: LabelHeads, opt: torch.optim.Optimizer, h: torch.Tensor, x
     identical sender states), then ``steps`` cross-entropy steps of the head towards the
     refined labels; a sender keeps them only where its hard-label loss falls."""
     n_labels = head.b2.shape[-1]
-    n = h.shape[-2]
     with torch.no_grad():
-        sender = torch.arange(n, dtype=h.dtype, device=h.device).view(1, n, 1)
-        rows = torch.cat([sender.expand(h.shape[0], n, 1), h], -1).transpose(0, 1)
-        groups = group_ids(rows.flatten(0, 1)).view(n, -1)
-        target = refine_labelling(head(h).argmax(-1).T, x, groups, n_labels, mi_weight)
+        target = refine_labelling(head(h).argmax(-1).T, x, sender_group_ids(h), n_labels,
+                                  mi_weight)
     trial = copy.deepcopy(head)
     trial_opt = torch.optim.Adam(trial.parameters(), opt.param_groups[0]["lr"])
     with torch.enable_grad():

@@ -21,7 +21,7 @@ from seqcomm.dfl.implicit_gradient import (
     implicit_hypergradient,
     unrolled_inner,
 )
-from seqcomm.dfl.label_lookahead import group_ids, lookahead_label_scores
+from seqcomm.dfl.label_lookahead import lookahead_label_scores, sender_group_ids
 from seqcomm.dfl.value_aware import (
     ReconstructionHead,
     awareness_loss,
@@ -420,11 +420,11 @@ class SeqCommDFL(QLearner):
             hk = h.detach().unsqueeze(0).expand(label_ctx.shape[0], *h.shape)
             ck = label_ctx.view(-1, *[1] * (h.dim() - 1), label_ctx.shape[-1]).expand(
                 *hk.shape[:-1], -1)
-            value_k = decision_value(self.receiver_q(hk, ck), values, tau, mask)  # [M,*B,n]
-            probs = aux["label_probs"].movedim(-2, 0).movedim(-1, 1)  # [n_send, M, *B]
             if hp.label_scoring == "lookahead":
                 return self.lookahead_gain(batch, values, aux["label_probs"],
                                            self.receiver_q(hk, ck))
+            value_k = decision_value(self.receiver_q(hk, ck), values, tau, mask)  # [M,*B,n]
+            probs = aux["label_probs"].movedim(-2, 0).movedim(-1, 1)  # [n_send, M, *B]
             gain = (probs.unsqueeze(-1) * value_k.unsqueeze(0)).sum(1) - base
             if hp.va_receiver == "soft":
                 ent_k = entropy(self.receiver_q(hk, ck.detach()))
@@ -453,18 +453,14 @@ class SeqCommDFL(QLearner):
         only the taken action."""
         n = self.info.n_agents
         obs = batch[OBS].flatten(0, -3)  # [N, n, D]; sender i's receiver is 1 - i
-        sender = torch.arange(n, dtype=obs.dtype, device=obs.device).view(1, n, 1)
-        sender = sender.expand(obs.shape[0], n, 1)
-
-        def groups(x: torch.Tensor) -> torch.Tensor:  # ids distinct across senders
-            return group_ids(torch.cat([sender, x], -1).transpose(0, 1).flatten(0, 1)).view(n, -1)
 
         def per_sender(x: torch.Tensor) -> torch.Tensor:  # [*B, n, ...] -> [n, N, ...]
             return x.flatten(0, probs.dim() - 3).transpose(0, 1)
 
         mask = per_sender(batch[MASK].flip(-2))
         look = lookahead_label_scores(per_sender(probs), per_sender(values.flip(-2)),
-                                      groups(obs), groups(obs.flip(-2)), mask)
+                                      sender_group_ids(obs), sender_group_ids(obs.flip(-2)),
+                                      mask)
         p = per_sender(probs)
         q = per_sender(q_labels.movedim(0, -2).flip(-3))  # [n, N, M, A]
         avail = mask.unsqueeze(-2).expand_as(q)

@@ -36,6 +36,14 @@ def group_ids(rows: torch.Tensor) -> torch.Tensor:
     return torch.unique(rows, dim=0, return_inverse=True)[1]
 
 
+def sender_group_ids(x: torch.Tensor) -> torch.Tensor:
+    """``[n, N]`` ids of identical rows per agent of ``x [N, n, D]``, distinct across agents
+    (one id space for all, as ``lookahead_label_scores`` and ``refine_labelling`` expect)."""
+    N, n = x.shape[:2]
+    agent = torch.arange(n, dtype=x.dtype, device=x.device).view(1, n, 1).expand(N, n, 1)
+    return group_ids(torch.cat([agent, x], -1).transpose(0, 1).flatten(0, 1)).view(n, N)
+
+
 def lookahead_label_scores(
     probs: torch.Tensor,
     values: torch.Tensor,
