@@ -51,9 +51,15 @@ def load(run_dir: Path) -> QLearner:
     return model.eval()
 
 
+def ward(run_dir: Path) -> dict:
+    """The run's hospital arguments (team size, beds, ...) from its ``config.yaml``."""
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return dict(config["data"]["env"].get("init_args", {}))
+
+
 @torch.no_grad()
-def decisions(model: QLearner, n_envs: int, seed: int) -> dict[str, float]:
-    env = Hospital(num_envs=n_envs, seed=seed)
+def decisions(model: QLearner, n_envs: int, seed: int, **ward) -> dict[str, float]:
+    env = Hospital(num_envs=n_envs, seed=seed, **ward)
     net, n, K = model.net, env.n_agents, env.n_beds
     td = env.reset()
     h = torch.zeros(n_envs, n, net.agent.hidden_dim)
@@ -102,7 +108,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=123)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = [(run, decisions(load(run), args.envs, args.seed)) for run in args.runs]
+    rows = [(run, decisions(load(run), args.envs, args.seed, **ward(run))) for run in args.runs]
     keys = sorted({k for _, r in rows for k in r})
     print("| run | " + " | ".join(keys) + " |")
     print("| --- |" + " ---: |" * len(keys))

@@ -283,7 +283,9 @@ class SeqCommDFL(QLearner):
             out["mi"] = -label_information(probs.reshape(-1, n, probs.shape[-1])).mean()
             if hp.label_scoring != "lookahead":  # there the temperature is in the regression
                 out["entropy"] = (probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
-        q_masked, q_all, ctx_all = self.counterfactual_utilities(h)
+        ctx_cf = self.counterfactual_contexts(h)
+        q_cf = self.receiver_q(h.detach(), ctx_cf)
+        q_masked, q_all, ctx_all = q_cf[:n], q_cf[n], ctx_cf[n]
         mask = batch[MASK]
         if "gp_pred" in aux:
             gp = self.guidance_potential_target(batch, cache, q_masked, q_all)
@@ -310,7 +312,10 @@ class SeqCommDFL(QLearner):
             gain = blended_gain(self.monte_carlo_gain(batch, q_all, q_masked, gain), gain, beta)
         out["va_beta"] = q.new_tensor(beta)
         out["va"] = value_aware_loss(gain)
-        out["inf"] = influence_loss(q_all, q_masked, hp.influence_tau, mask)
+        # influence trains the messages only: through a receiver head that moves, "differ
+        # from the masked decision" would also train the receivers, value-blind (section 6)
+        q_frozen = q_cf if hp.va_receiver == "frozen" else self.frozen_q(h.detach(), ctx_cf)
+        out["inf"] = influence_loss(q_frozen[n], q_frozen[:n], hp.influence_tau, mask)
         return out
 
     def monte_carlo_gain(self, batch: TensorDictBase, q_all: torch.Tensor,
@@ -331,30 +336,31 @@ class SeqCommDFL(QLearner):
         mc = mc_gain(logp_all, logp_masked, advantage)
         return mc * (critic_gain.detach().std() / mc.detach().std().clamp_min(1e-6))
 
-    def counterfactual_utilities(self, h: torch.Tensor):
-        """Receivers' utilities with each sender masked ``[n, *B, n, A]`` and with every
-        message delivered ``[*B, n, A]``, from one batched messenger pass, and the
-        all-delivered contexts. The messenger runs as at execution (deterministic labels, so
-        the rows differ only by the masked sender); the order is psi's in every row. The
-        receivers read through ``va_receiver``'s head on detached states; the gradient
-        reaches the senders' messages and, through them, the senders' recurrent states."""
+    def counterfactual_contexts(self, h: torch.Tensor) -> torch.Tensor:
+        """Receivers' contexts ``[n + 1, *B, n, C]`` from one batched messenger pass: row i
+        masks sender i (all others delivered), the last row delivers all. The messenger runs
+        as at execution (deterministic labels, so the rows differ only by the masked sender);
+        the order is psi's in every row. The gradient reaches the senders' messages and,
+        through them, the senders' recurrent states."""
         n = self.info.n_agents
         eye = torch.eye(n, device=h.device, dtype=h.dtype)
         deliver = torch.cat([1 - eye, eye.new_ones(1, n)]).view(n + 1, *[1] * (h.dim() - 2), n)
         mode = self.net.comm.training
         self.net.comm.train(False)
         try:
-            ctx, _ = self.net.comm(h.expand(n + 1, *h.shape), deliver)
+            return self.net.comm(h.expand(n + 1, *h.shape), deliver)[0]
         finally:
             self.net.comm.train(mode)
-        q_cf = self.receiver_q(h.detach(), ctx)  # [n+1, *B, n, A]
-        return q_cf[:n], q_cf[n], ctx[n]
 
     def receiver_q(self, h: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         """Utilities through ``va_receiver``'s head: ``frozen`` detaches its parameters."""
-        agent = self.net.agent
         if self.hparams.va_receiver != "frozen":
-            return agent.q(h, ctx)
+            return self.net.agent.q(h, ctx)
+        return self.frozen_q(h, ctx)
+
+    def frozen_q(self, h: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """Utilities through the online head with detached parameters."""
+        agent = self.net.agent
         return agent.q(h, ctx, {k: p.detach() for k, p in agent.head.named_parameters()})
 
     @torch.no_grad()

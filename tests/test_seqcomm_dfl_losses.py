@@ -12,7 +12,8 @@ from torch import nn
 
 from seqcomm.comm.seqcomm import SeqCommMessenger
 from seqcomm.dfl.value_aware import decision_value, value_aware_loss
-from seqcomm.envs.base import ACTION, MASK, STATE, EnvInfo
+from seqcomm.envs.base import ACTION, MASK, STATE, EnvInfo, env_info
+from seqcomm.envs.matrix import MatrixGame
 from seqcomm.seqcomm_dfl import SeqCommDFL
 from seqcomm.team_q import TeamQ
 
@@ -57,11 +58,17 @@ def test_guidance_potential_target_is_delivered_minus_masked_under_the_critic():
     assert torch.allclose(gp, torch.tensor([[10.0, 202.0, 0.0]]))
 
 
+def counterfactual_utilities(model, h):
+    """(utilities with each sender masked, with all delivered, the all-delivered contexts)."""
+    ctx = model.counterfactual_contexts(h)
+    q = model.receiver_q(h.detach(), ctx)
+    return q[:-1], q[-1], ctx[-1]
+
 def test_counterfactual_rows_mask_exactly_one_sender():
     torch.manual_seed(0)
     model = learner()
     h = torch.randn(2, 3, 8)
-    q_masked, q_all, _ = model.counterfactual_utilities(h)
+    q_masked, q_all, _ = counterfactual_utilities(model, h)
     assert q_masked.shape == (3, 2, 3, 3) and q_all.shape == (2, 3, 3)
     full, _ = model.net.utilities(h)
     assert torch.allclose(q_all, full, atol=1e-6)
@@ -76,7 +83,7 @@ def test_frozen_receiver_passes_the_value_aware_gradient_to_messages_only(receiv
     torch.manual_seed(0)
     model = learner(va_receiver=receiver)
     h = torch.randn(2, 3, 8)
-    q_masked, q_all, _ = model.counterfactual_utilities(h)
+    q_masked, q_all, _ = counterfactual_utilities(model, h)
     (q_all.sum() + q_masked.sum()).backward()
     head_grad = sum(p.grad.abs().sum() for p in model.net.agent.head.parameters()
                     if p.grad is not None)
@@ -127,12 +134,12 @@ def test_value_aware_loss_teaches_messages_to_steer_receivers_to_the_better_acti
     opt = torch.optim.Adam(model.net.comm.parameters(), lr=1e-2)
 
     def gain() -> torch.Tensor:
-        q_masked, q_all, ctx = model.counterfactual_utilities(h)
+        q_masked, q_all, ctx = counterfactual_utilities(model, h)
         return model.evaluator_gain(batch, {}, q_masked, q_all, h, {}, ctx)
 
     def value() -> float:  # the receivers' softened decision value with all messages
         with torch.no_grad():
-            q_all = model.counterfactual_utilities(h)[1]
+            q_all = counterfactual_utilities(model, h)[1]
             return float(decision_value(q_all, table, 0.1).mean())
 
     before = value()
@@ -200,3 +207,29 @@ def test_evaluation_runs_in_eval_mode_and_restores_the_mode(monkeypatch):
     model.train()
     model.evaluate(1)
     assert seen == [(True, False, False)] and model.training and model.net.comm.training
+
+
+@pytest.mark.parametrize("receiver", ["soft", "online"])
+def test_influence_trains_the_messages_not_the_receivers(receiver):
+    """L_inf ("differ from the masked decision") is blind to value: through a receiver head
+    that learns, it taught the matrix game's receiver the wrong action under a label whose
+    best action is the masked one. Its gradient must reach the messenger only."""
+    torch.manual_seed(0)
+    env = MatrixGame(8, seed=1)
+    model = SeqCommDFL(env_info(env), comm=functools.partial(
+        SeqCommMessenger, ordering="fixed", fixed_order=[1, 0], base_round=False),
+        world_model_gradient="none",
+        hidden_dim=8, va_receiver=receiver, influence_tau=1.0)
+    td = env.reset()
+    td[ACTION] = torch.randint(0, 2, (8, 2))
+    td["next"] = env.step(td)["next"]
+    td["is_init"] = torch.ones(8, 1, dtype=torch.bool)
+    batch = td.unsqueeze(1)
+    _, cache = model.td_loss(batch)
+    inf = model.message_losses(batch, cache)["inf"]
+    heads = list(model.net.agent.head.parameters())
+    grads = torch.autograd.grad(inf, heads + list(model.net.comm.parameters()),
+                                allow_unused=True)
+    norm = [0.0 if g is None else float(g.abs().sum()) for g in grads]
+    assert sum(norm[:len(heads)]) == 0.0
+    assert sum(norm[len(heads):]) > 0.0
