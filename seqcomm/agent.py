@@ -57,10 +57,10 @@ class RNNAgent(nn.Module):
             self.head = nn.Linear(hidden_dim + ctx_dim, n_actions)
         self.register_buffer("agent_ids", torch.eye(n_agents), persistent=False)
 
-    def encode(self, obs: torch.Tensor, h: torch.Tensor,
-               prev_action: torch.Tensor | None = None) -> torch.Tensor:
-        """One recurrent step: ``obs [*B, n, D]``, ``h [*B, n, H]`` -> new ``h [*B, n, H]``;
-        ``prev_action [*B, n, A]`` (one-hot, zero at an episode start) under ``last_action``."""
+    def features(self, obs: torch.Tensor,
+                 prev_action: torch.Tensor | None = None) -> torch.Tensor:
+        """The GRU's input ``relu(fc([obs, prev_action, id]))`` for any leading shape
+        ``obs [*B, n, D]`` -> ``[*B, n, H]``."""
         ids = self.agent_ids.expand(*obs.shape[:-1], self.n_agents)
         parts = [obs, ids]
         if self.last_action:
@@ -68,23 +68,40 @@ class RNNAgent(nn.Module):
                 raise ValueError("RNNAgent(last_action=True) needs prev_action: this caller "
                                  "does not feed the previous joint action")
             parts = [obs, prev_action.to(obs.dtype), ids]
-        x = torch.relu(self.fc(torch.cat(parts, dim=-1)))
+        return torch.relu(self.fc(torch.cat(parts, dim=-1)))
+
+    def encode(self, obs: torch.Tensor, h: torch.Tensor,
+               prev_action: torch.Tensor | None = None) -> torch.Tensor:
+        """One recurrent step: ``obs [*B, n, D]``, ``h [*B, n, H]`` -> new ``h [*B, n, H]``;
+        ``prev_action [*B, n, A]`` (one-hot, zero at an episode start) under ``last_action``."""
+        x = self.features(obs, prev_action)
         flat = self.rnn(x.reshape(-1, x.shape[-1]), h.reshape(-1, self.hidden_dim))
         return flat.reshape(h.shape)
 
     def unroll(self, obs: torch.Tensor, is_init: torch.Tensor,
                prev_action: torch.Tensor | None = None) -> torch.Tensor:
         """Recurrent states ``[B, T, n, H]`` over a chunk ``obs [B, T, n, D]``, ``is_init [B, T]``
-        (and ``prev_action [B, T, n, A]`` under ``last_action``).
-
-        The state is reset to zero wherever an episode starts (``is_init``).
+        (and ``prev_action [B, T, n, A]`` under ``last_action``): the same as ``encode`` step
+        by step from a zero state, reset to zero wherever an episode starts (``is_init``).
         """
-        B, T, n = obs.shape[:3]
-        h = obs.new_zeros(B, n, self.hidden_dim)
+        # Hand-written GRU recursion (the same gates as nn.GRUCell): nn.GRU cannot reset the
+        # state mid-sequence and GRUCell recomputes fc and W_ih x every step; here those two
+        # are one matmul over all steps and only the W_hh half is stepped (issue 9, measured:
+        # nn.GRU over episode segments and torch.compile did not pay on CPU).
+        x = self.features(obs.transpose(0, 1),
+                          None if prev_action is None else prev_action.transpose(0, 1))
+        H = self.hidden_dim
+        gi = nn.functional.linear(x, self.rnn.weight_ih, self.rnn.bias_ih)  # [T, B, n, 3H]
+        gi_rz, gi_n = gi[..., :2 * H].unbind(0), gi[..., 2 * H:].unbind(0)
+        keep = (~is_init).t().to(x.dtype)[..., None, None].unbind(0)
+        h = x.new_zeros(x.shape[1:])
         states = []
-        for t in range(T):  # a loop over time, not over agents or environment copies
-            prev = prev_action[:, t] if prev_action is not None else None
-            h = self.encode(obs[:, t], h * (~is_init[:, t]).view(B, 1, 1).to(h.dtype), prev)
+        for t in range(x.shape[0]):  # a loop over time, not over agents or environment copies
+            h = h * keep[t]
+            gh = nn.functional.linear(h, self.rnn.weight_hh, self.rnn.bias_hh)
+            r, z = torch.sigmoid(gi_rz[t] + gh[..., :2 * H]).chunk(2, dim=-1)
+            n = torch.tanh(torch.addcmul(gi_n[t], r, gh[..., 2 * H:]))
+            h = torch.lerp(n, h, z)  # (1 - z) * n + z * h
             states.append(h)
         return torch.stack(states, dim=1)
 

@@ -1,0 +1,63 @@
+"""RNNAgent.unroll (hoisted input projection) against the step-by-step GRUCell loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seqcomm.agent import RNNAgent
+
+
+def _reference_unroll(agent: RNNAgent, obs: torch.Tensor, is_init: torch.Tensor,
+                      prev_action: torch.Tensor | None = None) -> torch.Tensor:
+    """The definition: ``encode`` (one ``nn.GRUCell`` step) per time step from a zero state,
+    the state zeroed wherever ``is_init``."""
+    B, T, n = obs.shape[:3]
+    h = obs.new_zeros(B, n, agent.hidden_dim)
+    states = []
+    for t in range(T):
+        prev = prev_action[:, t] if prev_action is not None else None
+        h = agent.encode(obs[:, t], h * (~is_init[:, t]).view(B, 1, 1).to(h.dtype), prev)
+        states.append(h)
+    return torch.stack(states, dim=1)
+
+
+def _chunk(B: int, T: int, n: int, D: int, A: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(B, T, n, D, generator=g)
+    is_init = torch.rand(B, T, generator=g) < 0.2
+    is_init[0, 0] = True           # a reset at t = 0
+    is_init[1] = False             # a row without any reset
+    is_init[2, [0, 3, 4, T - 1]] = True  # several per row, adjacent ones and the last step
+    is_init[3] = True              # one-step episodes (the matrix game)
+    prev = torch.nn.functional.one_hot(torch.randint(A, (B, T, n), generator=g), A).float()
+    prev = prev * (~is_init)[..., None, None]
+    return obs, is_init, prev
+
+
+@pytest.mark.parametrize("last_action", [False, True])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_unroll_matches_step_loop(last_action: bool, seed: int) -> None:
+    B, T, n, D, A, H = 6, 11, 3, 5, 4, 16
+    torch.manual_seed(seed)
+    agent = RNNAgent(D, n, A, hidden_dim=H, last_action=last_action)
+    obs, is_init, prev = _chunk(B, T, n, D, A, seed)
+    prev = prev if last_action else None
+    named = [(k, p) for k, p in sorted(agent.named_parameters()) if not k.startswith("head")]
+    params = [p for _, p in named]
+    w = torch.randn(B, T, n, H)  # a loss that weighs every state differently
+
+    fast = agent.unroll(obs, is_init, prev)
+    ref = _reference_unroll(agent, obs, is_init, prev)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    g_fast = torch.autograd.grad((fast * w).sum(), params)
+    g_ref = torch.autograd.grad((ref * w).sum(), params)
+    for (name, _), a, b in zip(named, g_fast, g_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_unroll_state_dict_keys() -> None:
+    keys = set(RNNAgent(5, 3, 4, hidden_dim=8).state_dict())
+    assert {"fc.weight", "fc.bias", "rnn.weight_ih", "rnn.weight_hh", "rnn.bias_ih",
+            "rnn.bias_hh", "head.weight", "head.bias"} == keys
+
