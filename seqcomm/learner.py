@@ -93,15 +93,23 @@ class QLearner(L.LightningModule):
         """States at each step and after each step's next observation (``[B, T, n, H]``).
 
         Bootstrapping from ``next`` observations (one batched GRU step on top of the unrolled
-        states) stays correct across episode ends and at the chunk's last step.
+        states) stays correct across episode ends and at the chunk's last step. Where step
+        ``t + 1`` continues the episode on the same input, that step is ``h[:, t + 1]``
+        already, so it is taken from the unroll instead of being recomputed.
         """
         is_init = batch["is_init"].squeeze(-1)
         # under last_action: the one-hot previous actions each step and its next step see
         prev = (net.previous_actions(batch[ACTION], is_init)
                 if getattr(net.agent, "last_action", False) else ())
-        h = net.agent.unroll(net.inputs(batch[OBS], batch[STATE]), is_init, *prev[:1])
-        h_next = net.agent.encode(net.inputs(batch[NEXT, *OBS], batch[NEXT, STATE]), h,
-                                  *prev[1:])
+        inputs = net.inputs(batch[OBS], batch[STATE])
+        next_inputs = net.inputs(batch[NEXT, *OBS], batch[NEXT, STATE])
+        h = net.agent.unroll(inputs, is_init, *prev[:1])
+        same = ~is_init[:, 1:] & (next_inputs[:, :-1] == inputs[:, 1:]).flatten(2).all(-1)
+        if prev:
+            same &= (prev[1][:, :-1] == prev[0][:, 1:]).flatten(2).all(-1)
+        b, t = torch.cat([~same, same.new_ones(same.shape[0], 1)], 1).nonzero(as_tuple=True)
+        step = net.agent.encode(next_inputs[b, t], h[b, t], *(p[b, t] for p in prev[1:]))
+        h_next = torch.cat([h[:, 1:], h[:, -1:]], 1).index_put((b, t), step)
         return h, h_next
 
     def td_loss(self, batch: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
+from tensordict import TensorDict
 
 from seqcomm.agent import RNNAgent
+from seqcomm.envs.base import ACTION, OBS, STATE
+from seqcomm.learner import QLearner
+from seqcomm.team_q import TeamQ
 
 
 def _reference_unroll(agent: RNNAgent, obs: torch.Tensor, is_init: torch.Tensor,
@@ -61,3 +67,41 @@ def test_unroll_state_dict_keys() -> None:
     assert {"fc.weight", "fc.bias", "rnn.weight_ih", "rnn.weight_hh", "rnn.bias_ih",
             "rnn.bias_hh", "head.weight", "head.bias"} == keys
 
+
+@pytest.mark.parametrize("last_action", [False, True])
+def test_recurrent_states_match_definition(last_action: bool) -> None:
+    """``h_next`` taken from the unroll where the next step continues the episode equals one
+    ``encode`` step from every state on its next observation (including a stored next
+    observation that differs from the following step's, which must be recomputed)."""
+    B, T, n, D, A, H = 6, 9, 3, 5, 4, 16
+    torch.manual_seed(0)
+    agent = RNNAgent(D + 2, n, A, hidden_dim=H, last_action=last_action)
+    obs, is_init, _ = _chunk(B, T, n, D, A, 3)
+    state = torch.randn(B, T, 2)
+    next_obs, next_state = torch.randn(B, T, n, D), torch.randn(B, T, 2)
+    cont = ~is_init[:, 1:]  # the next step continues the episode: same observation
+    next_obs[:, :-1][cont], next_state[:, :-1][cont] = obs[:, 1:][cont], state[:, 1:][cont]
+    row = cont[1].nonzero()[0].item()
+    next_obs[1, row] += 1.0  # a stored next observation that is not the next step's
+    action = torch.randint(A, (B, T, n))
+    batch = TensorDict({"is_init": is_init.unsqueeze(-1), ACTION: action, OBS: obs,
+                        STATE: state, ("next", *OBS): next_obs, ("next", STATE): next_state},
+                       batch_size=[B, T])
+    info = SimpleNamespace(n_actions=A)
+    net = SimpleNamespace(
+        agent=agent,
+        inputs=lambda o, s: torch.cat([o, s.unsqueeze(-2).expand(*o.shape[:-1], 2)], -1),
+        previous_actions=lambda a, i: TeamQ.previous_actions(SimpleNamespace(info=info), a, i))
+    h, h_next = QLearner.recurrent_states(None, net, batch)
+
+    prev, own = net.previous_actions(action, is_init) if last_action else (None, None)
+    h_ref = _reference_unroll(agent, net.inputs(obs, state), is_init, prev)
+    h_next_ref = agent.encode(net.inputs(next_obs, next_state), h_ref, own)
+    torch.testing.assert_close(h, h_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h_next, h_next_ref, atol=1e-5, rtol=1e-5)
+    w, w_next = torch.randn_like(h), torch.randn_like(h)
+    params = [p for k, p in sorted(agent.named_parameters()) if not k.startswith("head")]
+    grads = torch.autograd.grad((h * w).sum() + (h_next * w_next).sum(), params)
+    grads_ref = torch.autograd.grad((h_ref * w).sum() + (h_next_ref * w_next).sum(), params)
+    for a, b in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
