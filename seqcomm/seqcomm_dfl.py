@@ -451,12 +451,13 @@ class SeqCommDFL(QLearner):
         shared recurrent encoder is not shaken by it): a Boltzmann sender over the scores averaged
         across batches, whose gradient, unlike that of ``sum_k p(k) score(k)``, does not vanish
         when a label it was sure of stops being the best. The receiver's utilities under each
-        label ``q_labels [M, *B, n, A]`` get minus the squared error between their advantages
-        (utility minus the mean over available actions) and those of its pool's mean values:
-        the re-best-response the scores assume. A regression in value units, not the softened
-        decision's value, because a receiver that was confident under a label's old meaning
-        gets no gradient from a saturated softmax when the label moves, and the TD loss fixes
-        only the taken action."""
+        label ``q_labels [M, *B, n, A]`` get the cross-entropy of ``softmax(Q / influence_tau)``
+        against its pool's best action (by the pool's mean values): the re-best-response the
+        scores assume. Not the softened decision's value, whose gradient vanishes when a
+        receiver confident in a label's old meaning is wrong (the cross-entropy's is largest
+        there), nor a regression on the pooled values, which fixes the utilities' scale against
+        the mixer's and lost to the TD loss on the one cell of a small gain (section 7 of
+        docs/results.md); the TD loss alone fixes only the taken action."""
         n = self.info.n_agents
         obs = batch[OBS].flatten(0, -3)  # [N, n, D]; sender i's receiver is 1 - i
 
@@ -470,18 +471,18 @@ class SeqCommDFL(QLearner):
         p = per_sender(probs)
         q = per_sender(q_labels.movedim(0, -2).flip(-3))  # [n, N, M, A]
         avail = mask.unsqueeze(-2).expand_as(q)
-
-        def advantage(x: torch.Tensor) -> torch.Tensor:
-            x = torch.where(avail, x, torch.zeros_like(x))
-            return x - x.sum(-1, keepdim=True) / avail.sum(-1, keepdim=True).clamp_min(1)
-
-        error = torch.where(avail, advantage(q) - advantage(look.pooled), torch.zeros_like(q))
+        best = look.pooled.argmax(-1, keepdim=True)
+        top2 = look.pooled.topk(2, dim=-1).values
+        decided = (top2[..., 0] - top2[..., 1]) > 1e-6  # a pool that prefers one action
+        logq = masked_log_softmax(q, self.hparams.influence_tau, avail)
+        best_response = torch.where(decided, -logq.gather(-1, best).squeeze(-1),
+                                    torch.zeros_like(decided, dtype=q.dtype))
         temperature = max(self.hparams.lambda_entropy / self.hparams.lambda_va, 1e-6)
         logp = p.clamp_min(1e-12).log()
         target = (look.scores - look.scores.mean(-1, keepdim=True)) / temperature
         sender_loss = temperature**2 * (logp - logp.mean(-1, keepdim=True)  # score units
                                         - target.clamp(-10, 10)).pow(2).sum(-1)
-        gain = -sender_loss - (p.detach() * error.pow(2).sum(-1)).sum(-1)
+        gain = -sender_loss - (p.detach() * best_response).sum(-1)
         gain = gain.view(n, *probs.shape[:-2], 1)
         off = 1 - torch.eye(n, dtype=gain.dtype, device=gain.device)
         return gain * off.view(n, *[1] * (gain.dim() - 2), n)
