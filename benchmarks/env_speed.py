@@ -3,7 +3,10 @@
 Steps ``microcombat`` (3m and 27m_vs_30m) and ``hospital`` with uniformly random available
 actions through ``step_and_maybe_reset`` (the path a collector takes, auto-resets included),
 after a warm-up. The random policy is timed separately and subtracted, so the figure is the
-environment's cost.
+environment's cost. ``--mc-option KEY=VALUE ...`` passes MicroCombat options (collisions,
+enemy_targeting, start_positions); ``--cpu-time`` adds steps per CPU second of the process
+(with one torch thread the CPU time the environment used, steadier than the wall clock when
+other jobs share the machine).
 
     python benchmarks/env_speed.py --envs 1 64 1024 --steps 200 --device cpu
 
@@ -47,22 +50,27 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def steps_per_second(env: EnvBase, steps: int, warmup: int) -> float:
-    """Copies x steps per second of ``step_and_maybe_reset``, policy time excluded."""
+def steps_per_second(env: EnvBase, steps: int, warmup: int) -> tuple[float, float]:
+    """Copies x steps per second of ``step_and_maybe_reset``, policy time excluded: per
+    wall-clock second and per CPU second of this process (steadier on a shared machine)."""
     gen = torch.Generator(device=env.device).manual_seed(0)
     td = env.reset()
-    policy_s = 0.0
+    policy_s = policy_cpu = 0.0
     for i in range(warmup + steps):
         if i == warmup:
             _sync(str(env.device))
             start, policy_s = time.perf_counter(), 0.0
-        t0 = time.perf_counter()
+            start_cpu, policy_cpu = time.process_time(), 0.0
+        t0, c0 = time.perf_counter(), time.process_time()
         td[ACTION] = random_policy(td, generator=gen)
         _sync(str(env.device))
         policy_s += time.perf_counter() - t0
+        policy_cpu += time.process_time() - c0
         _, td = env.step_and_maybe_reset(td)
     _sync(str(env.device))
-    return env.batch_size[0] * steps / (time.perf_counter() - start - policy_s)
+    n = env.batch_size[0] * steps
+    return (n / (time.perf_counter() - start - policy_s),
+            n / (time.process_time() - start_cpu - policy_cpu))
 
 
 def _parse_option(text: str) -> tuple[str, object]:
@@ -89,6 +97,9 @@ def main() -> None:
     parser.add_argument("--mc-option", nargs="*", default=[], metavar="KEY=VALUE",
                         help="MicroCombat constructor options for the microcombat tasks, e.g. "
                              "collisions=True enemy_targeting=sticky")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="cells 'per wall second / per CPU second' (a loaded, shared "
+                             "machine slows the wall clock more than the CPU time)")
     args = parser.parse_args()
     mc_options = dict(_parse_option(o) for o in args.mc_option)
     if args.threads > 0:
@@ -105,8 +116,10 @@ def main() -> None:
             except ImportError as err:
                 notes.append(f"{task} skipped: {err}")
                 break
-            cells.append(f"{steps_per_second(env, args.steps, args.warmup):,.0f}")
-            print(f"# {task}, {n} copies: {cells[-1]} env steps/s", flush=True)
+            wall, cpu = steps_per_second(env, args.steps, args.warmup)
+            cells.append(f"{wall:,.0f} / {cpu:,.0f}" if args.cpu_time else f"{wall:,.0f}")
+            print(f"# {task}, {n} copies: {wall:,.0f} env steps/s, {cpu:,.0f} per CPU second",
+                  flush=True)
         if cells:
             rows.append(f"| {task} | " + " | ".join(cells) + " |")
 
@@ -121,6 +134,7 @@ def main() -> None:
           f"({load}), torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
           f"device {device}; {args.steps} timed steps after {args.warmup} warm-up steps, "
           "random available actions, policy time excluded"
+          + ("; cells: per wall second / per CPU second" if args.cpu_time else "")
           + (f"; microcombat options {mc_options}" if mc_options else "") + ".\n")
     print("| task | " + " | ".join(f"{n} copies" for n in args.envs) + " |")
     print("| --- |" + " ---: |" * len(args.envs))
