@@ -451,7 +451,7 @@ class SeqCommDFL(QLearner):
         shared recurrent encoder is not shaken by it): a Boltzmann sender over the scores averaged
         across batches, whose gradient, unlike that of ``sum_k p(k) score(k)``, does not vanish
         when a label it was sure of stops being the best. The receiver's utilities under each
-        label ``q_labels [M, *B, n, A]`` get the cross-entropy of ``softmax(Q / influence_tau)``
+        label ``q_labels [M, *B, n, A]`` get the cross-entropy of ``softmax(Q)``
         against its pool's best action (by the pool's mean values): the re-best-response the
         scores assume. Not the softened decision's value, whose gradient vanishes when a
         receiver confident in a label's old meaning is wrong (the cross-entropy's is largest
@@ -474,7 +474,7 @@ class SeqCommDFL(QLearner):
         best = look.pooled.argmax(-1, keepdim=True)
         top2 = look.pooled.topk(2, dim=-1).values
         decided = (top2[..., 0] - top2[..., 1]) > 1e-6  # a pool that prefers one action
-        logq = masked_log_softmax(q, self.hparams.influence_tau, avail)
+        logq = masked_log_softmax(q, 1.0, avail)  # a margin of one utility unit
         best_response = torch.where(decided, -logq.gather(-1, best).squeeze(-1),
                                     torch.zeros_like(decided, dtype=q.dtype))
         temperature = max(self.hparams.lambda_entropy / self.hparams.lambda_va, 1e-6)

@@ -233,3 +233,28 @@ def test_influence_trains_the_messages_not_the_receivers(receiver):
     norm = [0.0 if g is None else float(g.abs().sum()) for g in grads]
     assert sum(norm[:len(heads)]) == 0.0
     assert sum(norm[len(heads):]) > 0.0
+
+
+def test_lookahead_receiver_learns_its_pools_best_action():
+    """Under ``label_scoring: lookahead`` the receiver's utilities under each label move toward
+    the best action of that (receiver observation, label) pool by the critic's values, even
+    where the receiver is confidently wrong; an undecided pool teaches nothing."""
+    torch.manual_seed(0)
+    env = MatrixGame(8, seed=1)
+    model = SeqCommDFL(env_info(env), comm=functools.partial(
+        SeqCommMessenger, message="discrete", n_labels=2, ordering="fixed",
+        fixed_order=[1, 0], base_round=False), world_model_gradient="none", hidden_dim=8,
+        label_scoring="lookahead")
+    B = 4  # receiver observation 0 every time; the sender sends label 0
+    obs = torch.zeros(B, 1, 2, env_info(env).obs_dim)
+    obs[:, :, 1, torch.arange(B) % 2] = 1.0  # two sender observations, both labelled 0
+    batch = TensorDict({"agents": {"observation": obs}}, batch_size=[B, 1])
+    batch[MASK] = torch.ones(B, 1, 2, 2, dtype=torch.bool)
+    probs = torch.tensor([1.0, 0.0]).expand(B, 1, 2, 2)
+    values = torch.tensor([[3.0, 1.0], [0.0, 0.0]]).expand(B, 1, 2, 2)  # a0 best; sender idle
+    q = torch.tensor([0.0, 5.0]).expand(2, B, 1, 2, 2).clone().requires_grad_(True)
+    gain = model.lookahead_gain(batch, values, probs, q)
+    (g,) = torch.autograd.grad(gain.sum(), q)
+    assert (g[0, :, :, 0, 0] > 0).all() and (g[0, :, :, 0, 1] < 0).all()  # toward a0
+    assert g[:, :, :, 1].abs().sum() == 0  # the sender's own pools are undecided (0 = 0)
+    assert g[1].abs().sum() == 0  # label 1 is sent by nobody: no pool, no target
