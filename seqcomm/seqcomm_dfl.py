@@ -313,7 +313,8 @@ class SeqCommDFL(QLearner):
         out["va_beta"] = q.new_tensor(beta)
         out["va"] = value_aware_loss(gain)
         # influence trains the messages only: through a receiver head that moves, "differ
-        # from the masked decision" would also train the receivers, value-blind (section 6)
+        # from the masked decision" would also train the receivers, value-blind
+        # (docs/results.md section 7)
         q_frozen = q_cf if hp.va_receiver == "frozen" else self.frozen_q(h.detach(), ctx_cf)
         out["inf"] = influence_loss(q_frozen[n], q_frozen[:n], hp.influence_tau, mask)
         return out
