@@ -1,6 +1,6 @@
 """The ``seqcomm`` command (DESIGN.md section 6): LightningCLI in OmegaConf mode, plus the
-``env-info``, ``sweep``, ``study`` and ``report`` commands. Bad input ends with one line on
-stderr and exit status 2.
+``env-info``, ``config-reference``, ``sweep``, ``study`` and ``report`` commands. Bad input
+ends with one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -139,6 +139,10 @@ def main(argv: list[str] | None = None) -> None:
             from seqcomm.commands import sweep_main
 
             sweep_main(args[1:])
+        elif args and args[0] == "config-reference":
+            from seqcomm.config_reference import main as config_reference_main
+
+            config_reference_main(args[1:])
         elif args and args[0] in ("study", "report"):
             from seqcomm.study.commands import report_main, study_main
 
