@@ -1,4 +1,4 @@
-"""Cost of one SeqComm-DFL update (DESIGN.md section 3) against a plain QMIX update, per
+"""Cost of one SeqComm-DFL update (docs/method.md §3) against a plain QMIX update, per
 world-model gradient, and its growth with the number of agents.
 
 Each row is a fresh ``python benchmarks/update_cost.py --row NAME`` subprocess (so peak memory

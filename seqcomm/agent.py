@@ -1,4 +1,4 @@
-"""The recurrent agent network of the QMIX backbone (DESIGN.md section 1).
+"""The recurrent agent network of the QMIX backbone (docs/method.md §1.2).
 
 One GRU shared by all agents (agent id one-hot appended to the input; optionally PyMARL's
 one-hot of the agent's previous action, zero at an episode start). ``encode`` advances the

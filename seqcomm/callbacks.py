@@ -1,4 +1,4 @@
-"""Run bookkeeping as Lightning callbacks (DESIGN.md sections 6-7): the final summary."""
+"""Run bookkeeping as Lightning callbacks (docs/method.md §7-8): the final summary."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ``seqcomm`` command (DESIGN.md section 6): LightningCLI in OmegaConf mode, plus the
+"""The ``seqcomm`` command (docs/method.md §7): LightningCLI in OmegaConf mode, plus the
 ``env-info``, ``config-reference``, ``sweep``, ``study`` and ``report`` commands. Bad input
 ends with one line on stderr and exit status 2.
 """

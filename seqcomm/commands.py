@@ -1,4 +1,4 @@
-"""``seqcomm env-info`` and ``seqcomm sweep`` (DESIGN.md sections 4-5).
+"""``seqcomm env-info`` and ``seqcomm sweep`` (docs/method.md §4 and §6).
 
 ``env-info`` prints a task's sizes and the returns of its scripted reference policies.
 ``sweep`` runs a W&B sweep file's grid locally, one run after another, without a W&B server:

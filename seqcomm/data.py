@@ -1,4 +1,4 @@
-"""Collection and replay (DESIGN.md section 6): a TorchRL ``Collector`` feeds a replay buffer
+"""Collection and replay (docs/method.md §7): a TorchRL ``Collector`` feeds a replay buffer
 of episode chunks, and an ``IterableDataset`` hands sampled TensorDict batches to Lightning.
 
 Each collection resets every copy (``reset_at_each_iter``) and gathers ``episode_limit`` steps

@@ -1,5 +1,5 @@
 """QMIX with pluggable communication: the LightningModule every method builds on
-(DESIGN.md sections 1, 6 and 7).
+(docs/method.md §1, §7 and §8).
 
 The module organises; its parts come from the config: the message generator (``comm``, by
 class_path), the agent/mixer sizes, the optimiser and exploration numbers. Collection and
@@ -178,7 +178,7 @@ class QLearner(L.LightningModule):
 
     # -- logging, evaluation ------------------------------------------------------------
     def log_training(self, values: dict[str, torch.Tensor | float]) -> None:
-        """Losses plus the collection statistics (DESIGN.md section 7 names), every
+        """Losses plus the collection statistics (docs/method.md §8 names), every
         ``trainer.log_every_n_steps`` updates (the loggers write no more often than that)."""
         if self.global_step % self.trainer.log_every_n_steps:
             return
@@ -237,5 +237,5 @@ class QLearner(L.LightningModule):
 
 
 def _metric_name(key: str) -> str:
-    """Environment info keys to DESIGN.md section 7 names (``won`` is logged as win rate)."""
+    """Environment info keys to docs/method.md §8 names (``won`` is logged as win rate)."""
     return {"won": "win_rate"}.get(key, key)

@@ -1,4 +1,4 @@
-"""The monotonic QMIX mixer (DESIGN.md section 1), from TorchRL.
+"""The monotonic QMIX mixer (docs/method.md §1.2), from TorchRL.
 
 ``torchrl.modules.QMixer`` holds the hypernetworks; this subclass only lets the state broadcast
 over extra leading dimensions (the learner's counterfactual message masks), which QMixer's

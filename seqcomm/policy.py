@@ -1,4 +1,4 @@
-"""The acting policy the TorchRL collector runs (DESIGN.md sections 1 and 6).
+"""The acting policy the TorchRL collector runs (docs/method.md §1.2 and §7).
 
 Recurrent, epsilon-greedy over available actions, messages included: it runs exactly the
 ``TeamQ`` forward the learner trains (same communication pass, same order), one step at a time.

@@ -1,4 +1,4 @@
-"""RGMComm on the QMIX backbone (RGMComm section 4.2, Algorithms 1-2; DESIGN.md section 4).
+"""RGMComm on the QMIX backbone (RGMComm section 4.2, Algorithms 1-2; docs/method.md §5).
 
 QMIX trains the agents by TD; a critic ``Q(o, a)`` on joint observations and actions is
 regressed on the same TD targets; the label function of ``seqcomm.comm.rgmcomm.RGMComm`` is

@@ -1,5 +1,5 @@
 """The SeqComm baseline (Ding et al., "Multi-Agent Sequential Decision-Making via
-Communication") on the QMIX backbone (DESIGN.md section 4).
+Communication") on the QMIX backbone (docs/method.md §5).
 
 Acting (``seqcomm.sequential_policy``): negotiation (hidden-state messages; intention values
 from ``F`` orders x ``H`` imagined steps of a world model; higher intention decides first),

@@ -1,4 +1,4 @@
-"""The value parameters ``w`` of DESIGN.md section 3: agents, messages and mixer together.
+"""The value parameters ``w`` of docs/method.md §3.2: agents, messages and mixer together.
 
 ``TeamQ`` is what the learner optimises, copies into a target network, hands to the world
 model's inner loop, and what the acting policy runs. All methods are batched over agents and
@@ -23,7 +23,7 @@ CommFactory = Callable[[int, int], Communication]
 
 
 class TeamQ(nn.Module):
-    """Agents + communication + monotonic mixer (DESIGN.md sections 1-2).
+    """Agents + communication + monotonic mixer (docs/method.md §1.2 and §2).
 
     Args:
         info: environment sizes (read from the specs).

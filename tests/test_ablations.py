@@ -1,5 +1,5 @@
 """Every ablation YAML on every task, the method on every task and each baseline method file
-(DESIGN.md section 4), through ``seqcomm fit`` in this process.
+(docs/method.md §4), through ``seqcomm fit`` in this process.
 
 Parsing (``--print_config``) covers every task x ablation; a few training updates cover every
 ablation on a short hospital, the default method on each trainable task and every baseline

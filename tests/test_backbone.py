@@ -1,4 +1,4 @@
-"""Unit tests of the QMIX backbone (DESIGN.md section 1): mixer, agent, policy, TD target."""
+"""Unit tests of the QMIX backbone (docs/method.md §1.2): mixer, agent, policy, TD target."""
 
 from __future__ import annotations
 

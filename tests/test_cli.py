@@ -1,4 +1,4 @@
-"""End-to-end runs of ``seqcomm fit`` on the matrix game, and bad input (DESIGN.md section 6)."""
+"""End-to-end runs of ``seqcomm fit`` on the matrix game, and bad input (docs/method.md §7)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from seqcomm.cli import main
 from seqcomm.envs.matrix import RGMCOMM_TABLE, full_obs_value, no_comm_value
 from seqcomm.learner import QLearner
 
-NO_COMM, FULL_OBS = 33.325, 39.15  # RGMComm's matrix game, DESIGN.md section 5
+NO_COMM, FULL_OBS = 33.325, 39.15  # RGMComm's matrix game, docs/method.md §6.1
 
 
 def test_reference_values_of_the_table():

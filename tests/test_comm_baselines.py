@@ -1,4 +1,4 @@
-"""CommNet, TarMAC and RGMComm baselines (DESIGN.md section 4); RGMComm's clustering and
+"""CommNet, TarMAC and RGMComm baselines (docs/method.md §5); RGMComm's clustering and
 learner: tests/test_rgmcomm.py."""
 
 

@@ -1,4 +1,4 @@
-"""Data-parallel training (DESIGN.md section 6): ``seqcomm fit`` with DDP on 2 CPU processes
+"""Data-parallel training (docs/method.md §7): ``seqcomm fit`` with DDP on 2 CPU processes
 (gloo). Each rank collects from its own environment seeds, the ranks take the same number
 of optimiser steps on all-reduced gradients, and rank 0 alone writes the summary."""
 

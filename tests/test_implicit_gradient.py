@@ -1,4 +1,4 @@
-"""Implicit hypergradient (DESIGN.md section 3) against analytic and unrolled gradients."""
+"""Implicit hypergradient (docs/method.md §3.3) against analytic and unrolled gradients."""
 
 from __future__ import annotations
 

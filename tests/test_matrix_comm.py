@@ -1,4 +1,4 @@
-"""Learned one-bit communication on RGMComm's matrix game (DESIGN.md sections 2 and 5).
+"""Learned one-bit communication on RGMComm's matrix game (docs/method.md §2 and §6.1).
 
 Agent 2 (index 1) sees o2 and can only help by telling agent 1 one bit about it; the best
 labelling, {o21, o23} vs {o22, o24}, is worth 38.05 (no communication: 33.325, full

@@ -1,4 +1,4 @@
-"""Base messages and masked aggregation (DESIGN.md section 2, stage 1)."""
+"""Base messages and masked aggregation (docs/method.md §2.1)."""
 
 import math
 

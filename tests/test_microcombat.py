@@ -1,4 +1,4 @@
-"""Tests of the SMAC-like simulator (seqcomm.envs.microcombat, DESIGN.md section 5)."""
+"""Tests of the SMAC-like simulator (seqcomm.envs.microcombat, docs/method.md §6.4)."""
 
 import pytest
 import torch

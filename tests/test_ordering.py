@@ -1,4 +1,4 @@
-"""Guidance potential and speaking order (DESIGN.md section 2, stage 2)."""
+"""Guidance potential and speaking order (docs/method.md §2.2)."""
 
 import math
 

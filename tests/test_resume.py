@@ -1,4 +1,4 @@
-"""Reproducibility (DESIGN.md section 6): a seed fixes a run, and a run interrupted at a
+"""Reproducibility (docs/method.md §7): a seed fixes a run, and a run interrupted at a
 checkpoint then resumed with ``--ckpt_path last`` logs exactly what the uninterrupted run logs."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SeqComm-DFL's counterfactual message losses (DESIGN.md section 2): what the learner
+"""SeqComm-DFL's counterfactual message losses (docs/method.md §2): what the learner
 computes, on tiny hand-made cases."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SeqComm-DFL's sequential messenger (DESIGN.md section 2, stages 1-3)."""
+"""SeqComm-DFL's sequential messenger (docs/method.md §2.1-2.3)."""
 
 import pytest
 import torch

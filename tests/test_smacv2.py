@@ -1,4 +1,4 @@
-"""SMACv2Task (DESIGN.md section 5, "smacv2"): the missing-dependency message, the key
+"""SMACv2Task (docs/method.md §6.5): the missing-dependency message, the key
 contract checked against MicroCombat through a stand-in ``smacv2`` package, and a real
 StarCraft II run (``-m sc2``)."""
 

@@ -1,4 +1,4 @@
-"""The W&B sweep files (DESIGN.md section 4) and ``seqcomm sweep --dry_run``: 5 seeds x every
+"""The W&B sweep files (docs/method.md §4) and ``seqcomm sweep --dry_run``: 5 seeds x every
 ablation file of a switch, each generated command a valid ``seqcomm fit`` invocation."""
 
 from __future__ import annotations

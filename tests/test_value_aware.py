@@ -1,4 +1,4 @@
-"""Value-aware message objectives (DESIGN.md section 2, stage 4)."""
+"""Value-aware message objectives (docs/method.md §2.4)."""
 
 import pytest
 import torch

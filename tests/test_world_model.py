@@ -1,4 +1,4 @@
-"""Communication-augmented world model (DESIGN.md section 3)."""
+"""Communication-augmented world model (docs/method.md §3.1)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Message generators: SeqComm-DFL's sequential messenger and the communication baselines
-(DESIGN.md sections 2 and 4)."""
+(docs/method.md §2 and §5)."""
 
 from seqcomm.comm.base import Communication, NoComm
 from seqcomm.comm.commnet import CommNet

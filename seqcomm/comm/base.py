@@ -1,4 +1,4 @@
-"""The interface every message generator implements (DESIGN.md sections 2 and 4).
+"""The interface every message generator implements (docs/method.md §2 and §5).
 
 A ``Communication`` turns the agents' recurrent states ``h`` of shape ``[*B, n, H]`` into the
 context each receiver conditions its utility on, ``ctx`` of shape ``[*B, n, ctx_dim]``.

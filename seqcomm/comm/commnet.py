@@ -1,4 +1,4 @@
-"""CommNet baseline (Sukhbaatar et al. 2016; DESIGN.md section 4).
+"""CommNet baseline (Sukhbaatar et al. 2016; docs/method.md §5).
 
 Each receiver gets the mean of the other agents' delivered hidden states through a linear
 layer: ``ctx_j = C * mean_{i != j, delivered} h_i``.

@@ -1,5 +1,5 @@
 """SeqComm's two communication phases on the QMIX backbone (Ding et al., "Multi-Agent
-Sequential Decision-Making via Communication"; the baseline of DESIGN.md section 4).
+Sequential Decision-Making via Communication"; the baseline of docs/method.md §5).
 
 Negotiation: every agent broadcasts an encoding ``m_i = W h_i`` of its hidden state; each
 receiver attends over the others' (TarMAC-style, one round). Launching: agents decide in an

@@ -1,4 +1,4 @@
-"""Base messages ``m_i = phi(h_i)`` and their masked aggregation (DESIGN.md section 2, stage 1).
+"""Base messages ``m_i = phi(h_i)`` and their masked aggregation (docs/method.md §2.1).
 
 A message is either a continuous vector in ``(-1, 1)^msg_dim`` or one of ``n_labels`` discrete
 labels (straight-through Gumbel-softmax, RGMComm-style few-bit messages) embedded into
@@ -86,7 +86,7 @@ def masked_attention(
 
 
 class MessageEncoder(nn.Module):
-    """Base message generator ``phi`` (DESIGN.md section 2, stage 1).
+    """Base message generator ``phi`` (docs/method.md §2.1).
 
     Args:
         hidden_dim: size of the agent's recurrent state ``h_i``.
@@ -146,7 +146,8 @@ class MessageEncoder(nn.Module):
         Discrete labels are sampled with Gumbel noise in training mode and are the
         deterministic argmax in eval mode; the forward is exactly one-hot either way.
         """
-        if self.embed is None:  # bounded (DESIGN 2.1): no loss can win by inflating the scale
+        # bounded (docs/method.md §2.1): no loss can win by inflating the scale
+        if self.embed is None:
             return torch.tanh(raw), None
         labels, _ = straight_through_gumbel(self.logits(raw), self.tau,
                                             sample=self.training and self.gumbel_noise)

@@ -1,4 +1,4 @@
-"""Guidance potential and the speaking order (DESIGN.md section 2, stage 2).
+"""Guidance potential and the speaking order (docs/method.md §2.2).
 
 ``GP_i = Q_tot(greedy | all delivered) - Q_tot(greedy | i masked)``; the agent with the
 highest guidance potential speaks first (the Stackelberg leader). Each agent learns a head
@@ -90,7 +90,7 @@ class Ordering(nn.Module):
 
 
 def guidance_potential(q_tot_all: torch.Tensor, q_tot_masked: torch.Tensor) -> torch.Tensor:
-    """Counterfactual guidance-potential target ``GP [*B, n]`` (DESIGN.md section 2, stage 2).
+    """Counterfactual guidance-potential target ``GP [*B, n]`` (docs/method.md §2.2).
 
     Args:
         q_tot_all: ``[*B]`` mixer value of the greedy joint action, all messages delivered.

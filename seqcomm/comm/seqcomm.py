@@ -1,4 +1,4 @@
-"""SeqComm-DFL's Stackelberg sequential messenger (DESIGN.md section 2, stages 1-3).
+"""SeqComm-DFL's Stackelberg sequential messenger (docs/method.md §2.1-2.3).
 
 Per step: base messages ``m_i = phi(h_i)`` broadcast to every other agent, the leader
 included (stage 1); a speaking order ``pi`` (stage 2); each agent refines its message from its

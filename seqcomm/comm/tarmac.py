@@ -1,4 +1,4 @@
-"""TarMAC baseline (Das et al. 2019; DESIGN.md section 4).
+"""TarMAC baseline (Das et al. 2019; docs/method.md §5).
 
 Each sender broadcasts a signature (key) and a value; each receiver predicts a query and
 takes the soft-attention-weighted sum of the values of all other delivered senders (one

@@ -1,1 +1,1 @@
-"""Decision-focused world model and its implicit gradient (DESIGN.md section 3)."""
+"""Decision-focused world model and its implicit gradient (docs/method.md §3)."""

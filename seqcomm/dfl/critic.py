@@ -1,4 +1,4 @@
-"""The full-information team critic that scores receivers' decisions (DESIGN.md 2.4).
+"""The full-information team critic that scores receivers' decisions (docs/method.md §2.4).
 
 ``Q_c(s, a)`` sees the global state and the joint action and is regressed on the same TD
 targets as ``Q_tot``. Unlike a receiver's own utility, it cannot be raised by a message, so

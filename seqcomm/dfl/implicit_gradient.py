@@ -1,4 +1,4 @@
-"""Implicit hypergradient of Optimal Model Design and its unrolled ablation (DESIGN.md s. 3).
+"""Implicit hypergradient of Optimal Model Design and its unrolled ablation (docs/method.md §3.3).
 
 Bilevel problem: ``w*(theta) = argmin_w L_model(w; theta)``, ``min_theta L_true(w*(theta))``.
 By the implicit function theorem (Nikishin et al. 2022; Lorraine et al. 2020)

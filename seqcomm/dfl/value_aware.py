@@ -1,4 +1,4 @@
-"""Value-aware message objectives of SeqComm-DFL (DESIGN.md section 2, stage 4).
+"""Value-aware message objectives of SeqComm-DFL (docs/method.md §2.4).
 
 Messages are trained for the receivers' decision quality. Shapes: the counterfactual pass
 has a leading mask dimension; ``q_masked [n_send, *B, n_recv, A]`` holds receiver j's
@@ -127,7 +127,7 @@ def awareness_loss(
 
 class ReconstructionHead(nn.Module):
     """Decodes the sender's observation from its message: the intermediate objective used
-    when ``value_aware: false`` (DESIGN.md section 4).
+    when ``value_aware: false`` (docs/method.md §4).
 
     Args:
         msg_dim: message size.

@@ -1,6 +1,6 @@
 """Communication-augmented world model ``W_theta(s, o, a, M) -> (s', o', r, terminated)``.
 
-DESIGN.md section 3. Each agent's observation, one-hot action, message and one-hot id are
+docs/method.md §3.1. Each agent's observation, one-hot action, message and one-hot id are
 embedded by one shared MLP; the embeddings are pooled over agents and combined with the
 global state; the model predicts residual deltas for the next state and the next
 observations, plus the team reward and a termination logit.

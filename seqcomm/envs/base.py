@@ -1,4 +1,4 @@
-"""Shared contract of every seqcomm task (DESIGN.md section 5).
+"""Shared contract of every seqcomm task (docs/method.md §6).
 
 Every built-in environment is a batched ``EnvBase`` of ``num_envs`` copies with the keys
 below; ``env_info`` reads the sizes the model needs from the specs alone, so wrapped

@@ -1,4 +1,4 @@
-"""Collaborative healthcare task with specialty-gated hidden risks (DESIGN.md section 5).
+"""Collaborative healthcare task with specialty-gated hidden risks (docs/method.md §6.3).
 
 ``n_specialists`` agents share a ward of ``n_beds`` beds; ``n_patients`` patients arrive
 evenly over ``episode_limit`` steps. A patient carries one hidden risk type ``r`` (or none),

@@ -1,4 +1,4 @@
-"""RGMComm's two-agent one-step matrix game (DESIGN.md section 5, RGMComm Fig. 1 / App. C.4).
+"""RGMComm's two-agent one-step matrix game (docs/method.md §6.1, RGMComm Fig. 1 / App. C.4).
 
 Agent 1 sees o1 and picks a1; agent 2 sees o2, has a single action and can only help by
 talking. Observations are uniform and independent; the team reward is ``table[o1, a1, o2]``.
@@ -13,7 +13,7 @@ from tensordict import TensorDict, TensorDictBase
 
 from seqcomm.envs.base import ACTION, AGENTS, MultiAgentEnv
 
-# table[o1, a1, o2]; the o12 rows for o22..o24 are reconstructed (DESIGN.md section 5).
+# table[o1, a1, o2]; the o12 rows for o22..o24 are reconstructed (docs/method.md §6.1).
 RGMCOMM_TABLE = torch.tensor(
     [
         [[53.2, 4.5, 58.5, 0.3], [42.9, 1.2, 64.0, 16.1]],

@@ -1,4 +1,4 @@
-"""RGMComm's two-agent grid maze (DESIGN.md section 5, RGMComm Appendix E.1).
+"""RGMComm's two-agent grid maze (docs/method.md §6.2, RGMComm Appendix E.1).
 
 Cells are ``(row, col)`` counted from 0 at the upper-left corner, so the paper's (1,1) is
 ``(0, 0)`` here and its (3,3) is ``(size - 2, size - 2)``.

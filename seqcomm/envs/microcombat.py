@@ -1,4 +1,4 @@
-"""``microcombat``: a SMAC-like micromanagement simulator in pure torch (DESIGN.md section 5).
+"""``microcombat``: a SMAC-like micromanagement simulator in pure torch (docs/method.md §6.4).
 
 After JaxMARL's SMAX: SMAC's unit types (``units.py``), maps, observation / state / action
 layout and shaped reward, with simple continuous 2-D kinematics instead of StarCraft II.

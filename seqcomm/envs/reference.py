@@ -1,4 +1,4 @@
-"""Evaluate scripted reference policies on any task (``seqcomm env-info``, DESIGN.md section 5).
+"""Evaluate scripted reference policies on any task (``seqcomm env-info``, docs/method.md §6).
 
 A policy is any callable mapping the current TensorDict of a batched environment to actions
 ``[E, n_agents]`` (int64). Environments expose theirs through ``reference_policies()``.

@@ -1,4 +1,4 @@
-"""``smacv2``: real StarCraft II through ``torchrl.envs.SMACv2Env`` (DESIGN.md section 5).
+"""``smacv2``: real StarCraft II through ``torchrl.envs.SMACv2Env`` (docs/method.md §6.5).
 
 TorchRL's ``SMACv2Env`` wraps one ``smacv2`` game (batch size ``[]``) and emits
 ``("agents", "observation" | "action_mask")``, ``"state"``, ``"reward"``, ``"done"``,

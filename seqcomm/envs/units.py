@@ -1,4 +1,4 @@
-"""StarCraft II unit types and SMAC maps used by ``microcombat`` (DESIGN.md section 5).
+"""StarCraft II unit types and SMAC maps used by ``microcombat`` (docs/method.md §6.4).
 
 Sources of the numbers:
 

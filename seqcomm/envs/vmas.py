@@ -1,4 +1,4 @@
-"""VMAS tasks through ``torchrl.envs.VmasEnv`` with discrete actions (DESIGN.md section 5).
+"""VMAS tasks through ``torchrl.envs.VmasEnv`` with discrete actions (docs/method.md §6.6).
 
 ``VmasTask`` is a ``TransformedEnv`` over ``VmasEnv`` whose transforms turn VMAS's group
 keys into the seqcomm key contract (``seqcomm.envs.base``):
