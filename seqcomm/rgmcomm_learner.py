@@ -47,7 +47,9 @@ SCHEDULES = ("online", "staged")
 class RGMCommLearner(QLearner):
     """QMIX + RGMComm labels (``comm`` must be ``seqcomm.comm.rgmcomm.RGMComm``).
 
-    Args (besides ``QLearner``'s):
+    Takes ``QLearner``'s arguments too.
+
+    Args:
         schedule: ``online`` or ``staged`` (see the module docstring).
         cluster_every: updates between re-clusterings (``online``).
         cluster_start: first update that clusters (``online``).

@@ -39,7 +39,9 @@ from seqcomm.team_q import TeamQ
 class SeqCommLearner(QLearner):
     """QMIX + SeqComm's negotiation and launching phases (``comm``: ``LaunchingMessenger``).
 
-    Args (besides ``QLearner``'s):
+    Takes ``QLearner``'s arguments too.
+
+    Args:
         orders: ``F``, random orders sampled per candidate leader for its intention value.
         horizon: ``H``, imagined steps of each rollout before the value bootstraps.
         model_hidden: width of the world model.
