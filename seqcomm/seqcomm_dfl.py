@@ -1,9 +1,9 @@
 """SeqComm-DFL: value-aware sequential communication with a decision-focused world model
-(DESIGN.md sections 2-4), as a configuration of the QMIX learner.
+(docs/method.md §2-4), as a configuration of the QMIX learner.
 
 Parameter split. ``w`` = the value parameters (agents, messenger, mixer: ``self.net``);
 ``theta`` = the world model. The message losses (``L_VA``, ``L_inf``, the guidance-potential
-regression) do not depend on ``theta``, so they join ``w``'s objective; DESIGN.md section 3
+regression) do not depend on ``theta``, so they join ``w``'s objective; docs/method.md §3.2
 lists them in the outer update, where they would act on the same message parameters.
 """
 
@@ -52,7 +52,9 @@ def label_information(probs: torch.Tensor) -> torch.Tensor:
 class SeqCommDFL(QLearner):
     """QMIX + sequential messages + value-aware losses + an OMD-trained world model.
 
-    Args (besides ``QLearner``'s; ``comm`` should be a ``SeqCommMessenger``):
+    ``comm`` should be a ``SeqCommMessenger``; ``QLearner``'s arguments apply too.
+
+    Args:
         world_model_gradient: ``implicit`` (implicit differentiation, OMD), ``unrolled``
             (backprop through ``k_inner`` SGD steps), ``mle`` (prediction loss) or ``none``
             (model-free).
@@ -73,7 +75,7 @@ class SeqCommDFL(QLearner):
         real_td_weight: weight of the real-data TD loss ``L_true`` in the value parameters'
             step (0 = pure OMD: the values learn only from imagined transitions). It is an
             outer term: the implicit gradient's Hessian is that of the inner objective
-            ``L_model + lambda_aware L_aware`` alone (DESIGN.md section 3).
+            ``L_model + lambda_aware L_aware`` alone (docs/method.md §3.2).
         model_td_weight: weight of the imagined-transition TD loss ``L_model`` in the value
             parameters' step.
         mle_weight: weight of the prediction loss added to the world model's hypergradient
@@ -219,7 +221,7 @@ class SeqCommDFL(QLearner):
         batch, _, _ = next(dataloader_iter)
         opts = self.optimizers()
         opt_w, opt_theta = opts if isinstance(opts, list) else (opts, None)
-        # 1. Stackelberg messages and the real-data QMIX TD loss (DESIGN.md 2.1-2.3)
+        # 1. Stackelberg messages and the real-data QMIX TD loss (docs/method.md §2.1-2.3)
         td, cache = self.td_loss(batch)
         # 2. value-aware message objectives and the order's guidance potential (2.2, 2.4)
         msg = self.message_losses(batch, cache)
@@ -229,7 +231,7 @@ class SeqCommDFL(QLearner):
         if pred is not None:
             model_td, imagined = self.imagined_td_loss(batch, cache, pred)
             logs = self.imagination_errors(batch, cache, pred, imagined)
-        # 4. inner objective (DESIGN.md 3): L_model + lambda_aware L_aware; the w step adds
+        # 4. inner objective (docs/method.md §3.2): L_model + lambda_aware L_aware; the w step adds
         #    the real TD loss and the message losses as outer terms, the critic its own loss
         hp = self.hparams
         inner = model_td + hp.lambda_aware * msg["aware"]
@@ -260,11 +262,11 @@ class SeqCommDFL(QLearner):
         """``L_VA`` (warm-up blend), ``L_inf``, ``L_aware``, the guidance-potential regression
         and, with ``value_aware: false``, the reconstruction loss, from ONE counterfactual
         pass over n+1 masks: row i masks agent i's messages (all others delivered), the last
-        row delivers all (DESIGN.md 2.2).
+        row delivers all (docs/method.md §2.2).
 
         Receivers turn messages into decisions with the head ``va_receiver`` names (default:
         the online head with detached parameters, on detached states) and the decisions are
-        scored by ``va_evaluator``, so messages cannot win by inflating Q (DESIGN.md 2.4).
+        scored by ``va_evaluator``, so messages cannot win by inflating Q (docs/method.md §2.4).
         """
         h, q, aux = cache["h"], cache["q"], cache["aux"]
         n, hp = self.info.n_agents, self.hparams
@@ -381,7 +383,7 @@ class SeqCommDFL(QLearner):
     @torch.no_grad()
     def guidance_potential_target(self, batch: TensorDictBase, cache: dict,
                                   q_masked: torch.Tensor, q_all: torch.Tensor) -> torch.Tensor:
-        """``GP_i = V(s, a*(all)) - V(s, a*(i masked))`` ``[*B, n]`` (DESIGN.md 2.2): the
+        """``GP_i = V(s, a*(all)) - V(s, a*(i masked))`` ``[*B, n]`` (docs/method.md §2.2): the
         receivers' greedy joint action under each condition, scored by the evaluator's joint
         value (the team critic, or the target ``Q_tot`` on target states)."""
         mask = batch[MASK]
@@ -545,7 +547,7 @@ class SeqCommDFL(QLearner):
         return {k: p for k, p in named.items() if p.requires_grad}
 
     def update_world_model(self, opt, batch, cache, td, inner, pred) -> dict[str, torch.Tensor]:
-        """The outer step on ``theta`` (DESIGN.md section 3); returns its logs."""
+        """The outer step on ``theta`` (docs/method.md §3.3); returns its logs."""
         hp = self.hparams
         if self.world_model is None:
             return {}
@@ -604,7 +606,7 @@ class SeqCommDFL(QLearner):
             return functional_call(self, {f"net.{k}": v for k, v in params.items()},
                                    (batch,), {}, strict=False, tie_weights=False)
 
-        def inner_loss(params):  # L_model, as for the implicit gradient (DESIGN.md 3)
+        def inner_loss(params):  # L_model, as for the implicit gradient (docs/method.md §3.2)
             return losses(params)[1]
 
         final = unrolled_inner(start, inner_loss, self.hparams.k_inner, self.hparams.inner_lr)
