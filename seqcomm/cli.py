@@ -18,11 +18,8 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 
 from seqcomm.callbacks import RunSummary
 from seqcomm.data import EpisodeData
+from seqcomm.errors import ConfigError
 from seqcomm.learner import QLearner
-
-
-class ConfigError(Exception):
-    """Bad input: printed as one line, exit status 2."""
 
 
 def wandb_key_configured() -> bool:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from typing import Any
 
-from seqcomm.cli import ConfigError
+from seqcomm.errors import ConfigError
 
 
 def _load_yaml(path: str) -> dict[str, Any]:

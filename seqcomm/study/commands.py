@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from seqcomm.cli import ConfigError
+from seqcomm.errors import ConfigError
 
 
 class _Parser(argparse.ArgumentParser):

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from seqcomm.cli import ConfigError
+from seqcomm.errors import ConfigError
 from seqcomm.study import cell as cells
 from seqcomm.study.spec import Study
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seqcomm.cli import ConfigError
+from seqcomm.errors import ConfigError
 from seqcomm.study import cell as cells
 from seqcomm.study.spec import Cell, Study, load_study
 

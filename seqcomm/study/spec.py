@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from seqcomm.cli import ConfigError
+from seqcomm.errors import ConfigError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 STUDY_KEYS = {"seeds", "budget", "metric", "overrides", "tasks", "methods", "compare", "slurm"}
