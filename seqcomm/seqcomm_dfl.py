@@ -13,6 +13,7 @@ import torch
 from tensordict import TensorDictBase
 from torch.func import functional_call
 
+from seqcomm.comm.messages import entropy
 from seqcomm.comm.ordering import guidance_potential, order_entropy
 from seqcomm.dfl.critic import TeamCritic
 from seqcomm.dfl.implicit_gradient import (
@@ -45,7 +46,6 @@ EVALUATORS = ("critic", "target")
 
 def label_information(probs: torch.Tensor) -> torch.Tensor:
     """``H(mean_b p) - mean_b H(p)`` per sender for label distributions ``[N, n, |M|]``."""
-    entropy = lambda p: -(p * p.clamp_min(1e-12).log()).sum(-1)  # noqa: E731
     return entropy(probs.mean(0)) - entropy(probs).mean(0)
 
 
@@ -284,7 +284,7 @@ class SeqCommDFL(QLearner):
             probs = aux["label_probs"]
             out["mi"] = -label_information(probs.reshape(-1, n, probs.shape[-1])).mean()
             if hp.label_scoring != "lookahead":  # there the temperature is in the regression
-                out["entropy"] = (probs * probs.clamp_min(1e-12).log()).sum(-1).mean()
+                out["entropy"] = -entropy(probs).mean()
         ctx_cf = self.counterfactual_contexts(h)
         q_cf = self.receiver_q(h.detach(), ctx_cf)
         q_masked, q_all, ctx_all = q_cf[:n], q_cf[n], ctx_cf[n]
@@ -416,7 +416,7 @@ class SeqCommDFL(QLearner):
         values = self.evaluator_values(batch, cache)
         base = decision_value(q_masked, values, tau, mask).detach()
 
-        def entropy(q: torch.Tensor) -> torch.Tensor:
+        def policy_entropy(q: torch.Tensor) -> torch.Tensor:
             logp = masked_log_softmax(q, tau, mask)
             # where, not a product: unavailable actions' huge negative logp must get no gradient
             return -torch.where(mask, logp.exp() * logp, torch.zeros_like(logp)).sum(-1)
@@ -436,12 +436,12 @@ class SeqCommDFL(QLearner):
             probs = aux["label_probs"].movedim(-2, 0).movedim(-1, 1)  # [n_send, M, *B]
             gain = (probs.unsqueeze(-1) * value_k.unsqueeze(0)).sum(1) - base
             if hp.va_receiver == "soft":
-                ent_k = entropy(self.receiver_q(hk, ck.detach()))
+                ent_k = policy_entropy(self.receiver_q(hk, ck.detach()))
                 gain = gain + tau * (probs.detach().unsqueeze(-1) * ent_k.unsqueeze(0)).sum(1)
             return gain
         gain = decision_value(q_all, values, tau, mask) - base
         if hp.va_receiver == "soft":
-            gain = gain + tau * entropy(self.receiver_q(h.detach(), ctx.detach()))
+            gain = gain + tau * policy_entropy(self.receiver_q(h.detach(), ctx.detach()))
         return gain
 
     def lookahead_gain(self, batch: TensorDictBase, values: torch.Tensor,

@@ -11,7 +11,7 @@ from seqcomm.envs.base import ACTION, AGENTS, MASK, OBS, STATE, EnvInfo
 from seqcomm.learner import QLearner
 from seqcomm.mixer import MonotonicMixer
 from seqcomm.policy import EpsilonGreedyPolicy
-from seqcomm.team_q import TeamQ
+from seqcomm.team_q import TeamQ, masked_argmax
 
 INFO = EnvInfo(n_agents=3, obs_dim=5, state_dim=7, n_actions=6, episode_limit=4)
 
@@ -200,3 +200,18 @@ def test_td_target_by_hand(double_q, terminated, expected):
     torch.testing.assert_close(loss.sqrt(), torch.tensor(expected))
     loss.backward()  # the target is a constant: d loss / d Q_tot = 2 (Q_tot - y) * w
     torch.testing.assert_close(learner.net.anchor.grad, torch.tensor(-2 * expected * 10.0))
+
+
+def test_masked_argmax_pinned():
+    """``masked_argmax`` (the one masked greedy choice, also the label look-ahead's pools):
+    the best available action, ties to the first, an agent with none available picks 0."""
+    torch.manual_seed(0)
+    q = torch.randn(64, 3, 5)
+    mask = torch.rand(64, 3, 5) > 0.5
+    mask[0, 0] = False
+    q[1, 0] = 2.0
+    mask[1, 0] = True
+    got = masked_argmax(q, mask)
+    assert torch.equal(got, q.masked_fill(~mask, torch.finfo(q.dtype).min).argmax(-1))
+    assert got[0, 0] == 0 and got[1, 0] == 0
+    assert mask.gather(-1, got.unsqueeze(-1)).squeeze(-1)[mask.any(-1)].all()

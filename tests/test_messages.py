@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from seqcomm.comm.messages import MessageEncoder, masked_attention, straight_through_gumbel
+from seqcomm.comm.messages import (
+    MessageEncoder,
+    entropy,
+    expand_to_deliver,
+    masked_attention,
+    others_mask,
+    straight_through_gumbel,
+)
 
 
 def test_continuous_message_shapes_and_bits():
@@ -86,3 +93,27 @@ def test_masked_attention_empty_row_has_finite_zero_gradient():
     for t in (q, k, v):
         assert torch.equal(t.grad, torch.zeros_like(t))
     assert math.isfinite(out.sum().item())
+
+
+def test_others_mask_is_delivery_off_the_diagonal():
+    """``others_mask`` (one copy for every messenger): pinned to the formula it replaced."""
+    torch.manual_seed(0)
+    h = torch.randn(5, 3, 4, dtype=torch.float64)
+    deliver = (torch.rand(5, 3) > 0.4).double()
+    h, deliver = expand_to_deliver(h, deliver)
+    mask = others_mask(h, deliver)
+    expected = (1 - torch.eye(3, dtype=torch.float64)) * deliver.unsqueeze(-2)
+    assert mask.dtype == torch.float64 and torch.equal(mask, expected)
+    j, i = 1, 2  # receiver 1 hears sender 2 iff 2's message is delivered
+    assert torch.equal(mask[:, j, i], deliver[:, i])
+    assert (mask.diagonal(dim1=-2, dim2=-1) == 0).all()
+
+
+def test_entropy_helper_bit_identical_with_zero_probabilities():
+    """``entropy`` (one copy for the label terms): pinned to the formula it replaced."""
+    torch.manual_seed(0)
+    p = torch.softmax(torch.randn(6, 2, 4), -1)
+    p[0, 0] = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    assert torch.equal(entropy(p), -(p * p.clamp_min(1e-12).log()).sum(-1))
+    assert entropy(p)[0, 0] == 0
+    torch.testing.assert_close(entropy(torch.full((4,), 0.25)), torch.tensor(math.log(4)))

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from seqcomm.comm.base import Communication
-from seqcomm.comm.messages import expand_to_deliver
+from seqcomm.comm.messages import expand_to_deliver, others_mask
 
 
 class CommNet(Communication):
@@ -30,8 +30,7 @@ class CommNet(Communication):
 
     def forward(self, h, deliver=None):
         h, deliver = expand_to_deliver(h, deliver)
-        n = h.shape[-2]
-        others = (1 - torch.eye(n, device=h.device, dtype=h.dtype)) * deliver.unsqueeze(-2)
+        others = others_mask(h, deliver)
         count = others.sum(dim=-1, keepdim=True)
         mean = (others @ h) / torch.where(count > 0, count, torch.ones_like(count))
         return self.comm(mean), {"messages": h}

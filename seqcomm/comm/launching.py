@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from seqcomm.comm.base import Communication
-from seqcomm.comm.messages import expand_to_deliver, masked_attention
+from seqcomm.comm.messages import expand_to_deliver, masked_attention, others_mask
 from seqcomm.comm.ordering import precedence_from_order
 from seqcomm.team_q import masked_argmax
 
@@ -77,8 +77,7 @@ class LaunchingMessenger(Communication):
         """``[*B, n, msg_dim]``: each receiver's attention over the others' ``m_i = W h_i``
         (computed once per step: the launching sweeps reuse it)."""
         h, deliver = expand_to_deliver(h, deliver)
-        n = h.shape[-2]
-        others = (1 - torch.eye(n, device=h.device, dtype=h.dtype)) * deliver.unsqueeze(-2)
+        others = others_mask(h, deliver)
         m = self.message(h)
         return masked_attention(self.query(h), self.key(m), self.value(m), others)
 

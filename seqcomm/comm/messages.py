@@ -53,6 +53,19 @@ def expand_to_deliver(
     return h.expand(*shape, h.shape[-1]), deliver.to(h.dtype).expand(shape)
 
 
+def others_mask(h: torch.Tensor, deliver: torch.Tensor) -> torch.Tensor:
+    """Who hears whom: ``[*B, n, n]`` with ``[..., j, i] = deliver[..., i]`` for ``i != j`` and
+    0 on the diagonal (no agent hears itself). ``h [*B, n, H]`` and ``deliver [*B, n]`` as
+    ``expand_to_deliver`` returns them; the mask has ``h``'s dtype and device."""
+    n = h.shape[-2]
+    return (1 - torch.eye(n, device=h.device, dtype=h.dtype)) * deliver.unsqueeze(-2)
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of distributions ``p [*, K]`` over the last dimension (``0 log 0 = 0``)."""
+    return -(p * p.clamp_min(1e-12).log()).sum(-1)
+
+
 def masked_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from seqcomm.comm.base import Communication
-from seqcomm.comm.messages import expand_to_deliver
+from seqcomm.comm.messages import entropy, expand_to_deliver, others_mask
 
 
 def cosine_distance_matrix(x: torch.Tensor) -> torch.Tensor:
@@ -49,7 +49,6 @@ def label_information(probs: torch.Tensor, weight: torch.Tensor | None = None) -
     (Krause et al. 2010), expectations under sample weights ``[*, N]`` (default uniform)."""
     if weight is None:
         weight = probs.new_full(probs.shape[:-1], 1.0 / probs.shape[-2])
-    entropy = lambda p: -(p * p.clamp_min(1e-12).log()).sum(-1)  # noqa: E731
     marginal = (weight.unsqueeze(-1) * probs).sum(-2)
     return entropy(marginal) - (weight * entropy(probs)).sum(-1)
 
@@ -124,7 +123,6 @@ def refine_labelling(labels: torch.Tensor, q_vectors: torch.Tensor, groups: torc
     mass_g = member.sum(-2) / N  # [n, G]
     present = mass_g > 0
     glab = (member * labels.unsqueeze(-1)).sum(-2).div(member.sum(-2).clamp_min(1)).round().long()
-    entropy = lambda m: -(m * m.clamp_min(1e-12).log()).sum(-1)  # noqa: E731
     idx = torch.arange(labels.shape[0], device=labels.device)
     for _ in range(max_moves):  # a loop over moves, once per clustering
         own = F.one_hot(glab, n_labels).to(sim.dtype)  # [n, G, M]
@@ -258,8 +256,7 @@ class RGMComm(Communication):
             logits = self.label_logits(h)
             labels = torch.nn.functional.one_hot(logits.argmax(-1), self.n_labels).to(h.dtype)
         sent = torch.einsum("...im,imd->...id", labels, self.embedding)
-        n = h.shape[-2]
-        others = (1 - torch.eye(n, device=h.device, dtype=h.dtype)) * deliver.unsqueeze(-2)
+        others = others_mask(h, deliver)
         ctx = (others @ sent) * self.active.to(h.dtype)
         return ctx, {"labels": labels, "label_probs": torch.softmax(logits, -1)}
 

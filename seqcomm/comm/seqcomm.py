@@ -15,7 +15,12 @@ import torch
 from torch import nn
 
 from seqcomm.comm.base import Communication
-from seqcomm.comm.messages import MessageEncoder, expand_to_deliver, masked_attention
+from seqcomm.comm.messages import (
+    MessageEncoder,
+    expand_to_deliver,
+    masked_attention,
+    others_mask,
+)
 from seqcomm.comm.ordering import Ordering
 
 
@@ -117,7 +122,7 @@ class SeqCommMessenger(Communication):
             self.ctx_query(h), self.ctx_key(messages), self.ctx_value(messages), mask
         )
         if self.base_round:
-            others = (1 - eye) * deliver.unsqueeze(-2)
+            others = others_mask(h, deliver)
             heard = masked_attention(
                 self.base_query(h), self.base_key(base), self.base_value(base), others
             )

@@ -7,11 +7,10 @@ communication round, single head).
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from seqcomm.comm.base import Communication
-from seqcomm.comm.messages import expand_to_deliver, masked_attention
+from seqcomm.comm.messages import expand_to_deliver, masked_attention, others_mask
 
 
 class TarMAC(Communication):
@@ -36,8 +35,7 @@ class TarMAC(Communication):
 
     def forward(self, h, deliver=None):
         h, deliver = expand_to_deliver(h, deliver)
-        n = h.shape[-2]
-        others = (1 - torch.eye(n, device=h.device, dtype=h.dtype)) * deliver.unsqueeze(-2)
+        others = others_mask(h, deliver)
         keys, values = self.signature(h), self.value(h)
         ctx = masked_attention(self.query(h), keys, values, others)
         return ctx, {"messages": values, "signatures": keys}

@@ -21,6 +21,8 @@ from typing import NamedTuple
 import torch
 from torch.nn import functional as F
 
+from seqcomm.team_q import masked_argmax
+
 
 class LookAhead(NamedTuple):
     """``scores [S, N, M]``: each label's look-ahead score per sample; ``pooled [S, N, M, A]``:
@@ -83,7 +85,7 @@ def lookahead_label_scores(
         usable = have >= member.sum((0, 1)).unsqueeze(-1)
     else:
         usable = torch.ones(R, values.shape[-1], dtype=torch.bool, device=p.device)
-    best = pool.masked_fill(~usable[None, :, None, :], torch.finfo(p.dtype).min).argmax(-1)
+    best = masked_argmax(pool, usable[None, :, None, :])
     best = best[:, receiver_group]  # [C, S, N, M]
     chosen = values.unsqueeze(0).expand(best.shape[0], -1, -1, -1).gather(-1, best)
     team = (p_all * chosen).sum((-1, -2)) / N  # [C, S]
