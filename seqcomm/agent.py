@@ -8,13 +8,14 @@ the message context a ``Communication`` module produced for receiver ``i``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-RECEIVERS = ("mlp", "linear")
+Receiver = Literal["mlp", "linear"]
+RECEIVERS: tuple[str, ...] = get_args(Receiver)
 
 
 class RNNAgent(nn.Module):
@@ -41,7 +42,7 @@ class RNNAgent(nn.Module):
         n_actions: int,
         hidden_dim: int = 64,
         ctx_dim: int = 0,
-        receiver: Literal["mlp", "linear"] = "mlp",
+        receiver: Receiver = "mlp",
         last_action: bool = False,
     ) -> None:
         super().__init__()

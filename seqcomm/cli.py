@@ -169,7 +169,12 @@ def _first_line(message: str) -> str:
                     break
                 detail.append(more)
             return " ".join([lines[0], line[2:], *detail])
-    return " ".join(lines[:2])
+    taken, rest = lines[:2], lines[2:]
+    while taken[-1].endswith(":") and rest:  # a nested key (data.env's init_args): its problem
+        taken.append(rest.pop(0))
+    text = " ".join(taken)
+    cut = text.find(". Got value: Namespace(")  # the whole class_path namespace: noise
+    return text[:cut + 1] if cut >= 0 else text
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import importlib
 import inspect
 import re
 import sys
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args, get_origin
 
 # docstring_parser is what jsonargparse (and so ``seqcomm fit --model.help``) reads
 # docstrings with; it is installed with jsonargparse, so the two print the same meanings.
@@ -101,6 +101,9 @@ def keys(cls: type) -> list[Key]:
             continue
         kind = p.annotation if isinstance(p.annotation, str) else inspect.formatannotation(
             p.annotation)
+        alias = getattr(sys.modules[cls.__init__.__module__], kind, None)
+        if get_origin(alias) is Literal:  # a named choice type: print the choices
+            kind = f"Literal[{', '.join(map(repr, get_args(alias)))}]"
         default = "required" if p.default is p.empty else repr(p.default)
         out.append(Key(p.name, "" if p.annotation is p.empty else kind, default,
                        described.get(p.name, "")))

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Literal
 
 import lightning as L
 import torch
 from tensordict import TensorDictBase
 
+from seqcomm.agent import Receiver
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE, EnvInfo
 from seqcomm.envs.reference import evaluate_policy
 from seqcomm.policy import EpsilonGreedyPolicy
@@ -60,7 +60,7 @@ class QLearner(L.LightningModule):
         mixer_embed_dim: int = 32,
         full_obs: bool = False,
         oracle_obs: bool = False,
-        receiver: Literal["mlp", "linear"] = "mlp",
+        receiver: Receiver = "mlp",
         lr: float = 5e-4,
         gamma: float = 0.99,
         grad_clip: float = 10.0,

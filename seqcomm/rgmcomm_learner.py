@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -41,7 +41,8 @@ from seqcomm.dfl.label_lookahead import sender_group_ids
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE
 from seqcomm.learner import QLearner
 
-SCHEDULES = ("online", "staged")
+Schedule = Literal["online", "staged"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 
 
 class RGMCommLearner(QLearner):
@@ -73,7 +74,7 @@ class RGMCommLearner(QLearner):
     def __init__(
         self,
         *args,
-        schedule: Literal["online", "staged"] = "online",
+        schedule: Schedule = "online",
         cluster_every: int = 50,
         cluster_start: int = 0,
         stage_fraction: float = 0.5,

@@ -9,6 +9,8 @@ lists them in the outer update, where they would act on the same message paramet
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from tensordict import TensorDictBase
 from torch.func import functional_call
@@ -19,6 +21,8 @@ from seqcomm.dfl.critic import TeamCritic
 from seqcomm.dfl.implicit_gradient import (
     CURVATURES,
     SOLVERS,
+    Curvature,
+    Solver,
     implicit_hypergradient,
     unrolled_inner,
 )
@@ -40,8 +44,16 @@ from seqcomm.envs.base import ACTION, MASK, OBS, STATE
 from seqcomm.learner import NEXT, QLearner
 from seqcomm.team_q import masked_argmax
 
-GRADIENTS = ("implicit", "unrolled", "mle", "none")
-EVALUATORS = ("critic", "target")
+WorldModelGradient = Literal["implicit", "unrolled", "mle", "none"]
+Evaluator = Literal["critic", "target"]
+LabelScoring = Literal["current", "lookahead"]
+ImplicitParams = Literal["head", "all"]
+VaReceiver = Literal["frozen", "online", "soft"]
+GRADIENTS: tuple[str, ...] = get_args(WorldModelGradient)
+EVALUATORS: tuple[str, ...] = get_args(Evaluator)
+LABEL_SCORINGS: tuple[str, ...] = get_args(LabelScoring)
+IMPLICIT_PARAMS: tuple[str, ...] = get_args(ImplicitParams)
+VA_RECEIVERS: tuple[str, ...] = get_args(VaReceiver)
 
 
 def label_information(probs: torch.Tensor) -> torch.Tensor:
@@ -139,10 +151,10 @@ class SeqCommDFL(QLearner):
     def __init__(
         self,
         *args,
-        world_model_gradient: str = "implicit",
-        solver: str = "minres",
+        world_model_gradient: WorldModelGradient = "implicit",
+        solver: Solver = "minres",
         cg_iters: int = 5,
-        curvature: str = "hessian",
+        curvature: Curvature = "hessian",
         damping: float = 1e-3,
         neumann_lr: float = 0.01,
         k_inner: int = 5,
@@ -154,7 +166,7 @@ class SeqCommDFL(QLearner):
         mle_weight: float = 1.0,
         hypergradient_ratio: float = 0.0,
         target_radius: float = 0.0,
-        implicit_params: str = "head",
+        implicit_params: ImplicitParams = "head",
         value_aware: bool = True,
         lambda_va: float = 0.1,
         lambda_inf: float = 0.01,
@@ -163,14 +175,14 @@ class SeqCommDFL(QLearner):
         lambda_recon: float = 1.0,
         lambda_mi: float = 0.0,
         lambda_entropy: float = 0.0,
-        label_scoring: str = "current",
+        label_scoring: LabelScoring = "current",
         aware_margin: float = 0.1,
         influence_tau: float = 1.0,
-        va_evaluator: str = "critic",
+        va_evaluator: Evaluator = "critic",
         critic_hidden: int = 128,
         critic_normalize: bool = True,
         va_normalize: bool = True,
-        va_receiver: str = "frozen",
+        va_receiver: VaReceiver = "frozen",
         va_warmup_fraction: float = 0.1,
         **kwargs,
     ) -> None:
@@ -182,16 +194,16 @@ class SeqCommDFL(QLearner):
             raise ValueError(f"model.solver={solver!r}; choose one of {SOLVERS}")
         if curvature not in CURVATURES:
             raise ValueError(f"model.curvature={curvature!r}; choose one of {CURVATURES}")
-        if label_scoring not in ("current", "lookahead"):
-            raise ValueError(f"model.label_scoring={label_scoring!r}; choose 'current' or "
-                             "'lookahead'")
+        if label_scoring not in LABEL_SCORINGS:
+            raise ValueError(f"model.label_scoring={label_scoring!r}; choose one of "
+                             f"{LABEL_SCORINGS}")
         if va_evaluator not in EVALUATORS:
             raise ValueError(f"model.va_evaluator={va_evaluator!r}; choose one of {EVALUATORS}")
-        if implicit_params not in ("head", "all"):
-            raise ValueError(f"model.implicit_params={implicit_params!r}; choose 'head' or 'all'")
-        if va_receiver not in ("frozen", "online", "soft"):
-            raise ValueError(f"model.va_receiver={va_receiver!r}; choose 'frozen', 'online' "
-                             "or 'soft'")
+        if implicit_params not in IMPLICIT_PARAMS:
+            raise ValueError(f"model.implicit_params={implicit_params!r}; choose one of "
+                             f"{IMPLICIT_PARAMS}")
+        if va_receiver not in VA_RECEIVERS:
+            raise ValueError(f"model.va_receiver={va_receiver!r}; choose one of {VA_RECEIVERS}")
         if not 0.0 <= va_warmup_fraction <= 1.0:
             raise ValueError(f"model.va_warmup_fraction={va_warmup_fraction} must lie in [0, 1]")
         if va_receiver == "soft" and va_evaluator != "critic":

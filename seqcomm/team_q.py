@@ -8,12 +8,11 @@ over any leading dimensions (time, batch, counterfactual message masks).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 from torch import nn
 
-from seqcomm.agent import RNNAgent
+from seqcomm.agent import Receiver, RNNAgent
 from seqcomm.comm.base import Communication, NoComm
 from seqcomm.envs.base import EnvInfo
 from seqcomm.mixer import MonotonicMixer
@@ -45,7 +44,7 @@ class TeamQ(nn.Module):
         mixer_embed_dim: int = 32,
         full_obs: bool = False,
         oracle_obs: bool = False,
-        receiver: Literal["mlp", "linear"] = "mlp",
+        receiver: Receiver = "mlp",
         last_action: bool = False,
     ) -> None:
         super().__init__()

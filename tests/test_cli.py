@@ -99,6 +99,33 @@ def test_bad_input_is_one_line_and_exit_2(args, says, tmp_path, capfd, monkeypat
     assert not (tmp_path / "runs").exists()  # no run directory, no config.yaml
 
 
+@pytest.mark.parametrize(
+    "configs, arg, choices",
+    [
+        (["matrix.yaml", "methods/seqcomm_dfl.yaml"], "--model.init_args.solver",
+         ("minres", "cg", "neumann", "identity")),
+        (["microcombat_3m.yaml"], "--data.env.init_args.enemy_targeting", ("nearest", "sticky")),
+    ],
+)
+def test_bad_literal_choice_lists_the_choices(configs, arg, choices, tmp_path, capfd,
+                                              monkeypatch):
+    """A constructor argument typed ``Literal[...]`` (the model's or the environment's):
+    LightningCLI rejects a value outside it in one line that names the key and the choices."""
+    monkeypatch.chdir(tmp_path)
+    stacked = [x for c in configs for x in ("--config", str(MATRIX_CONF.parent / c))]
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *stacked, "--wandb", "false",
+              "--trainer.default_root_dir", str(tmp_path / "runs"), f"{arg}=bogus"])
+    assert exit_.value.code == 2
+    err = capfd.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("seqcomm: error: "), err
+    assert arg.rsplit(".", 1)[-1] in lines[0] and "bogus" in lines[0]
+    assert all(repr(choice) in lines[0] for choice in choices), lines[0]
+    assert "Namespace(" not in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
 def test_missing_config_file(tmp_path, capfd):
     with pytest.raises(SystemExit) as exit_:
         main(["fit", "--config", str(tmp_path / "nope.yaml"),

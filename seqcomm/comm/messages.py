@@ -8,12 +8,14 @@ labels (straight-through Gumbel-softmax, RGMComm-style few-bit messages) embedde
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-MESSAGE_KINDS = ("continuous", "discrete")
+MessageKind = Literal["continuous", "discrete"]
+MESSAGE_KINDS: tuple[str, ...] = get_args(MessageKind)
 
 
 def straight_through_gumbel(
@@ -122,7 +124,7 @@ class MessageEncoder(nn.Module):
     def __init__(
         self,
         hidden_dim: int,
-        kind: str = "continuous",
+        kind: MessageKind = "continuous",
         msg_dim: int = 16,
         n_labels: int = 2,
         tau: float = 1.0,

@@ -7,10 +7,13 @@ highest guidance potential speaks first (the Stackelberg leader). Each agent lea
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import nn
 
-ORDERING_MODES = ("prosocial", "fixed", "random")
+OrderingMode = Literal["prosocial", "fixed", "random"]
+ORDERING_MODES: tuple[str, ...] = get_args(OrderingMode)
 
 
 def precedence_from_order(order: torch.Tensor) -> torch.Tensor:
@@ -32,7 +35,7 @@ class Ordering(nn.Module):
             indices (leader first); default ``0, 1, ..., n-1``.
     """
 
-    def __init__(self, hidden_dim: int, mode: str = "prosocial", tau: float = 1.0,
+    def __init__(self, hidden_dim: int, mode: OrderingMode = "prosocial", tau: float = 1.0,
                  fixed_order: list[int] | None = None) -> None:
         super().__init__()
         if mode not in ORDERING_MODES:

@@ -17,11 +17,12 @@ from torch import nn
 from seqcomm.comm.base import Communication
 from seqcomm.comm.messages import (
     MessageEncoder,
+    MessageKind,
     expand_to_deliver,
     masked_attention,
     others_mask,
 )
-from seqcomm.comm.ordering import Ordering
+from seqcomm.comm.ordering import Ordering, OrderingMode
 
 
 class SeqCommMessenger(Communication):
@@ -50,10 +51,10 @@ class SeqCommMessenger(Communication):
         self,
         hidden_dim: int = 64,
         n_agents: int = 2,
-        message: str = "continuous",
+        message: MessageKind = "continuous",
         msg_dim: int = 16,
         n_labels: int = 2,
-        ordering: str = "prosocial",
+        ordering: OrderingMode = "prosocial",
         fixed_order: list[int] | None = None,
         tau: float = 1.0,
         attn_dim: int = 32,

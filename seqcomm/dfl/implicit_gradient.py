@@ -11,6 +11,7 @@ with ``H = d^2 L_model / dw^2``. ``v`` is found from Hessian-vector products onl
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -18,8 +19,10 @@ from scipy.sparse.linalg import LinearOperator, minres
 from torch import Tensor
 from torch.nn.utils import parameters_to_vector
 
-SOLVERS = ("minres", "cg", "neumann", "identity")
-CURVATURES = ("hessian", "gauss_newton")
+Solver = Literal["minres", "cg", "neumann", "identity"]
+Curvature = Literal["hessian", "gauss_newton"]
+SOLVERS: tuple[str, ...] = get_args(Solver)
+CURVATURES: tuple[str, ...] = get_args(Curvature)
 
 
 def _dot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
@@ -54,7 +57,7 @@ def implicit_hypergradient(
     outer_grad: Sequence[Tensor | None],
     w: Sequence[Tensor],
     theta: Sequence[Tensor],
-    solver: str = "cg",
+    solver: Solver = "cg",
     iters: int = 5,
     damping: float = 1e-3,
     neumann_lr: float = 0.01,

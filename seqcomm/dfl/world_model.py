@@ -8,13 +8,14 @@ observations, plus the team reward and a termination logit.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-POOLINGS = ("mean", "concat")
+Pooling = Literal["mean", "concat"]
+POOLINGS: tuple[str, ...] = get_args(Pooling)
 
 
 class WorldModelPrediction(NamedTuple):
@@ -52,7 +53,7 @@ class WorldModel(nn.Module):
         n_actions: int,
         msg_dim: int = 0,
         hidden_dim: int = 128,
-        pooling: str = "mean",
+        pooling: Pooling = "mean",
     ) -> None:
         super().__init__()
         for name, value, low in [("state_dim", state_dim, 1), ("obs_dim", obs_dim, 1),

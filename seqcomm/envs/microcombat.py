@@ -64,6 +64,7 @@ executed as stop (no-op for dead agents).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -78,8 +79,10 @@ N_NO_ATTACK = 6  # no-op, stop, north, south, east, west
 DIRECTIONS = ((0.0, 1.0), (0.0, -1.0), (1.0, 0.0), (-1.0, 0.0))
 # SMAC's reward constants
 DEATH_VALUE, WIN_VALUE, NEGATIVE_SCALE = 10.0, 200.0, 0.5
-ENEMY_TARGETING = ("nearest", "sticky")
-START_POSITIONS = ("smac", "random")
+EnemyTargeting = Literal["nearest", "sticky"]
+StartPositions = Literal["smac", "random"]
+ENEMY_TARGETING: tuple[str, ...] = get_args(EnemyTargeting)
+START_POSITIONS: tuple[str, ...] = get_args(StartPositions)
 # SMAC's start points ("Team 1", "Team 2" in each .SC2Map's Objects) on its 32 x 32 maps
 SMAC_ALLY_POINT, SMAC_ENEMY_POINT = (9.0, 16.0), (23.0, 16.0)
 COLLISION_ITERS = 3  # relaxation passes of the pairwise separation per tick
@@ -129,9 +132,9 @@ class MicroCombat(MultiAgentEnv):
         reward_only_positive: bool = True,
         reward_scale_rate: float = 20.0,
         spawn_spread: float = 2.0,
-        enemy_targeting: str = "nearest",
+        enemy_targeting: EnemyTargeting = "nearest",
         collisions: bool = False,
-        start_positions: str = "smac",
+        start_positions: StartPositions = "smac",
         shield_regen_rate: float = 2.0,
         shield_regen_delay: float = 10.0,
         timeout_terminates: bool = False,

@@ -26,6 +26,7 @@ once, and reset in one batched call.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 from tensordict import TensorDictBase
@@ -38,7 +39,8 @@ from vmas.scenarios.mpe import simple_spread, simple_tag
 from seqcomm.envs.base import AGENTS, INFO, MASK, OBS, STATE, ConfigurableEnv
 from seqcomm.envs.reference import random_policy
 
-SCENARIOS = ("simple_spread", "simple_tag", "navigation")
+Scenario = Literal["simple_spread", "simple_tag", "navigation"]
+SCENARIOS: tuple[str, ...] = get_args(Scenario)
 
 
 def _positions(entities: list) -> torch.Tensor:
@@ -212,7 +214,7 @@ class VmasTask(ConfigurableEnv, TransformedEnv):
         num_envs: int = 1,
         seed: int = 0,
         device: str = "cpu",
-        scenario: str = "simple_spread",
+        scenario: Scenario = "simple_spread",
         max_steps: int = 25,
         n_agents: int = 3,
         observe_teammates: bool = True,
