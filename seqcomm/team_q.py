@@ -90,8 +90,3 @@ class TeamQ(nn.Module):
 def masked_argmax(q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Greedy action among the available ones (an agent with none available picks 0)."""
     return q.masked_fill(~mask, -float("inf")).argmax(dim=-1)
-
-
-def masked_max(q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``max_a Q`` over available actions."""
-    return q.gather(-1, masked_argmax(q, mask).unsqueeze(-1)).squeeze(-1)
