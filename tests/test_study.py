@@ -159,6 +159,20 @@ def test_report_iqm_and_intervals_on_known_values(tmp_path):
     assert stats["tasks"]["t"]["a"]["iqm"]["value"] == pytest.approx(3.5)
 
 
+
+def test_curves_keep_the_last_of_two_evaluations_at_one_env_step(tmp_path):
+    """Updates between two collections log the same env step: a run's in-training evaluation
+    and its final one can share it, and the curve must still line up with the other runs."""
+    _synthetic(tmp_path / "syn", {"a": [1.0] * 8, "b": [2.0] * 8})
+    run = next((tmp_path / "syn").glob("t/a/s0/version_0"))
+    (run / "metrics.csv").write_text(  # updates 8 and 10 both at env step 100
+        "epoch,eval/return,perf/env_steps,step\n0,,50,4\n0,0.5,,4\n0,,100,8\n0,0.7,,8\n"
+        "0,1.0,,10\n")
+    study, runs = read_study(tmp_path / "syn")
+    steps, iqm, _, _ = analyse(study, runs, reps=REPS)["curves"]["t"]["a"]
+    assert list(steps) == [50, 100] and len(iqm) == 2
+    assert iqm[1] == pytest.approx(1.0)  # the last evaluation at step 100 on every run
+
 def test_wandb_sweep_is_a_grid_over_the_cells_that_the_cli_runs(smoke, tmp_path, capsys):
     study, study_dir, _, _ = smoke
     root = str(study_dir.parent)

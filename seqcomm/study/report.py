@@ -37,7 +37,10 @@ def _curve(runs: list[Run], metric: str) -> tuple[np.ndarray, np.ndarray] | None
     if not common:
         return None
     steps = np.array(sorted(common))
-    rows = [[r.evals[metric][np.isin(np.round(r.steps).astype(int), steps)]] for r in done]
+    rows = []
+    for r in done:  # two evaluations can share an env step (no collection between them): the last
+        at = dict(zip(np.round(r.steps).astype(int).tolist(), r.evals[metric], strict=True))
+        rows.append([[at[s] for s in steps]])
     return steps, np.array(rows)
 
 
