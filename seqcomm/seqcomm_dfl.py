@@ -120,6 +120,11 @@ class SeqCommDFL(QLearner):
             the sender becomes a Boltzmann policy over its labels' gains (temperature
             ``lambda_entropy / lambda_va``), stochastic until a label's gain differs across
             its observations, instead of collapsing onto one label before the critic knows.
+        lambda_entropy_final: when set, ``lambda_entropy`` decays geometrically to this value
+            over the first ``entropy_anneal_fraction`` of the run's env steps (then stays),
+            so the sender's temperature falls as the critic's scores firm up and late label
+            gains far below the values' spread still decide (``None``: constant).
+        entropy_anneal_fraction: that fraction.
         label_scoring: how a discrete sender's labels are scored in the one-way setting
             (two agents, no base round): ``current`` (each label by the value of the
             receiver's current decision under it: a best-response step) or ``lookahead``
@@ -175,6 +180,8 @@ class SeqCommDFL(QLearner):
         lambda_recon: float = 1.0,
         lambda_mi: float = 0.0,
         lambda_entropy: float = 0.0,
+        lambda_entropy_final: float | None = None,
+        entropy_anneal_fraction: float = 1.0,
         label_scoring: LabelScoring = "current",
         aware_margin: float = 0.1,
         influence_tau: float = 1.0,
@@ -206,6 +213,13 @@ class SeqCommDFL(QLearner):
             raise ValueError(f"model.va_receiver={va_receiver!r}; choose one of {VA_RECEIVERS}")
         if not 0.0 <= va_warmup_fraction <= 1.0:
             raise ValueError(f"model.va_warmup_fraction={va_warmup_fraction} must lie in [0, 1]")
+        if not 0.0 <= entropy_anneal_fraction <= 1.0:
+            raise ValueError(f"model.entropy_anneal_fraction={entropy_anneal_fraction} must lie "
+                             "in [0, 1]")
+        if lambda_entropy_final is not None and (lambda_entropy_final <= 0
+                                                 or lambda_entropy <= 0):
+            raise ValueError(f"model.lambda_entropy_final={lambda_entropy_final} anneals "
+                             f"model.lambda_entropy={lambda_entropy}: both must be > 0")
         if va_receiver == "soft" and va_evaluator != "critic":
             raise ValueError("model.va_receiver='soft' scores the receiver with the critic; "
                              "set model.va_evaluator='critic' or pick another va_receiver")
@@ -252,7 +266,7 @@ class SeqCommDFL(QLearner):
                   + hp.lambda_va * msg["va"] + hp.lambda_inf * msg["inf"]
                   + hp.lambda_gp * msg["gp"] + hp.lambda_recon * msg["recon"]
                   + hp.lambda_mi * msg["mi"]
-                  + hp.lambda_entropy * msg["entropy"]
+                  + self.label_entropy_weight() * msg["entropy"]
                   + msg["critic"])
         # 5. outer: the world model follows dL_true/dtheta (implicit, unrolled) or fits (mle)
         logs.update(self.update_world_model(opt_theta, batch, cache, td, inner, pred))
@@ -319,9 +333,7 @@ class SeqCommDFL(QLearner):
                 out["recon"] = self.decoder.loss(aux["messages"], batch[OBS])
             return out
         gain = self.evaluator_gain(batch, cache, q_masked, q_all, h, aux, ctx_all)
-        data = self.trainer.datamodule if self._trainer is not None else None
-        progress = data.frames / max(data.total_frames, 1) if data is not None else 1.0
-        beta = warmup_beta(progress, hp.va_warmup_fraction)
+        beta = warmup_beta(self.progress(), hp.va_warmup_fraction)
         if beta < 1.0:
             gain = blended_gain(self.monte_carlo_gain(batch, q_all, q_masked, gain), gain, beta)
         out["va_beta"] = q.new_tensor(beta)
@@ -332,6 +344,19 @@ class SeqCommDFL(QLearner):
         q_frozen = q_cf if hp.va_receiver == "frozen" else self.frozen_q(h.detach(), ctx_cf)
         out["inf"] = influence_loss(q_frozen[n], q_frozen[:n], hp.influence_tau, mask)
         return out
+
+    def progress(self) -> float:
+        """The fraction of the run's env steps collected so far (1 outside a trainer)."""
+        data = self.trainer.datamodule if self._trainer is not None else None
+        return data.frames / max(data.total_frames, 1) if data is not None else 1.0
+
+    def label_entropy_weight(self) -> float:
+        """``lambda_entropy`` now: constant, or annealed toward ``lambda_entropy_final``."""
+        hp = self.hparams
+        if hp.lambda_entropy_final is None:
+            return hp.lambda_entropy
+        frac = warmup_beta(self.progress(), hp.entropy_anneal_fraction)
+        return hp.lambda_entropy * (hp.lambda_entropy_final / hp.lambda_entropy) ** frac
 
     def monte_carlo_gain(self, batch: TensorDictBase, q_all: torch.Tensor,
                          q_masked: torch.Tensor, critic_gain: torch.Tensor) -> torch.Tensor:
@@ -492,11 +517,13 @@ class SeqCommDFL(QLearner):
         logq = masked_log_softmax(q, 1.0, avail)  # a margin of one utility unit
         best_response = torch.where(decided, -logq.gather(-1, best).squeeze(-1),
                                     torch.zeros_like(decided, dtype=q.dtype))
-        temperature = max(self.hparams.lambda_entropy / self.hparams.lambda_va, 1e-6)
+        hp = self.hparams
+        temperature = max(self.label_entropy_weight() / hp.lambda_va, 1e-6)
+        unit = max(hp.lambda_entropy / hp.lambda_va, 1e-6)  # not annealed: the loss's scale
         logp = p.clamp_min(1e-12).log()
         target = (look.scores - look.scores.mean(-1, keepdim=True)) / temperature
-        sender_loss = temperature**2 * (logp - logp.mean(-1, keepdim=True)  # score units
-                                        - target.clamp(-10, 10)).pow(2).sum(-1)
+        sender_loss = unit**2 * (logp - logp.mean(-1, keepdim=True)  # score units
+                                 - target.clamp(-10, 10)).pow(2).sum(-1)
         gain = -sender_loss - (p.detach() * best_response).sum(-1)
         gain = gain.view(n, *probs.shape[:-2], 1)
         off = 1 - torch.eye(n, dtype=gain.dtype, device=gain.device)

@@ -247,7 +247,7 @@ def test_lookahead_receiver_learns_its_pools_best_action():
         label_scoring="lookahead")
     B = 4  # receiver observation 0 every time; the sender sends label 0
     obs = torch.zeros(B, 1, 2, env_info(env).obs_dim)
-    obs[:, :, 1, torch.arange(B) % 2] = 1.0  # two sender observations, both labelled 0
+    obs[torch.arange(B), 0, 1, torch.arange(B) % 2] = 1.0  # two sender observations, label 0
     batch = TensorDict({"agents": {"observation": obs}}, batch_size=[B, 1])
     batch[MASK] = torch.ones(B, 1, 2, 2, dtype=torch.bool)
     probs = torch.tensor([1.0, 0.0]).expand(B, 1, 2, 2)
@@ -258,3 +258,46 @@ def test_lookahead_receiver_learns_its_pools_best_action():
     assert (g[0, :, :, 0, 0] > 0).all() and (g[0, :, :, 0, 1] < 0).all()  # toward a0
     assert g[:, :, :, 1].abs().sum() == 0  # the sender's own pools are undecided (0 = 0)
     assert g[1].abs().sum() == 0  # label 1 is sent by nobody: no pool, no target
+
+
+def test_label_temperature_anneals_geometrically_to_its_final_value():
+    """``lambda_entropy_final`` decays the label entropy weight (the sender's temperature)
+    geometrically over ``entropy_anneal_fraction`` of the run, then holds it."""
+    model = learner(lambda_entropy=0.5, lambda_entropy_final=0.005, entropy_anneal_fraction=0.5)
+    for progress, expected in ((0.0, 0.5), (0.25, 0.05), (0.5, 0.005), (0.9, 0.005)):
+        model.progress = lambda p=progress: p
+        assert model.label_entropy_weight() == pytest.approx(expected)
+    assert learner(lambda_entropy=0.5).label_entropy_weight() == 0.5  # no final: constant
+    with pytest.raises(ValueError, match="lambda_entropy_final"):
+        learner(lambda_entropy=0.0, lambda_entropy_final=0.1)
+
+
+def test_annealed_lookahead_sender_acts_on_a_gain_far_below_its_first_temperature():
+    """A label worth 0.01 (temperature 0.025 at the start) barely moves a sender already at
+    its Boltzmann target; once the temperature has annealed, the same score pushes the sender
+    hard toward the better label (the loss keeps its scale: only the target sharpens)."""
+    env = MatrixGame(8, seed=1)
+    B = 4
+    obs = torch.zeros(B, 1, 2, env_info(env).obs_dim)
+    obs[torch.arange(B), 0, 1, torch.arange(B) % 2] = 1.0  # two sender observations
+    batch = TensorDict({"agents": {"observation": obs}}, batch_size=[B, 1])
+    batch[MASK] = torch.ones(B, 1, 2, 2, dtype=torch.bool)
+    values = torch.zeros(B, 1, 2, 2)
+    values[:, 0, 0] = torch.tensor([[3.0, 1.0], [1.0, 1.02]])[torch.arange(B) % 2]
+    q = torch.zeros(2, B, 1, 2, 2)
+
+    def push(progress: float) -> float:
+        torch.manual_seed(0)
+        model = SeqCommDFL(env_info(env), comm=functools.partial(
+            SeqCommMessenger, message="discrete", n_labels=2, ordering="fixed",
+            fixed_order=[1, 0], base_round=False), world_model_gradient="none", hidden_dim=8,
+            label_scoring="lookahead", lambda_va=20.0, lambda_entropy=0.5,
+            lambda_entropy_final=0.005)
+        model.progress = lambda: progress
+        logits = torch.tensor([0.2, -0.2]).expand(B, 1, 2, 2).clone().requires_grad_(True)
+        gain = model.lookahead_gain(batch, values, logits.softmax(-1), q)
+        (g,) = torch.autograd.grad(gain.sum(), logits)
+        return float(g[:, 0, 1, 1].mean())  # sender (agent 1): toward label 1
+
+    start, end = push(0.0), push(1.0)
+    assert end > 0 and end > 20 * abs(start)
