@@ -404,18 +404,20 @@ class SeqCommDFL(QLearner):
         return agent.q(h, ctx, {k: p.detach() for k, p in agent.head.named_parameters()})
 
     @torch.no_grad()
-    def evaluator_values(self, batch: TensorDictBase, cache: dict) -> torch.Tensor:
-        """``[*B, n, A]``: the evaluator's value of receiver j playing a (the others keeping
-        the taken actions), in units of its spread between actions under ``va_normalize``."""
+    def evaluator_values(self, batch: TensorDictBase,
+                         cache: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([*B, n, A], spread)``: the evaluator's value of receiver j playing a (the others
+        keeping the taken actions), in units of ``spread`` under ``va_normalize``; ``spread``:
+        the values' standard deviation between the available actions of a state (reward
+        units, over the batch)."""
         if self.hparams.va_evaluator == "critic":
             values = self.critic.switch_values(batch[STATE], batch[ACTION])
         else:
             values = self.target.utilities(cache["h_target"])[0]
-        if self.hparams.va_normalize:  # the spread between actions, not between states
-            mask = batch[MASK]
-            mean = (values * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp_min(1)
-            values = values / (values - mean)[mask].std().clamp_min(1e-6)
-        return values
+        mask = batch[MASK]  # the spread between actions, not between states
+        mean = (values * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp_min(1)
+        spread = (values - mean)[mask].std().clamp_min(1e-6)
+        return (values / spread if self.hparams.va_normalize else values), spread
 
     @torch.no_grad()
     def guidance_potential_target(self, batch: TensorDictBase, cache: dict,
@@ -450,7 +452,7 @@ class SeqCommDFL(QLearner):
         """
         mask, hp = batch[MASK], self.hparams
         tau = hp.influence_tau
-        values = self.evaluator_values(batch, cache)
+        values, spread = self.evaluator_values(batch, cache)
         base = decision_value(q_masked, values, tau, mask).detach()
 
         def policy_entropy(q: torch.Tensor) -> torch.Tensor:
@@ -468,7 +470,7 @@ class SeqCommDFL(QLearner):
                 *hk.shape[:-1], -1)
             if hp.label_scoring == "lookahead":
                 return self.lookahead_gain(batch, values, aux["label_probs"],
-                                           self.receiver_q(hk, ck))
+                                           self.receiver_q(hk, ck), spread)
             value_k = decision_value(self.receiver_q(hk, ck), values, tau, mask)  # [M,*B,n]
             probs = aux["label_probs"].movedim(-2, 0).movedim(-1, 1)  # [n_send, M, *B]
             gain = (probs.unsqueeze(-1) * value_k.unsqueeze(0)).sum(1) - base
@@ -482,22 +484,28 @@ class SeqCommDFL(QLearner):
         return gain
 
     def lookahead_gain(self, batch: TensorDictBase, values: torch.Tensor,
-                       probs: torch.Tensor, q_labels: torch.Tensor) -> torch.Tensor:
+                       probs: torch.Tensor, q_labels: torch.Tensor,
+                       spread: torch.Tensor | float = 1.0) -> torch.Tensor:
         """Two agents, each hearing the other: the gain ``[n_send, *B, n_recv]`` (in the
-        listening receiver's column) of ``label_scoring: lookahead``. Sender i's centred label
-        log-probabilities regress on its centred look-ahead scores over the temperature
-        ``lambda_entropy / lambda_va`` (``lookahead_label_scores``; samples grouped by identical
-        observations; targets clipped to +-10; the squared error is in score units, so the
-        shared recurrent encoder is not shaken by it): a Boltzmann sender over the scores averaged
-        across batches, whose gradient, unlike that of ``sum_k p(k) score(k)``, does not vanish
-        when a label it was sure of stops being the best. The receiver's utilities under each
-        label ``q_labels [M, *B, n, A]`` get the cross-entropy of ``softmax(Q)``
-        against its pool's best action (by the pool's mean values): the re-best-response the
-        scores assume. Not the softened decision's value, whose gradient vanishes when a
-        receiver confident in a label's old meaning is wrong (the cross-entropy's is largest
-        there), nor a regression on the pooled values, which fixes the utilities' scale against
-        the mixer's and lost to the TD loss on the one cell of a small gain (section 7 of
-        docs/results.md); the TD loss alone fixes only the taken action."""
+        listening receiver's column) of ``label_scoring: lookahead``.
+
+        Sender: its centred label log-probabilities regress on its centred look-ahead scores
+        (``lookahead_label_scores``; samples grouped by identical observations) over the
+        temperature ``lambda_entropy / lambda_va`` (annealed under ``lambda_entropy_final``);
+        targets clipped to +-10; the squared error in the unannealed temperature's score
+        units, so it does not shake the shared recurrent encoder. A Boltzmann sender over the
+        scores averaged across batches, whose gradient, unlike that of
+        ``sum_k p(k) score(k)``, does not vanish when a label it was sure of stops being best.
+
+        Receiver: its utilities under each label ``q_labels [M, *B, n, A]`` get the
+        cross-entropy of ``softmax(Q)`` against its pool's best action (by the pool's mean
+        values), the re-best-response the scores assume, weighted by the values' ``spread``
+        (reward units): through QMIX's state-dependent mixer the TD loss, whose gradient on
+        the utilities is in reward units, can prefer another action for a pool than the pool's
+        mean values do, and the weight meets it on equal terms on any reward scale. Not the
+        softened decision's value (its gradient vanishes where a confident receiver is wrong)
+        nor a regression on pooled values (it fixes the utilities' scale against the mixer's;
+        docs/results.md sections 7 and 8)."""
         n = self.info.n_agents
         obs = batch[OBS].flatten(0, -3)  # [N, n, D]; sender i's receiver is 1 - i
 
@@ -524,7 +532,7 @@ class SeqCommDFL(QLearner):
         target = (look.scores - look.scores.mean(-1, keepdim=True)) / temperature
         sender_loss = unit**2 * (logp - logp.mean(-1, keepdim=True)  # score units
                                  - target.clamp(-10, 10)).pow(2).sum(-1)
-        gain = -sender_loss - (p.detach() * best_response).sum(-1)
+        gain = -sender_loss - spread * (p.detach() * best_response).sum(-1)
         gain = gain.view(n, *probs.shape[:-2], 1)
         off = 1 - torch.eye(n, dtype=gain.dtype, device=gain.device)
         return gain * off.view(n, *[1] * (gain.dim() - 2), n)
