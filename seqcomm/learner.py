@@ -16,6 +16,8 @@ import torch
 from tensordict import TensorDictBase
 
 from seqcomm.agent import Receiver
+from seqcomm.comm.base import Communication, NoComm
+from seqcomm.comm.seqcomm import SeqCommMessenger
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE, EnvInfo
 from seqcomm.envs.reference import evaluate_policy
 from seqcomm.policy import EpsilonGreedyPolicy
@@ -121,7 +123,10 @@ class QLearner(L.LightningModule):
         q_tot = self.net.mix(chosen, batch[STATE])
         with torch.no_grad():
             h_target, h_target_next = self.recurrent_states(self.target, batch)
-            q_next = self.next_utilities(h_target_next, h_next, batch[NEXT, *MASK])
+            q_online_next = (self.online_next_utilities(h, h_next, q)
+                             if self.hparams.double_q else None)
+            q_next = self.next_utilities(h_target_next, h_next, batch[NEXT, *MASK],
+                                         q_online_next)
             q_tot_next = self.target.mix(q_next, batch[NEXT, STATE])
             target = self.bootstrap(batch[NEXT, "reward"], batch[NEXT, "terminated"], q_tot_next)
         # padded steps do not exist: every stored step is a real transition
@@ -130,12 +135,32 @@ class QLearner(L.LightningModule):
                  "aux": aux, "target": target}
         return loss, cache
 
+    def online_next_utilities(self, h: torch.Tensor, h_next: torch.Tensor,
+                              q: torch.Tensor) -> torch.Tensor:
+        """Online utilities at the next states ``[B, T, n, A]`` (no graph). Where
+        ``h_next[:, t]`` equals ``h[:, t + 1]`` (the episode goes on), they are ``q[:, t + 1]``
+        already; one messenger and head pass runs on the other steps only. A messenger that
+        samples (``comm_samples``) gets a fresh pass everywhere, as its draws must not be
+        shared (as does a value network without one)."""
+        comm = getattr(self.net, "comm", None)
+        if comm is None or comm_samples(comm):
+            return self.net.utilities(h_next)[0]
+        same = (h_next[:, :-1] == h[:, 1:]).flatten(2).all(-1)
+        b, t = torch.cat([~same, same.new_ones(same.shape[0], 1)], 1).nonzero(as_tuple=True)
+        q = q.detach()
+        fresh = self.net.utilities(h_next[b, t])[0]
+        return torch.cat([q[:, 1:], q[:, -1:]], 1).index_put((b, t), fresh)
+
     def next_utilities(self, h_target_next: torch.Tensor, h_online_next: torch.Tensor | None,
-                       next_mask: torch.Tensor) -> torch.Tensor:
+                       next_mask: torch.Tensor,
+                       q_online_next: torch.Tensor | None = None) -> torch.Tensor:
         """Target utilities of the bootstrap action ``[*B, n]``: the online argmax under
-        ``double_q`` (when online next states are given), else the target's own argmax."""
+        ``double_q`` (when online next states, or their utilities ``q_online_next``, are
+        given), else the target's own argmax."""
         q_next_t, _ = self.target.utilities(h_target_next)
-        if self.hparams.double_q and h_online_next is not None:
+        if self.hparams.double_q and q_online_next is not None:
+            a_next = masked_argmax(q_online_next, next_mask)
+        elif self.hparams.double_q and h_online_next is not None:
             a_next = masked_argmax(self.net.utilities(h_online_next)[0], next_mask)
         else:
             a_next = masked_argmax(q_next_t, next_mask)
@@ -234,6 +259,18 @@ class QLearner(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._policy_rng = checkpoint["policy_rng"]
+
+
+def comm_samples(comm: Communication) -> bool:
+    """Whether a forward pass of ``comm`` draws random numbers (Gumbel labels in training,
+    random orders), so two passes on the same states may differ. Only ``NoComm`` and a
+    ``SeqCommMessenger`` without such draws count as deterministic."""
+    if isinstance(comm, NoComm):
+        return False
+    if isinstance(comm, SeqCommMessenger):
+        gumbel = comm.encoder.discrete and comm.encoder.gumbel_noise and comm.training
+        return bool(gumbel or comm.ordering.mode == "random")
+    return True
 
 
 def _metric_name(key: str) -> str:

@@ -17,6 +17,7 @@ from torch.func import functional_call
 
 from seqcomm.comm.messages import entropy
 from seqcomm.comm.ordering import guidance_potential, order_entropy
+from seqcomm.comm.seqcomm import SeqCommMessenger
 from seqcomm.dfl.critic import TeamCritic
 from seqcomm.dfl.implicit_gradient import (
     CURVATURES,
@@ -41,7 +42,7 @@ from seqcomm.dfl.value_aware import (
 )
 from seqcomm.dfl.world_model import WorldModel
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE
-from seqcomm.learner import NEXT, QLearner
+from seqcomm.learner import NEXT, QLearner, comm_samples
 from seqcomm.team_q import masked_argmax
 
 WorldModelGradient = Literal["implicit", "unrolled", "mle", "none"]
@@ -324,8 +325,7 @@ class SeqCommDFL(QLearner):
             out["order_entropy"] = order_entropy(aux["order"].reshape(-1, n))
             out["gp_mean"] = gp.mean()
         # message awareness: Q_tot with the messages vs with none (online network)
-        chosen0 = self.net.utilities(h, h.new_zeros(n))[0].gather(
-            -1, batch[ACTION].unsqueeze(-1)).squeeze(-1)
+        chosen0 = self.silent_utilities(h).gather(-1, batch[ACTION].unsqueeze(-1)).squeeze(-1)
         out["aware"] = awareness_loss(cache["q_tot"], self.net.mix(chosen0, batch[STATE]),
                                       hp.aware_margin)
         if not hp.value_aware:
@@ -335,7 +335,8 @@ class SeqCommDFL(QLearner):
         gain = self.evaluator_gain(batch, cache, q_masked, q_all, h, aux, ctx_all)
         beta = warmup_beta(self.progress(), hp.va_warmup_fraction)
         if beta < 1.0:
-            gain = blended_gain(self.monte_carlo_gain(batch, q_all, q_masked, gain), gain, beta)
+            gain = blended_gain(self.monte_carlo_gain(batch, q_all, q_masked, gain, cache),
+                                gain, beta)
         out["va_beta"] = q.new_tensor(beta)
         out["va"] = value_aware_loss(gain)
         # influence trains the messages only: through a receiver head that moves, "differ
@@ -358,8 +359,18 @@ class SeqCommDFL(QLearner):
         frac = warmup_beta(self.progress(), hp.entropy_anneal_fraction)
         return hp.lambda_entropy * (hp.lambda_entropy_final / hp.lambda_entropy) ** frac
 
+    def silent_utilities(self, h: torch.Tensor) -> torch.Tensor:
+        """Online utilities ``[*B, n, A]`` with no message delivered. A ``SeqCommMessenger``'s
+        context is then exactly zero (every attention is fully masked, so no gradient reaches
+        the messenger either), so its pass is skipped when it draws nothing (``comm_samples``)."""
+        comm = self.net.comm
+        if isinstance(comm, SeqCommMessenger) and not comm_samples(comm):
+            return self.net.agent.q(h, h.new_zeros(*h.shape[:-1], comm.ctx_dim))
+        return self.net.utilities(h, h.new_zeros(self.info.n_agents))[0]
+
     def monte_carlo_gain(self, batch: TensorDictBase, q_all: torch.Tensor,
-                         q_masked: torch.Tensor, critic_gain: torch.Tensor) -> torch.Tensor:
+                         q_masked: torch.Tensor, critic_gain: torch.Tensor,
+                         cache: dict | None = None) -> torch.Tensor:
         """The warm-up's score-function gain ``[n_send, *B, n_recv]``: a centred, normalised
         Monte-Carlo advantage times the log-likelihood ratio of the taken action, scaled to
         ``critic_gain``'s spread. The baseline is the critic's value of each receiver's current
@@ -370,7 +381,7 @@ class SeqCommDFL(QLearner):
         logp_masked = masked_log_softmax(q_masked, tau, mask).gather(
             -1, action.expand(n, *action.shape)).squeeze(-1)
         with torch.no_grad():
-            values = self.critic.switch_values(batch[STATE], batch[ACTION])
+            values = self.switch_values(batch, cache)
             baseline = decision_value(q_all, values, tau, mask)  # [*B, n]
         advantage = normalised_advantage(self.mc_returns(batch), baseline)
         mc = mc_gain(logp_all, logp_masked, advantage)
@@ -411,13 +422,24 @@ class SeqCommDFL(QLearner):
         the values' standard deviation between the available actions of a state (reward
         units, over the batch)."""
         if self.hparams.va_evaluator == "critic":
-            values = self.critic.switch_values(batch[STATE], batch[ACTION])
+            values = self.switch_values(batch, cache)
         else:
             values = self.target.utilities(cache["h_target"])[0]
         mask = batch[MASK]  # the spread between actions, not between states
         mean = (values * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp_min(1)
         spread = (values - mean)[mask].std().clamp_min(1e-6)
         return (values / spread if self.hparams.va_normalize else values), spread
+
+    @torch.no_grad()
+    def switch_values(self, batch: TensorDictBase, cache: dict | None = None) -> torch.Tensor:
+        """The critic's ``switch_values`` on the batch (no graph), computed once per update
+        and kept in ``cache`` (the evaluator and the warm-up's baseline both read it)."""
+        if cache is not None and "switch_values" in cache:
+            return cache["switch_values"]
+        values = self.critic.switch_values(batch[STATE], batch[ACTION])
+        if cache is not None:
+            cache["switch_values"] = values
+        return values
 
     @torch.no_grad()
     def guidance_potential_target(self, batch: TensorDictBase, cache: dict,
@@ -553,7 +575,10 @@ class SeqCommDFL(QLearner):
         """``W_theta(s, o, a, M)`` on the real batch (messages detached), or ``None``."""
         if self.world_model is None:
             return None
-        ctx = self.net.comm(cache["h"].detach())[0].detach()
+        if "ctx" in cache["aux"] and not comm_samples(self.net.comm):  # td_loss's, same h
+            ctx = cache["aux"]["ctx"].detach()
+        else:
+            ctx = self.net.comm(cache["h"].detach())[0].detach()
         return self.world_model(batch[STATE], batch[OBS], batch[ACTION], ctx)
 
     def imagined_td_loss(self, batch: TensorDictBase, cache: dict,

@@ -78,8 +78,10 @@ class TeamQ(nn.Module):
     def utilities(
         self, h: torch.Tensor, deliver: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Per-agent utilities ``[*B, n, A]`` after communication, and the messenger's aux."""
+        """Per-agent utilities ``[*B, n, A]`` after communication, and the messenger's aux
+        (plus the receivers' context ``ctx``, for losses that reuse it)."""
         ctx, aux = self.comm(h, deliver)
+        aux["ctx"] = ctx
         return self.agent.q(h, ctx), aux
 
     def mix(self, chosen: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
