@@ -152,6 +152,14 @@ class SeqCommDFL(QLearner):
             ``pi ~ exp(Q_c / tau)``, keeps its utilities bounded; needs the critic).
         va_warmup_fraction: ``T_w`` as a fraction of the run's env steps: the receiver gain
             moves from the (centred, normalised) Monte-Carlo estimate to the evaluator's.
+        counterfactual_senders: senders masked per update (0 = all n, exact). k < n: k drawn
+            uniformly without replacement; ``L_VA``, ``L_inf`` and the guidance-potential
+            regression average over them (unbiased, but for the regression's normaliser,
+            taken from the subset), at k + 1 messenger passes, not n + 1.
+        counterfactual_receivers: receivers scored in ``L_VA`` per update (0 = all; used with
+            more than two agents). r < n: r drawn uniformly, independently of the senders, so
+            the critic's switch values run for r receivers, not n; unbiased (the gains' sum over
+            its expected pair count; ``va_normalize``'s spread comes from those receivers).
     """
 
     def __init__(
@@ -192,6 +200,8 @@ class SeqCommDFL(QLearner):
         va_normalize: bool = True,
         va_receiver: VaReceiver = "frozen",
         va_warmup_fraction: float = 0.1,
+        counterfactual_senders: int = 0,
+        counterfactual_receivers: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -227,6 +237,10 @@ class SeqCommDFL(QLearner):
         if hypergradient_ratio < 0 or target_radius < 0:
             raise ValueError(f"model.hypergradient_ratio={hypergradient_ratio} and "
                              f"model.target_radius={target_radius} must be >= 0")
+        if counterfactual_senders < 0 or counterfactual_receivers < 0:
+            raise ValueError(f"model.counterfactual_senders={counterfactual_senders} and "
+                             f"model.counterfactual_receivers={counterfactual_receivers} must "
+                             "be >= 0 (0 = all)")
         if cg_iters < 0 or k_inner < 1:
             raise ValueError("model.cg_iters must be >= 0 and model.k_inner >= 1")
         self.save_hyperparameters(ignore=["comm"])
@@ -312,16 +326,19 @@ class SeqCommDFL(QLearner):
             out["mi"] = -label_information(probs.reshape(-1, n, probs.shape[-1])).mean()
             if hp.label_scoring != "lookahead":  # there the temperature is in the regression
                 out["entropy"] = -entropy(probs).mean()
-        ctx_cf = self.counterfactual_contexts(h)
+        senders, receivers = self.counterfactual_rows()  # None: all, row i masks sender i
+        ctx_cf = self.counterfactual_contexts(h, senders)
         q_cf = self.receiver_q(h.detach(), ctx_cf)
-        q_masked, q_all, ctx_all = q_cf[:n], q_cf[n], ctx_cf[n]
+        k = ctx_cf.shape[0] - 1  # counterfactual rows
+        q_masked, q_all, ctx_all = q_cf[:k], q_cf[k], ctx_cf[k]
         mask = batch[MASK]
         if "gp_pred" in aux:
             gp = self.guidance_potential_target(batch, cache, q_masked, q_all)
+            gp_pred = aux["gp_pred"] if senders is None else aux["gp_pred"][..., senders]
             # the order needs only GP's ranking: regress on GP in units of its batch spread,
             # so the head's loss does not grow with the task's reward scale
             scale = gp.std().clamp_min(1e-6) if gp.numel() > 1 else gp.new_ones(())
-            out["gp"] = (aux["gp_pred"] - gp / scale).pow(2).mean()
+            out["gp"] = (gp_pred - gp / scale).pow(2).mean()
             out["order_entropy"] = order_entropy(aux["order"].reshape(-1, n))
             out["gp_mean"] = gp.mean()
         # message awareness: Q_tot with the messages vs with none (online network)
@@ -332,18 +349,19 @@ class SeqCommDFL(QLearner):
             if self.decoder is not None and "messages" in aux:
                 out["recon"] = self.decoder.loss(aux["messages"], batch[OBS])
             return out
-        gain = self.evaluator_gain(batch, cache, q_masked, q_all, h, aux, ctx_all)
+        gain = self.evaluator_gain(batch, cache, q_masked, q_all, h, aux, ctx_all, senders,
+                                   receivers)
         beta = warmup_beta(self.progress(), hp.va_warmup_fraction)
         if beta < 1.0:
-            gain = blended_gain(self.monte_carlo_gain(batch, q_all, q_masked, gain, cache),
-                                gain, beta)
+            gain = blended_gain(self.monte_carlo_gain(batch, q_all, q_masked, gain, cache,
+                                                      receivers), gain, beta)
         out["va_beta"] = q.new_tensor(beta)
-        out["va"] = value_aware_loss(gain)
+        out["va"] = value_aware_loss(gain, senders, receivers, n)
         # influence trains the messages only: through a receiver head that moves, "differ
         # from the masked decision" would also train the receivers, value-blind
         # (docs/results.md section 7)
         q_frozen = q_cf if hp.va_receiver == "frozen" else self.frozen_q(h.detach(), ctx_cf)
-        out["inf"] = influence_loss(q_frozen[n], q_frozen[:n], hp.influence_tau, mask)
+        out["inf"] = influence_loss(q_frozen[k], q_frozen[:k], hp.influence_tau, mask, senders)
         return out
 
     def progress(self) -> float:
@@ -370,36 +388,58 @@ class SeqCommDFL(QLearner):
 
     def monte_carlo_gain(self, batch: TensorDictBase, q_all: torch.Tensor,
                          q_masked: torch.Tensor, critic_gain: torch.Tensor,
-                         cache: dict | None = None) -> torch.Tensor:
+                         cache: dict | None = None,
+                         receivers: torch.Tensor | None = None) -> torch.Tensor:
         """The warm-up's score-function gain ``[n_send, *B, n_recv]``: a centred, normalised
         Monte-Carlo advantage times the log-likelihood ratio of the taken action, scaled to
         ``critic_gain``'s spread. The baseline is the critic's value of each receiver's current
         (softened) decision, so it does not depend on the action being scored."""
-        n, mask, tau = self.info.n_agents, batch[MASK], self.hparams.influence_tau
+        mask, tau = batch[MASK], self.hparams.influence_tau
         action = batch[ACTION].unsqueeze(-1)
+        if receivers is not None:  # the sampled receivers' columns only
+            mask, action = mask[..., receivers, :], action[..., receivers, :]
+            q_all, q_masked = q_all[..., receivers, :], q_masked[..., receivers, :]
         logp_all = masked_log_softmax(q_all, tau, mask).gather(-1, action).squeeze(-1)
         logp_masked = masked_log_softmax(q_masked, tau, mask).gather(
-            -1, action.expand(n, *action.shape)).squeeze(-1)
+            -1, action.expand(q_masked.shape[0], *action.shape)).squeeze(-1)
         with torch.no_grad():
-            values = self.switch_values(batch, cache)
+            values = self.switch_values(batch, cache, receivers)
             baseline = decision_value(q_all, values, tau, mask)  # [*B, n]
         advantage = normalised_advantage(self.mc_returns(batch), baseline)
         mc = mc_gain(logp_all, logp_masked, advantage)
         return mc * (critic_gain.detach().std() / mc.detach().std().clamp_min(1e-6))
 
-    def counterfactual_contexts(self, h: torch.Tensor) -> torch.Tensor:
-        """Receivers' contexts ``[n + 1, *B, n, C]`` from one batched messenger pass: row i
-        masks sender i (all others delivered), the last row delivers all. The messenger runs
-        as at execution (deterministic labels, so the rows differ only by the masked sender);
-        the order is psi's in every row. The gradient reaches the senders' messages and,
-        through them, the senders' recurrent states."""
+    def counterfactual_rows(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """This update's masked senders and scored receivers (sorted indices): ``None`` = all
+        n, or ``counterfactual_senders`` / ``counterfactual_receivers`` of them drawn
+        uniformly without replacement (receivers only with more than two agents)."""
+        n, hp = self.info.n_agents, self.hparams
+
+        def draw(k: int) -> torch.Tensor | None:
+            if k == 0 or k >= n:
+                return None
+            return torch.randperm(n)[:k].sort().values.to(self.device)
+
+        return draw(hp.counterfactual_senders), draw(
+            hp.counterfactual_receivers if n > 2 else 0)
+
+    def counterfactual_contexts(self, h: torch.Tensor,
+                                senders: torch.Tensor | None = None) -> torch.Tensor:
+        """Receivers' contexts ``[k + 1, *B, n, C]`` from one batched messenger pass: row r
+        masks sender ``senders[r]`` (default: all n, row i masks sender i; all others
+        delivered), the last row delivers all. The messenger runs as at execution
+        (deterministic labels, so the rows differ only by the masked sender); the order is
+        psi's in every row. The gradient reaches the senders' messages and, through them,
+        the senders' recurrent states."""
         n = self.info.n_agents
         eye = torch.eye(n, device=h.device, dtype=h.dtype)
-        deliver = torch.cat([1 - eye, eye.new_ones(1, n)]).view(n + 1, *[1] * (h.dim() - 2), n)
+        masked = 1 - (eye if senders is None else eye[senders.to(h.device)])
+        k = masked.shape[0]
+        deliver = torch.cat([masked, eye.new_ones(1, n)]).view(k + 1, *[1] * (h.dim() - 2), n)
         mode = self.net.comm.training
         self.net.comm.train(False)
         try:
-            return self.net.comm(h.expand(n + 1, *h.shape), deliver)[0]
+            return self.net.comm(h.expand(k + 1, *h.shape), deliver)[0]
         finally:
             self.net.comm.train(mode)
 
@@ -415,28 +455,34 @@ class SeqCommDFL(QLearner):
         return agent.q(h, ctx, {k: p.detach() for k, p in agent.head.named_parameters()})
 
     @torch.no_grad()
-    def evaluator_values(self, batch: TensorDictBase,
-                         cache: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def evaluator_values(self, batch: TensorDictBase, cache: dict,
+                         receivers: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """``([*B, n, A], spread)``: the evaluator's value of receiver j playing a (the others
         keeping the taken actions), in units of ``spread`` under ``va_normalize``; ``spread``:
         the values' standard deviation between the available actions of a state (reward
-        units, over the batch)."""
+        units, over the batch). ``receivers`` restricts j (and the spread) to those."""
         if self.hparams.va_evaluator == "critic":
-            values = self.switch_values(batch, cache)
+            values = self.switch_values(batch, cache, receivers)
         else:
             values = self.target.utilities(cache["h_target"])[0]
-        mask = batch[MASK]  # the spread between actions, not between states
+            values = values if receivers is None else values[..., receivers, :]
+        mask = batch[MASK] if receivers is None else batch[MASK][..., receivers, :]
+        # the spread between actions, not between states
         mean = (values * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp_min(1)
         spread = (values - mean)[mask].std().clamp_min(1e-6)
         return (values / spread if self.hparams.va_normalize else values), spread
 
     @torch.no_grad()
-    def switch_values(self, batch: TensorDictBase, cache: dict | None = None) -> torch.Tensor:
-        """The critic's ``switch_values`` on the batch (no graph), computed once per update
-        and kept in ``cache`` (the evaluator and the warm-up's baseline both read it)."""
+    def switch_values(self, batch: TensorDictBase, cache: dict | None = None,
+                      receivers: torch.Tensor | None = None) -> torch.Tensor:
+        """The critic's ``switch_values`` on the batch (no graph; for ``receivers`` only when
+        given: the same ones all update), computed once per update and kept in ``cache`` (the
+        evaluator and the warm-up's baseline both read it)."""
         if cache is not None and "switch_values" in cache:
             return cache["switch_values"]
-        values = self.critic.switch_values(batch[STATE], batch[ACTION])
+        args = (batch[STATE], batch[ACTION]) + (() if receivers is None else (receivers,))
+        values = self.critic.switch_values(*args)
         if cache is not None:
             cache["switch_values"] = values
         return values
@@ -461,9 +507,12 @@ class SeqCommDFL(QLearner):
 
     def evaluator_gain(self, batch: TensorDictBase, cache: dict, q_masked: torch.Tensor,
                        q_all: torch.Tensor, h: torch.Tensor, aux: dict,
-                       ctx: torch.Tensor) -> torch.Tensor:
+                       ctx: torch.Tensor, senders: torch.Tensor | None = None,
+                       receivers: torch.Tensor | None = None) -> torch.Tensor:
         """Receiver gain ``[n_send, *B, n_recv]``: the change in ``E_{a ~ pi_j} V_j(a)`` (the
         evaluator's values) that sender i's message causes; the masked value is a baseline.
+        With subsets, row r is sender ``senders[r]``, column c receiver ``receivers[c]``
+        (receiver subsets never reach the two-agent label scoring: ``counterfactual_rows``).
 
         For discrete labels between two agents without the base round (``label_contexts``:
         each receiver hears exactly the other agent), every label is scored exactly and
@@ -474,7 +523,11 @@ class SeqCommDFL(QLearner):
         """
         mask, hp = batch[MASK], self.hparams
         tau = hp.influence_tau
-        values, spread = self.evaluator_values(batch, cache)
+        if receivers is not None:  # the sampled receivers' columns only
+            mask = mask[..., receivers, :]
+            q_all, q_masked = q_all[..., receivers, :], q_masked[..., receivers, :]
+            h, ctx = h[..., receivers, :], ctx[..., receivers, :]
+        values, spread = self.evaluator_values(batch, cache, receivers)
         base = decision_value(q_masked, values, tau, mask).detach()
 
         def policy_entropy(q: torch.Tensor) -> torch.Tensor:
@@ -491,10 +544,13 @@ class SeqCommDFL(QLearner):
             ck = label_ctx.view(-1, *[1] * (h.dim() - 1), label_ctx.shape[-1]).expand(
                 *hk.shape[:-1], -1)
             if hp.label_scoring == "lookahead":
-                return self.lookahead_gain(batch, values, aux["label_probs"],
+                gain = self.lookahead_gain(batch, values, aux["label_probs"],
                                            self.receiver_q(hk, ck), spread)
+                return gain if senders is None else gain[senders]
             value_k = decision_value(self.receiver_q(hk, ck), values, tau, mask)  # [M,*B,n]
             probs = aux["label_probs"].movedim(-2, 0).movedim(-1, 1)  # [n_send, M, *B]
+            if senders is not None:
+                probs = probs[senders]
             gain = (probs.unsqueeze(-1) * value_k.unsqueeze(0)).sum(1) - base
             if hp.va_receiver == "soft":
                 ent_k = policy_entropy(self.receiver_q(hk, ck.detach()))

@@ -62,9 +62,11 @@ class TeamCritic(nn.Module):
         pred = self.net(torch.cat([state, joint.flatten(-2)], dim=-1))
         return (pred - (target - self.target_mean) / self.target_std).pow(2).mean()
 
-    def switch_values(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    def switch_values(self, state: torch.Tensor, action: torch.Tensor,
+                      agents: torch.Tensor | None = None) -> torch.Tensor:
         """``[*B, n, A]``: the critic's value when agent j plays a and the others keep
-        ``action [*B, n]``; one batched pass over all (j, a).
+        ``action [*B, n]``; one batched pass over all (j, a). ``agents`` (indices) restricts
+        j to those: ``[*B, len(agents), A]``.
 
         The first layer is linear in the one-hot actions, so its pre-activation for every
         switch is the taken joint's plus one column difference: ``O(n A hidden)`` memory per
@@ -76,5 +78,7 @@ class TeamCritic(nn.Module):
         w_act = w_act.T.reshape(n, A, -1)  # [n, A, H]: column of (agent j, action a)
         taken = w_act[torch.arange(n, device=action.device), action]  # [*B, n, H]
         z = state @ w_state.T + first.bias + taken.sum(-2)  # [*B, H]: the taken joint
+        if agents is not None:
+            taken, w_act = taken[..., agents, :], w_act[agents]
         z = z[..., None, None, :] - taken.unsqueeze(-2) + w_act  # [*B, n, A, H]
         return self.unscale(self.net[1:](z).squeeze(-1))

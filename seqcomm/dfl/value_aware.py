@@ -26,10 +26,32 @@ def masked_log_softmax(
     return torch.log_softmax(logits, dim=-1)
 
 
-def _off_diagonal_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x [n_send, *B, n_recv]`` over all entries with sender != receiver."""
+def _off_diagonal_mean(x: torch.Tensor, senders: torch.Tensor | None = None,
+                       receivers: torch.Tensor | None = None,
+                       n_agents: int | None = None) -> torch.Tensor:
+    """Mean of ``x [n_send, *B, n_recv]`` over all entries with sender != receiver; row r
+    is sender ``senders[r]`` (default: row i is sender i), column c receiver
+    ``receivers[c]`` (default: column j is receiver j).
+
+    With a uniformly drawn sender subset and all receivers, every sender has the same
+    number of off-diagonal entries, so the mean is unbiased for the all-senders mean. With a
+    receiver subset (drawn independently of the senders, out of ``n_agents``) the count of
+    off-diagonal pairs varies, so the sum is divided by its expectation
+    ``n_send n_recv (n - 1) / n`` instead (unbiased)."""
     n_send, n_recv = x.shape[0], x.shape[-1]
-    off = ~torch.eye(n_send, n_recv, dtype=torch.bool, device=x.device)
+    if receivers is not None:
+        if n_agents is None or n_agents < 2:
+            raise ValueError("a receiver subset needs n_agents >= 2")
+        rows = (torch.arange(n_agents, device=x.device) if senders is None
+                else senders.to(x.device))
+        off = rows.unsqueeze(-1) != receivers.to(x.device)
+        off = off.reshape(n_send, *([1] * (x.dim() - 2)), n_recv)
+        pairs = n_send * n_recv * (n_agents - 1) / n_agents
+        return (x * off).sum() / (pairs * x[0, ..., 0].numel())
+    if senders is None:
+        off = ~torch.eye(n_send, n_recv, dtype=torch.bool, device=x.device)
+    else:
+        off = senders.to(x.device).unsqueeze(-1) != torch.arange(n_recv, device=x.device)
     off = off.reshape(n_send, *([1] * (x.dim() - 2)), n_recv).expand_as(x)
     if not off.any():
         raise ValueError("need at least one sender != receiver pair (n_agents >= 2)")
@@ -52,9 +74,13 @@ def normalised_advantage(returns: torch.Tensor, baseline: torch.Tensor) -> torch
     return adv / adv.std().clamp_min(1e-6) if adv.numel() > 1 else adv
 
 
-def value_aware_loss(gain: torch.Tensor) -> torch.Tensor:
-    """``L_VA = - mean_{b, i != j} gain_ij`` over a gain ``[n_send, *B, n_recv]``."""
-    return -_off_diagonal_mean(gain)
+def value_aware_loss(gain: torch.Tensor, senders: torch.Tensor | None = None,
+                     receivers: torch.Tensor | None = None,
+                     n_agents: int | None = None) -> torch.Tensor:
+    """``L_VA = - mean_{b, i != j} gain_ij`` over a gain ``[n_send, *B, n_recv]``; with
+    subsets, row r is sender ``senders[r]`` and column c receiver ``receivers[c]`` of
+    ``n_agents`` (an unbiased estimate, see ``_off_diagonal_mean``)."""
+    return -_off_diagonal_mean(gain, senders, receivers, n_agents)
 
 
 def mc_gain(
@@ -111,10 +137,12 @@ def influence_loss(
     q_masked: torch.Tensor,
     tau: float = 1.0,
     action_mask: torch.Tensor | None = None,
+    senders: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``L_inf = - mean_{i != j} KL[pi_j(.|all) || pi_j(.|i masked)]``, ``pi = softmax(Q /
-    tau)``; the masked policy is a detached reference."""
-    return -_off_diagonal_mean(policy_kl(q_all, q_masked.detach(), tau, action_mask))
+    tau)``; the masked policy is a detached reference (row r of ``q_masked`` masks sender
+    ``senders[r]`` when given)."""
+    return -_off_diagonal_mean(policy_kl(q_all, q_masked.detach(), tau, action_mask), senders)
 
 
 def awareness_loss(
