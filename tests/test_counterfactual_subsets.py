@@ -115,6 +115,9 @@ def test_switch_values_for_some_agents_are_the_rows_of_all():
     agents = torch.tensor([1, 3])
     torch.testing.assert_close(critic.switch_values(state, action, agents),
                                critic.switch_values(state, action)[:, agents])
+    with_graph = critic.switch_values(state, action)
+    with torch.no_grad():  # ReLUs in place without a graph: the same values
+        assert torch.equal(critic.switch_values(state, action), with_graph.detach())
 
 
 def test_negative_subset_sizes_are_rejected():
