@@ -123,10 +123,7 @@ class QLearner(L.LightningModule):
         q_tot = self.net.mix(chosen, batch[STATE])
         with torch.no_grad():
             h_target, h_target_next = self.recurrent_states(self.target, batch)
-            q_online_next = (self.online_next_utilities(h, h_next, q)
-                             if self.hparams.double_q else None)
-            q_next = self.next_utilities(h_target_next, h_next, batch[NEXT, *MASK],
-                                         q_online_next)
+            q_next = self.next_utilities(h_target_next, h_next, batch[NEXT, *MASK], h, q)
             q_tot_next = self.target.mix(q_next, batch[NEXT, STATE])
             target = self.bootstrap(batch[NEXT, "reward"], batch[NEXT, "terminated"], q_tot_next)
         # padded steps do not exist: every stored step is a real transition
@@ -152,16 +149,17 @@ class QLearner(L.LightningModule):
         return torch.cat([q[:, 1:], q[:, -1:]], 1).index_put((b, t), fresh)
 
     def next_utilities(self, h_target_next: torch.Tensor, h_online_next: torch.Tensor | None,
-                       next_mask: torch.Tensor,
-                       q_online_next: torch.Tensor | None = None) -> torch.Tensor:
+                       next_mask: torch.Tensor, h_online: torch.Tensor | None = None,
+                       q_online: torch.Tensor | None = None) -> torch.Tensor:
         """Target utilities of the bootstrap action ``[*B, n]``: the online argmax under
-        ``double_q`` (when online next states, or their utilities ``q_online_next``, are
-        given), else the target's own argmax."""
+        ``double_q`` (when online next states are given), else the target's own argmax.
+        With the chunk's online states and utilities (``h_online``, ``q_online``), the next
+        states' utilities reuse them (``online_next_utilities``)."""
         q_next_t, _ = self.target.utilities(h_target_next)
-        if self.hparams.double_q and q_online_next is not None:
-            a_next = masked_argmax(q_online_next, next_mask)
-        elif self.hparams.double_q and h_online_next is not None:
-            a_next = masked_argmax(self.net.utilities(h_online_next)[0], next_mask)
+        if self.hparams.double_q and h_online_next is not None:
+            q_on = (self.net.utilities(h_online_next)[0] if q_online is None
+                    else self.online_next_utilities(h_online, h_online_next, q_online))
+            a_next = masked_argmax(q_on, next_mask)
         else:
             a_next = masked_argmax(q_next_t, next_mask)
         return q_next_t.gather(-1, a_next.unsqueeze(-1)).squeeze(-1)

@@ -465,13 +465,21 @@ class SeqCommDFL(QLearner):
         if self.hparams.va_evaluator == "critic":
             values = self.switch_values(batch, cache, receivers)
         else:
-            values = self.target.utilities(cache["h_target"])[0]
+            values = self.target_utilities(cache)
             values = values if receivers is None else values[..., receivers, :]
         mask = batch[MASK] if receivers is None else batch[MASK][..., receivers, :]
         # the spread between actions, not between states
         mean = (values * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp_min(1)
         spread = (values - mean)[mask].std().clamp_min(1e-6)
         return (values / spread if self.hparams.va_normalize else values), spread
+
+    @torch.no_grad()
+    def target_utilities(self, cache: dict) -> torch.Tensor:
+        """The target network's utilities on ``cache["h_target"]`` (``va_evaluator:
+        target``), computed once per update and kept in ``cache``."""
+        if "target_utilities" not in cache:
+            cache["target_utilities"] = self.target.utilities(cache["h_target"])[0]
+        return cache["target_utilities"]
 
     @torch.no_grad()
     def switch_values(self, batch: TensorDictBase, cache: dict | None = None,
@@ -500,7 +508,7 @@ class SeqCommDFL(QLearner):
             joint = torch.nn.functional.one_hot(greedy, self.info.n_actions).to(state.dtype)
             value = self.critic(state, joint).squeeze(-1)
         else:
-            q_t = self.target.utilities(cache["h_target"])[0]
+            q_t = self.target_utilities(cache)
             chosen = q_t.expand(*greedy.shape, -1).gather(-1, greedy.unsqueeze(-1)).squeeze(-1)
             value = self.target.mix(chosen, state).squeeze(-1)
         return guidance_potential(value[-1], value[:-1])
