@@ -91,11 +91,17 @@ def sweep_commands(path: str) -> list[list[str]]:
     from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
     config = _load_yaml(path)
+    parameters = config.get("parameters")
+    if not isinstance(parameters, dict) or not parameters:
+        hint = (" (it looks like a training config: run it with seqcomm fit --config)"
+                if {"trainer", "model", "data"} & set(config) else "")
+        raise ConfigError(f"{path}: not a W&B sweep file, no 'parameters' mapping{hint}; pass "
+                          "a sweep file such as sweeps/ordering.yaml")
     if config.get("method", "grid") != "grid":
         raise ConfigError(f"{path}: local sweeps run grids only (method: grid)")
     command = config.get("command") or ["${env}", "${interpreter}", "${program}", "${args}"]
     runs = []
-    for point in grid(config.get("parameters", {})):
+    for point in grid(parameters):
         formats = create_sweep_command_args({"args": {k: {"value": v} for k, v in
                                                       point.items()}})
         cmd: list[str] = []
