@@ -146,23 +146,42 @@ def test_nan_loss_stops_the_run_naming_it(fit_matrix, tmp_path, capfd, monkeypat
 
 
 # -- 6. SIGTERM saves a checkpoint that --ckpt_path last continues from -------------------------
+def start_fit(tmp_path: Path, run_name: str, *args: str) -> subprocess.Popen:
+    """``seqcomm fit`` on the matrix game in a subprocess (this checkout's code); returns once
+    the run has started and made some updates."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seqcomm.cli", "fit", "--config", str(MATRIX_CONF),
+         "--wandb", "false", "--trainer.enable_progress_bar", "false",
+         "--trainer.default_root_dir", str(tmp_path), "--run_name", run_name, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+    hparams = tmp_path / run_name / "version_0" / "hparams.yaml"
+    deadline = time.monotonic() + 120
+    while not hparams.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(3.0)  # some updates into the run
+    return proc
+
+
+def test_ctrl_c_saves_a_checkpoint(tmp_path):
+    proc = start_fit(tmp_path, "C", f"--data.total_frames={matrix_frames(1000)}")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-3000:]
+    last = tmp_path / "C" / "version_0" / "checkpoints" / "last.ckpt"
+    step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert 0 < step < 1000
+    assert f"Ctrl-C at update {step}: saved {last}" in err
+
+
 def test_sigterm_saves_and_resume_matches_uninterrupted(fit_matrix, tmp_path):
     """A subprocess gets SIGTERM mid-run: it saves last.ckpt at that update and exits 143; the
     resumed run then logs what an uninterrupted run logs. Its console shows none of the
     filtered library notices."""
     updates = 1000
     args = [f"--data.total_frames={matrix_frames(updates)}", "--trainer.val_check_interval=100"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "seqcomm.cli", "fit", "--config", str(MATRIX_CONF),
-         "--wandb", "false", "--trainer.enable_progress_bar", "false",
-         "--trainer.default_root_dir", str(tmp_path), "--run_name", "B", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+    proc = start_fit(tmp_path, "B", *args)
     run = tmp_path / "B" / "version_0"
-    deadline = time.monotonic() + 120
-    while not (run / "hparams.yaml").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(3.0)  # some updates into the run
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
@@ -183,3 +202,17 @@ def test_sigterm_saves_and_resume_matches_uninterrupted(fit_matrix, tmp_path):
     assert min(after["loss/td"]) > step and max(after["loss/td"]) == updates - 1
     for key in keys:
         assert after[key] == {s: v for s, v in whole[key].items() if s > step}, key
+
+
+# -- 7. known-harmless library notices, filtered by message -----------------------------------
+def test_notice_filters_are_specific():
+    code = ("import warnings; from seqcomm.cli import quiet_library_notices; "
+            "quiet_library_notices(); "
+            "warnings.warn('You are using the `dataloader_iter` step flavor. If you consume'); "
+            "warnings.warn('`isinstance(treespec, LeafSpec)` is deprecated, use'); "
+            "warnings.warn('some other warning')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert "some other warning" in proc.stderr
+    assert "dataloader_iter" not in proc.stderr and "LeafSpec" not in proc.stderr
