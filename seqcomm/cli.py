@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import pickle
 import signal
 import sys
 import warnings
@@ -116,9 +117,16 @@ class SeqcommCLI(LightningCLI):
 
 
 def check_checkpoint(path: str) -> None:
-    """A ``--ckpt_path`` file must load as a Lightning checkpoint (memory-mapped: cheap)."""
+    """A ``--ckpt_path`` file must load as a Lightning checkpoint (memory-mapped: cheap), with
+    ``weights_only=True`` as LightningCLI then loads it (no code runs from the file)."""
     try:
-        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise ConfigError(f"--ckpt_path {path!r} is not a readable checkpoint (corrupt or "
+                              "another format); pass a .ckpt written by seqcomm fit") from err
+        raise ConfigError(f"--ckpt_path {path!r} holds objects that torch.load(weights_only="
+                          "True) refuses; pass a .ckpt written by seqcomm fit") from err
     except Exception as err:  # text, truncated or foreign files fail in many ways
         raise ConfigError(f"--ckpt_path {path!r} is not a readable checkpoint (corrupt, "
                           f"truncated or another format: {type(err).__name__}); pass a .ckpt "
