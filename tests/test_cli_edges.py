@@ -113,7 +113,9 @@ def test_sweep_of_a_training_config(capfd):
     assert "not a W&B sweep file" in line and "seqcomm fit --config" in line
 
 
-@pytest.mark.parametrize("text", ["just some words\n", "parameters: 3\n", "[1, 2]\n"])
+@pytest.mark.parametrize("text", ["just some words\n", "parameters: 3\n", "[1, 2]\n",
+                                  "parameters:\n  seed_everything:\n    values: 012\n",
+                                  "parameters:\n  seed_everything:\n    values: []\n"])
 def test_sweep_of_other_files(text, tmp_path, capfd):
     path = tmp_path / "notes.yaml"
     path.write_text(text)
