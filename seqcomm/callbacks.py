@@ -64,7 +64,7 @@ class SaveOnInterrupt(L.Callback):
         if trainer.state.fn != "fit" or ckpt is None or getattr(ckpt, "dirpath", None) is None:
             return
         path = os.path.join(ckpt.dirpath, "last.ckpt")
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # full state: resumable
         if trainer.is_global_zero:
             what = "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C"
             print(f"seqcomm: {what} at update {trainer.global_step}: saved {path}; continue "
