@@ -147,6 +147,29 @@ def test_nan_loss_stops_the_run_naming_it(fit_matrix, tmp_path, capfd, monkeypat
     assert not (run / "summary.json").exists()
 
 
+def test_nan_message_loss_of_seqcomm_dfl_is_named(fit_matrix, capfd, monkeypatch):
+    """SeqCommDFL's own loss terms are checked too: a NaN value-aware loss stops the run."""
+    from seqcomm.seqcomm_dfl import SeqCommDFL
+
+    message_losses = SeqCommDFL.message_losses
+
+    def poisoned(self, *args, **kwargs):
+        msg = message_losses(self, *args, **kwargs)
+        if self.global_step >= 2:
+            msg["va"] = msg["va"] * float("nan")
+        return msg
+
+    monkeypatch.setattr(SeqCommDFL, "message_losses", poisoned)
+    with pytest.raises(SystemExit) as exit_:
+        fit_matrix("--config", str(CONF / "methods" / "seqcomm_dfl.yaml"),
+                   f"--data.total_frames={matrix_frames(6)}")
+    assert exit_.value.code == 1
+    lines = [line for line in capfd.readouterr().err.splitlines()
+             if line.startswith("seqcomm: error: ")]
+    assert len(lines) == 1 and "loss/va" in lines[0] and "update 3" in lines[0], lines
+    assert "none saved yet" in lines[0]
+
+
 # -- 6. SIGTERM saves a checkpoint that --ckpt_path last continues from -------------------------
 def start_fit(tmp_path: Path, run_name: str, *args: str) -> subprocess.Popen:
     """``seqcomm fit`` on the matrix game in a subprocess (this checkout's code); returns once
