@@ -1,13 +1,16 @@
-"""Run bookkeeping as Lightning callbacks (docs/method.md §7-8): the final summary."""
+"""Run bookkeeping as Lightning callbacks (docs/method.md §7-8): the final summary, and a
+checkpoint when ``fit`` is interrupted (SIGTERM, Ctrl-C)."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 class RunSummary(L.Callback):
@@ -46,3 +49,23 @@ class RunSummary(L.Callback):
         with open(path, "w") as f:
             json.dump(summary, f, indent=2)
         print(f"seqcomm: summary {json.dumps(result)} -> {path}")
+
+
+class SaveOnInterrupt(L.Callback):
+    """On SIGTERM or Ctrl-C during ``fit``, save ``<run dir>/checkpoints/last.ckpt`` at that
+    update, so ``--ckpt_path last`` continues from it. (Lightning raises on SIGTERM only
+    between updates; a Ctrl-C may land inside one, and that update is saved as it stands.)"""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                     exception: BaseException) -> None:
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            return  # a failed run (e.g. a non-finite loss) keeps its last good checkpoint
+        ckpt = trainer.checkpoint_callback
+        if trainer.state.fn != "fit" or ckpt is None or getattr(ckpt, "dirpath", None) is None:
+            return
+        path = os.path.join(ckpt.dirpath, "last.ckpt")
+        trainer.save_checkpoint(path, weights_only=False)  # full state: resumable
+        if trainer.is_global_zero:
+            what = "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C"
+            print(f"seqcomm: {what} at update {trainer.global_step}: saved {path}; continue "
+                  "with --ckpt_path last", file=sys.stderr, flush=True)

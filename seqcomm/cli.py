@@ -8,17 +8,21 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import pickle
+import signal
 import sys
+import warnings
 
 import torch
 from jsonargparse import ArgumentParser
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from seqcomm.callbacks import RunSummary
+from seqcomm.callbacks import RunSummary, SaveOnInterrupt
 from seqcomm.data import EpisodeData
-from seqcomm.errors import ConfigError
+from seqcomm.errors import ConfigError, NonFiniteError
 from seqcomm.learner import QLearner
 
 
@@ -45,6 +49,15 @@ class SeqcommCLI(LightningCLI):
         parser.add_argument("--threads", type=int, default=1,
                             help="torch CPU threads (small MARL nets run fastest on one)")
 
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads a --ckpt_path file's hyperparameters right after parsing: check
+        # that the file is a checkpoint first ('last' is resolved and checked below)
+        cfg = self.config.get(self.config.get("subcommand") or "", self.config)
+        ckpt = cfg.get("ckpt_path") if hasattr(cfg, "get") else None
+        if ckpt and os.path.isfile(ckpt):
+            check_checkpoint(ckpt)
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         ckpt = cfg.get("ckpt_path")
@@ -61,6 +74,11 @@ class SeqcommCLI(LightningCLI):
         elif ckpt is not None and not os.path.isfile(ckpt):
             raise ConfigError(f"--ckpt_path {ckpt!r} is not a file; pass an existing .ckpt "
                               "or 'last'")
+        if cfg.get("ckpt_path") is not None:
+            check_checkpoint(cfg.ckpt_path)
+        accelerator = cfg.trainer.get("accelerator")
+        if isinstance(accelerator, str):
+            check_accelerator(accelerator)
 
     def instantiate_classes(self) -> None:
         cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
@@ -98,6 +116,60 @@ class SeqcommCLI(LightningCLI):
         return loggers
 
 
+def check_checkpoint(path: str) -> None:
+    """A ``--ckpt_path`` file must load as a Lightning checkpoint (memory-mapped: cheap), with
+    ``weights_only=True`` as LightningCLI then loads it (no code runs from the file)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise ConfigError(f"--ckpt_path {path!r} is not a readable checkpoint (corrupt or "
+                              "another format); pass a .ckpt written by seqcomm fit") from err
+        raise ConfigError(f"--ckpt_path {path!r} holds objects that torch.load(weights_only="
+                          "True) refuses; pass a .ckpt written by seqcomm fit") from err
+    except Exception as err:  # text, truncated or foreign files fail in many ways
+        raise ConfigError(f"--ckpt_path {path!r} is not a readable checkpoint (corrupt, "
+                          f"truncated or another format: {type(err).__name__}); pass a .ckpt "
+                          "written by seqcomm fit, e.g. an earlier one in its checkpoints/ "
+                          "folder") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ConfigError(f"--ckpt_path {path!r} is not a Lightning checkpoint (no "
+                          "state_dict); pass a .ckpt written by seqcomm fit")
+
+
+def check_accelerator(accelerator: str) -> None:
+    """``--trainer.accelerator`` gpu/cuda/mps needs that device on this machine."""
+    name = accelerator.lower()
+    if name in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--trainer.accelerator={accelerator}: no CUDA GPU is visible on this "
+                          "machine; use --trainer.accelerator=cpu (or auto)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--trainer.accelerator={accelerator}: MPS is not available on this "
+                          "machine; use --trainer.accelerator=cpu (or auto)")
+
+
+class _DropTips(logging.Filter):
+    """Drops Lightning's "💡 Tip:" advertisements (litlogger, litmodels)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless cloud" not in record.getMessage()
+
+
+def quiet_library_notices() -> None:
+    """Filter the known-harmless library warnings and tips at their source, by message (other
+    warnings still show)."""
+    for message in (
+        r"You are using the `dataloader_iter` step flavor",
+        r"Found `dataloader_iter` argument in the `training_step`",
+        r"Using ModelCheckpoint with manual optimization",
+        r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    ):
+        warnings.filterwarnings("ignore", message=message)
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropTips) for f in logger.filters):
+        logger.addFilter(_DropTips())
+
+
 def lightning_main(args: list[str] | None) -> None:
     # "Seed set to" would precede an error line on stderr; config.yaml and summary.json
     # record the seed
@@ -118,7 +190,7 @@ def lightning_main(args: list[str] | None) -> None:
             "log_every_n_steps": 10,
             "enable_model_summary": False,
             "callbacks": [ModelCheckpoint(save_last=True, every_n_train_steps=200),
-                          RunSummary()],
+                          RunSummary(), SaveOnInterrupt()],
         },
         args=args,
     )
@@ -127,6 +199,7 @@ def lightning_main(args: list[str] | None) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``seqcomm`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
+    quiet_library_notices()
     try:
         if args and args[0] == "env-info":
             from seqcomm.commands import env_info_main
@@ -149,6 +222,11 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as err:
         print(f"seqcomm: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except NonFiniteError as err:
+        print(f"seqcomm: error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except SIGTERMException:  # SaveOnInterrupt has saved and said where
+        sys.exit(128 + signal.SIGTERM)
     except Exception as err:  # jsonargparse's ArgumentError when exit_on_error is off
         if type(err).__name__ != "ArgumentError":
             raise

@@ -81,6 +81,9 @@ def grid(parameters: dict[str, Any]) -> list[dict[str, Any]]:
     for key, spec in parameters.items():
         if not isinstance(spec, dict) or not ("values" in spec or "value" in spec):
             raise ConfigError(f"sweep parameter {key!r}: a grid needs 'values' or 'value'")
+        if "values" in spec and (not isinstance(spec["values"], list) or not spec["values"]):
+            raise ConfigError(f"sweep parameter {key!r}: 'values' must be a non-empty list, "
+                              f"got {spec['values']!r}")
         keys.append(key)
         choices.append(spec["values"] if "values" in spec else [spec["value"]])
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*choices)]
@@ -91,11 +94,21 @@ def sweep_commands(path: str) -> list[list[str]]:
     from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
     config = _load_yaml(path)
+    parameters = config.get("parameters")
+    if not isinstance(parameters, dict) or not parameters:
+        hint = (" (it looks like a training config: run it with seqcomm fit --config)"
+                if {"trainer", "model", "data"} & set(config) else "")
+        raise ConfigError(f"{path}: not a W&B sweep file, no 'parameters' mapping{hint}; pass "
+                          "a sweep file such as sweeps/ordering.yaml")
     if config.get("method", "grid") != "grid":
         raise ConfigError(f"{path}: local sweeps run grids only (method: grid)")
     command = config.get("command") or ["${env}", "${interpreter}", "${program}", "${args}"]
+    try:
+        points = grid(parameters)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
     runs = []
-    for point in grid(config.get("parameters", {})):
+    for point in points:
         formats = create_sweep_command_args({"args": {k: {"value": v} for k, v in
                                                       point.items()}})
         cmd: list[str] = []

@@ -20,6 +20,7 @@ from seqcomm.comm.base import Communication, NoComm
 from seqcomm.comm.seqcomm import SeqCommMessenger
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE, EnvInfo
 from seqcomm.envs.reference import evaluate_policy
+from seqcomm.errors import NonFiniteError
 from seqcomm.policy import EpsilonGreedyPolicy
 from seqcomm.team_q import CommFactory, TeamQ, masked_argmax
 
@@ -202,7 +203,9 @@ class QLearner(L.LightningModule):
     # -- logging, evaluation ------------------------------------------------------------
     def log_training(self, values: dict[str, torch.Tensor | float]) -> None:
         """Losses plus the collection statistics (docs/method.md §8 names), every
-        ``trainer.log_every_n_steps`` updates (the loggers write no more often than that)."""
+        ``trainer.log_every_n_steps`` updates (the loggers write no more often than that).
+        Every update, a non-finite loss or gradient norm stops the run (``check_finite``)."""
+        self.check_finite(values)
         if self.global_step % self.trainer.log_every_n_steps:
             return
         data = self.trainer.datamodule
@@ -219,6 +222,25 @@ class QLearner(L.LightningModule):
         self._clock = (now, data.frames, self.global_step)
         for key, value in values.items():
             self.log(key, value, batch_size=1)
+
+    def check_finite(self, values: dict[str, torch.Tensor | float]) -> None:
+        """Raise ``NonFiniteError`` naming the update, the non-finite ``loss/*`` or
+        ``train/grad_norm`` terms and the last good checkpoint (one sync per update). The
+        run stops at this update: no later update, no checkpoint of these weights."""
+        checked = {k: v for k, v in values.items()
+                   if k.startswith("loss/") or k == "train/grad_norm"}
+        tensors = [torch.as_tensor(v).detach().float().sum() for v in checked.values()]
+        if not tensors:
+            return
+        finite = torch.stack([t.to(tensors[0].device) for t in tensors]).isfinite()
+        if bool(finite.all()):
+            return
+        bad = [k for k, ok in zip(checked, finite.tolist(), strict=True) if not ok]
+        ckpt = getattr(self.trainer.checkpoint_callback, "last_model_path", "")
+        raise NonFiniteError(
+            f"non-finite {', '.join(bad)} at update {self.global_step}; the run stopped. Last "
+            f"good checkpoint: {ckpt or 'none saved yet'}; resume from it with --ckpt_path "
+            "and a lower --model.init_args.lr or grad_clip")
 
     def setup(self, stage: str) -> None:
         """Seed exploration from the run's seed (offset by rank); a checkpoint restores it."""

@@ -24,6 +24,9 @@ class CommNet(Communication):
 
     def __init__(self, hidden_dim: int = 64, n_agents: int = 2, ctx_dim: int = 64) -> None:
         super().__init__(hidden_dim, n_agents)
+        if ctx_dim < 1:
+            raise ValueError(f"CommNet ctx_dim must be >= 1, got {ctx_dim}; for no messages "
+                             "leave model.comm unset (QMIX)")
         self.ctx_dim = ctx_dim
         # no bias: a receiver with no delivered sender gets the zero (empty) context
         self.comm = nn.Linear(hidden_dim, ctx_dim, bias=False)

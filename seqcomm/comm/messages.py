@@ -135,6 +135,9 @@ class MessageEncoder(nn.Module):
         super().__init__()
         if kind not in MESSAGE_KINDS:
             raise ValueError(f"message kind must be one of {MESSAGE_KINDS}, got {kind!r}")
+        if msg_dim < 1:
+            raise ValueError(f"model.comm msg_dim must be >= 1, got {msg_dim}; for no messages "
+                             "leave model.comm unset (QMIX)")
         if kind == "discrete" and n_labels < 2:
             raise ValueError(f"discrete messages need n_labels >= 2, got {n_labels}")
         if tau <= 0:

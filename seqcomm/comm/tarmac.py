@@ -27,6 +27,9 @@ class TarMAC(Communication):
         self, hidden_dim: int = 64, n_agents: int = 2, key_dim: int = 16, value_dim: int = 32
     ) -> None:
         super().__init__(hidden_dim, n_agents)
+        if key_dim < 1 or value_dim < 1:
+            raise ValueError(f"TarMAC key_dim and value_dim must be >= 1, got {key_dim} and "
+                             f"{value_dim}; for no messages leave model.comm unset (QMIX)")
         self.key_dim, self.value_dim = key_dim, value_dim
         self.ctx_dim = value_dim
         self.signature = nn.Linear(hidden_dim, key_dim)
