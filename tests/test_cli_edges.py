@@ -173,18 +173,19 @@ def test_nan_message_loss_of_seqcomm_dfl_is_named(fit_matrix, capfd, monkeypatch
 # -- 6. SIGTERM saves a checkpoint that --ckpt_path last continues from -------------------------
 def start_fit(tmp_path: Path, run_name: str, *args: str) -> subprocess.Popen:
     """``seqcomm fit`` on the matrix game in a subprocess (this checkout's code); returns once
-    the run has started and made some updates."""
+    the run has made some updates (its metrics.csv exists)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "seqcomm.cli", "fit", "--config", str(MATRIX_CONF),
          "--wandb", "false", "--trainer.enable_progress_bar", "false",
          "--trainer.default_root_dir", str(tmp_path), "--run_name", run_name, *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
-    hparams = tmp_path / run_name / "version_0" / "hparams.yaml"
-    deadline = time.monotonic() + 120
-    while not hparams.exists() and time.monotonic() < deadline and proc.poll() is None:
+    # the CSV logger first writes metrics.csv after about 100 updates: the run is under way
+    # whatever the machine's load (a fixed sleep was flaky on a loaded machine)
+    metrics = tmp_path / run_name / "version_0" / "metrics.csv"
+    deadline = time.monotonic() + 300
+    while not metrics.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    time.sleep(3.0)  # some updates into the run
     return proc
 
 
