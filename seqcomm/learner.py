@@ -16,8 +16,6 @@ import torch
 from tensordict import TensorDictBase
 
 from seqcomm.agent import Receiver
-from seqcomm.comm.base import Communication, NoComm
-from seqcomm.comm.seqcomm import SeqCommMessenger
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE, EnvInfo
 from seqcomm.envs.reference import evaluate_policy
 from seqcomm.errors import NonFiniteError
@@ -138,10 +136,10 @@ class QLearner(L.LightningModule):
         """Online utilities at the next states ``[B, T, n, A]`` (no graph). Where
         ``h_next[:, t]`` equals ``h[:, t + 1]`` (the episode goes on), they are ``q[:, t + 1]``
         already; one messenger and head pass runs on the other steps only. A messenger that
-        samples (``comm_samples``) gets a fresh pass everywhere, as its draws must not be
+        samples (``Communication.samples``) gets a fresh pass everywhere, as its draws must not be
         shared (as does a value network without one)."""
         comm = getattr(self.net, "comm", None)
-        if comm is None or comm_samples(comm):
+        if comm is None or comm.samples():
             return self.net.utilities(h_next)[0]
         same = (h_next[:, :-1] == h[:, 1:]).flatten(2).all(-1)
         b, t = torch.cat([~same, same.new_ones(same.shape[0], 1)], 1).nonzero(as_tuple=True)
@@ -279,18 +277,6 @@ class QLearner(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._policy_rng = checkpoint["policy_rng"]
-
-
-def comm_samples(comm: Communication) -> bool:
-    """Whether a forward pass of ``comm`` draws random numbers (Gumbel labels in training,
-    random orders), so two passes on the same states may differ. Only ``NoComm`` and a
-    ``SeqCommMessenger`` without such draws count as deterministic."""
-    if isinstance(comm, NoComm):
-        return False
-    if isinstance(comm, SeqCommMessenger):
-        gumbel = comm.encoder.discrete and comm.encoder.gumbel_noise and comm.training
-        return bool(gumbel or comm.ordering.mode == "random")
-    return True
 
 
 def _metric_name(key: str) -> str:

@@ -42,7 +42,7 @@ from seqcomm.dfl.value_aware import (
 )
 from seqcomm.dfl.world_model import WorldModel
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE
-from seqcomm.learner import NEXT, QLearner, comm_samples
+from seqcomm.learner import NEXT, QLearner
 from seqcomm.team_q import masked_argmax
 
 WorldModelGradient = Literal["implicit", "unrolled", "mle", "none"]
@@ -380,9 +380,10 @@ class SeqCommDFL(QLearner):
     def silent_utilities(self, h: torch.Tensor) -> torch.Tensor:
         """Online utilities ``[*B, n, A]`` with no message delivered. A ``SeqCommMessenger``'s
         context is then exactly zero (every attention is fully masked, so no gradient reaches
-        the messenger either), so its pass is skipped when it draws nothing (``comm_samples``)."""
+        the messenger either), so its pass is skipped when it draws nothing
+        (``Communication.samples``)."""
         comm = self.net.comm
-        if isinstance(comm, SeqCommMessenger) and not comm_samples(comm):
+        if isinstance(comm, SeqCommMessenger) and not comm.samples():
             return self.net.agent.q(h, h.new_zeros(*h.shape[:-1], comm.ctx_dim))
         return self.net.utilities(h, h.new_zeros(self.info.n_agents))[0]
 
@@ -639,7 +640,7 @@ class SeqCommDFL(QLearner):
         """``W_theta(s, o, a, M)`` on the real batch (messages detached), or ``None``."""
         if self.world_model is None:
             return None
-        if "ctx" in cache["aux"] and not comm_samples(self.net.comm):  # td_loss's, same h
+        if "ctx" in cache["aux"] and not self.net.comm.samples():  # td_loss's, same h
             ctx = cache["aux"]["ctx"].detach()
         else:
             ctx = self.net.comm(cache["h"].detach())[0].detach()

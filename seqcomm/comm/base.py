@@ -41,9 +41,17 @@ class Communication(nn.Module):
         """Bits every agent broadcasts per step (logged as ``comm/bits_per_step``)."""
         return 0.0
 
+    def samples(self) -> bool:
+        """Whether a forward pass draws random numbers (so two passes on the same states may
+        differ and must not be shared by the learner); subclasses that never do say so."""
+        return True
+
 
 class NoComm(Communication):
     """No communication: receivers get an empty context (QMIX baseline)."""
+
+    def samples(self) -> bool:
+        return False
 
     def forward(self, h, deliver=None):
         return h.new_zeros(*h.shape[:-1], 0), {}

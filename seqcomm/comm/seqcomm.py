@@ -140,6 +140,11 @@ class SeqCommMessenger(Communication):
             aux["label_probs"] = torch.softmax(self.encoder.logits(refined), dim=-1)
         return ctx, aux
 
+    def samples(self) -> bool:
+        """Gumbel labels in training mode and random orders draw random numbers."""
+        gumbel = self.encoder.discrete and self.encoder.gumbel_noise and self.training
+        return bool(gumbel or self.ordering.mode == "random")
+
     def label_contexts(self) -> torch.Tensor:
         """``[|M|, msg_dim]``: the context a receiver gets when its only delivered predecessor
         sends label k (attention over one message puts all weight on it), so a learner can
