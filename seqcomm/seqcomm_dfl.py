@@ -579,8 +579,14 @@ class SeqCommDFL(QLearner):
         Sender: its centred label log-probabilities regress on its centred look-ahead scores
         (``lookahead_label_scores``; samples grouped by identical observations) over the
         temperature ``lambda_entropy / lambda_va`` (annealed under ``lambda_entropy_final``);
-        targets clipped to +-10; the squared error in the unannealed temperature's score
-        units, so it does not shake the shared recurrent encoder. A Boltzmann sender over the
+        targets clipped to +-10; the squared logit error weighted by the unannealed
+        temperature, so that in the total loss (times ``lambda_va``) it weighs
+        ``lambda_entropy``, the curvature of the entropy-regularised objective
+        ``lambda_va E_p[score] + lambda_entropy H(p)`` at its Boltzmann optimum. Enough to
+        shape the shared recurrent encoder, which nothing else makes separate a sender's
+        observations where its own utilities do not depend on them (the squared score error,
+        ``lambda_va`` times smaller, left the sender's states 0.13 apart on matrix table 8 and
+        its labels at 0.49 / 0.51: docs/results.md section 9). A Boltzmann sender over the
         scores averaged across batches, whose gradient, unlike that of
         ``sum_k p(k) score(k)``, does not vanish when a label it was sure of stops being best.
 
@@ -617,8 +623,8 @@ class SeqCommDFL(QLearner):
         unit = max(hp.lambda_entropy / hp.lambda_va, 1e-6)  # not annealed: the loss's scale
         logp = p.clamp_min(1e-12).log()
         target = (look.scores - look.scores.mean(-1, keepdim=True)) / temperature
-        sender_loss = unit**2 * (logp - logp.mean(-1, keepdim=True)  # score units
-                                 - target.clamp(-10, 10)).pow(2).sum(-1)
+        sender_loss = unit * (logp - logp.mean(-1, keepdim=True)
+                              - target.clamp(-10, 10)).pow(2).sum(-1)
         gain = -sender_loss - spread * (p.detach() * best_response).sum(-1)
         gain = gain.view(n, *probs.shape[:-2], 1)
         off = 1 - torch.eye(n, dtype=gain.dtype, device=gain.device)
