@@ -37,7 +37,8 @@ from seqcomm.comm.rgmcomm import (
     return_gap_bound,
 )
 from seqcomm.dfl.critic import TeamCritic
-from seqcomm.dfl.label_lookahead import sender_group_ids
+from seqcomm.dfl.label_lookahead import pool_best_actions, sender_group_ids
+from seqcomm.dfl.value_aware import masked_log_softmax
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE
 from seqcomm.learner import QLearner
 
@@ -68,6 +69,8 @@ class RGMCommLearner(QLearner):
             labels stall at saddles, e.g. two clusters where four labels score lower.
         critic_hidden: width of the critic ``Q(o, a)``.
         critic_lr: its Adam rate.
+        receiver_weight: weight of ``receiver_loss``, the paper's actor trained against its
+            centralised critic, on the QMIX backbone (0: TD alone trains the receivers).
         label_map: write ``labels.json`` / ``labels.png`` into the run directory at the end.
     """
 
@@ -88,6 +91,7 @@ class RGMCommLearner(QLearner):
         refine: bool = True,
         critic_hidden: int = 128,
         critic_lr: float = 1e-3,
+        receiver_weight: float = 0.0,
         label_map: bool = True,
         **kwargs,
     ) -> None:
@@ -192,7 +196,9 @@ class RGMCommLearner(QLearner):
                 self.clustered.fill_(True)
                 self.freeze_labels()
                 self.set_delivery(True)
-        loss, cache = self.td_loss(batch)
+        td, cache = self.td_loss(batch)
+        receiver = self.receiver_loss(batch, cache)
+        loss = td + self.hparams.receiver_weight * receiver
         grad_norm = self.step_optimizer(opt, loss, self.value_parameters())
         joint = F.one_hot(batch[ACTION], self.info.n_actions).to(cache["target"].dtype)
         critic_loss = self.critic.loss(batch[OBS].flatten(-2), joint, cache["target"])
@@ -201,8 +207,37 @@ class RGMCommLearner(QLearner):
         torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.hparams.grad_clip)
         critic_opt.optimizer.step()  # raw, as above
         self.update_targets()
-        self.log_training({"loss/td": loss, "loss/critic": critic_loss,
+        self.log_training({"loss/td": td, "loss/receiver": receiver, "loss/critic": critic_loss,
                            "train/grad_norm": grad_norm, **self.cluster_logs})
+
+    def receiver_loss(self, batch: TensorDictBase, cache: dict) -> torch.Tensor:
+        """Each receiver's cross-entropy of ``softmax(Q_j)`` against the best action of its
+        pool (the batch's samples with its observation and the labels it heard; the mean of
+        the critic's values when j switches action), weighted by those values' spread.
+
+        RGMComm's receivers are actors trained against a centralised critic: they learn the
+        action that is best on average over what they cannot see. QMIX's TD loss fits each
+        state's ``Q_tot`` through a state-dependent mixer and can rank another action first
+        for a (observation, label) pool (docs/results.md section 9), so on this backbone the
+        actor's target is given explicitly; the spread puts it in the TD loss's reward units.
+        """
+        with torch.no_grad():
+            obs, mask = batch[OBS].flatten(0, -3), batch[MASK].flatten(0, -3)  # [N, n, .]
+            values = self.critic.switch_values(obs.flatten(-2), batch[ACTION].flatten(0, -2))
+            N, n = obs.shape[:2]
+            eye = torch.eye(n, dtype=obs.dtype, device=obs.device)
+            labels = cache["aux"]["labels"].flatten(0, -3) * self.net.comm.active.to(obs.dtype)
+            # [N, j, i, M]: what j heard from i (nothing from itself)
+            heard = labels.unsqueeze(1).expand(N, n, n, -1) * (1 - eye).view(1, n, n, 1)
+            ids = eye.expand(N, n, n)
+            keys = torch.cat([ids, obs, heard.flatten(-2)], -1).flatten(0, 1)
+            best, decided = pool_best_actions(values.flatten(0, 1), keys, mask.flatten(0, 1))
+            centred = values - (values * mask).sum(-1, keepdim=True) / mask.sum(
+                -1, keepdim=True).clamp_min(1)
+            spread = centred[mask].std().clamp_min(1e-6)
+        logq = masked_log_softmax(cache["q"].flatten(0, -3), 1.0, mask).flatten(0, 1)
+        ce = -logq.gather(-1, best.unsqueeze(-1)).squeeze(-1)
+        return spread * (ce * decided).mean()
 
     def on_train_start(self) -> None:
         super().on_train_start()

@@ -20,6 +20,7 @@ from seqcomm.comm.rgmcomm import (
     return_gap_bound,
 )
 from seqcomm.dfl.critic import TeamCritic
+from seqcomm.dfl.label_lookahead import pool_best_actions
 from seqcomm.envs.base import ACTION, MASK, OBS, env_info
 from seqcomm.envs.matrix import RGMCOMM_TABLE, MatrixGame, best_message_value, random_table
 from seqcomm.rgmcomm_learner import (
@@ -301,3 +302,53 @@ def test_refine_head_splits_a_two_cluster_head_into_four_labels():
     for i in range(2):
         assert sorted(heads(h)[:, i].argmax(-1).tolist()) == [0, 1, 2, 3]
     assert torch.all(best < before - 0.2)
+
+
+def test_pool_best_action_is_the_argmax_of_the_pool_mean_not_of_each_sample():
+    # pool 0: samples 0-2 prefer action 1 by a little twice, action 0 by a lot once
+    values = torch.tensor([[0.0, 1.0], [0.0, 1.0], [5.0, 0.0], [1.0, 2.0], [3.0, 3.0]])
+    keys = torch.tensor([[0.0], [0.0], [0.0], [1.0], [2.0]])
+    best, decided = pool_best_actions(values, keys)
+    assert best[:4].tolist() == [0, 0, 0, 1] and decided.tolist() == [True] * 4 + [False]
+    # an action one member of the pool lacks is never the pool's best
+    mask = torch.tensor([[True, True], [True, True], [False, True], [True, True],
+                         [True, True]])
+    assert pool_best_actions(values, keys, mask)[0][:3].tolist() == [1, 1, 1]
+
+
+def test_receiver_loss_teaches_each_pool_its_best_action_and_not_the_labels():
+    """With the critic replaced by exact values, the receiver loss alone drives agent 1's
+    greedy action in every (o1, heard label) pool to the best action on the pool's mean,
+    which is not the action most samples of the pool prefer."""
+    torch.manual_seed(0)
+    model = _learner(receiver_weight=1.0)
+    batch = _batch(64)
+    obs = batch[OBS][:, 0]
+    o1, o2 = obs[:, 0].argmax(-1), obs[:, 1].argmax(-1) - 2
+    # [o1, a1, o2]: action 0 pays 10 on o2 = 0 only, action 1 pays 1 elsewhere
+    table = torch.tensor([[10.0, 0, 0, 0], [0, 1, 1, 1]]).expand(2, 2, 4)
+
+    def exact(state, action, agents=None):  # agent 1 switching; agent 2's action is inert
+        v = table[o1, :, o2]  # [B, A]
+        return torch.stack([v, v], 1)
+
+    model.critic.switch_values = exact
+    label_ids = {id(p) for p in model.net.comm.label_head.parameters()}
+    opt = torch.optim.Adam(model.value_parameters(), lr=1e-2)
+    for _ in range(300):
+        _, cache = model.td_loss(batch)
+        loss = model.receiver_loss(batch, cache)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(p.grad is None for p in model.net.comm.label_head.parameters())
+    assert label_ids.isdisjoint(id(p) for p in model.value_parameters())
+    heard = cache["aux"]["labels"][:, 0, 1].argmax(-1)  # agent 2's label, heard by agent 1
+    greedy = cache["q"][:, 0, 0].argmax(-1)
+    mode_differs = False
+    for b in range(64):  # the expected pool best, by hand
+        pool = (o1 == o1[b]) & (heard == heard[b])
+        pooled = table[o1[b]][:, o2[pool]]
+        assert greedy[b] == pooled.mean(-1).argmax(), b
+        mode_differs |= bool(pooled.argmax(0).float().mean() > 0.5) and greedy[b] == 0
+    assert mode_differs  # some pool's majority prefers the other action

@@ -94,3 +94,26 @@ def lookahead_label_scores(
     pooled = (pool[-1] / mass.unsqueeze(-1)).masked_fill(~usable[:, None, :], -float("inf"))
     return LookAhead(score.gather(1, sender_group.unsqueeze(-1).expand(S, N, M)),
                      pooled[receiver_group])
+
+
+def pool_best_actions(values: torch.Tensor, keys: torch.Tensor,
+                      action_mask: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's pool best response: ``(best [N], decided [N])``.
+
+    ``values [N, A]``: an evaluator's value of the receiver playing each action in the
+    sample's state; ``keys [N, D]``: what the receiver knows (its observation and the
+    labels it heard): samples with identical keys form one pool, and ``best`` is the action
+    with the highest mean value over the pool (among the actions every member has, under
+    ``action_mask``). ``decided``: the pool prefers one action by more than float noise.
+    With continuous observations the pools are single samples."""
+    group = group_ids(keys)
+    member = F.one_hot(group, int(group.max()) + 1).to(values.dtype)  # [N, G]
+    pooled = member.T @ values  # [G, A]: sums; the argmax is that of the mean
+    if action_mask is not None:
+        have = member.T @ action_mask.to(values.dtype)
+        usable = have >= member.sum(0).unsqueeze(-1)
+        pooled = pooled.masked_fill(~usable, -float("inf"))
+    top2 = pooled.topk(min(2, pooled.shape[-1]), dim=-1).values
+    decided = (top2[:, 0] - top2[:, -1]) > 1e-6 * member.sum(0)
+    return pooled.argmax(-1)[group], decided[group]
