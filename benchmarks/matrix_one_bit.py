@@ -10,6 +10,7 @@ brute-force best 1-bit value (``seqcomm.envs.matrix.best_message_value``). Each 
     python benchmarks/matrix_one_bit.py --tables rgmcomm 1 2 3 --seeds 0 1 2 --updates 600
     python benchmarks/matrix_one_bit.py --method rgmcomm --tables 1 2 3 --updates 1249
     python benchmarks/matrix_one_bit.py --root runs/x --model.init_args.label_scoring=lookahead
+    python benchmarks/matrix_one_bit.py --shape 3 2 6 --tables 1 2 3   # another size
 """
 
 from __future__ import annotations
@@ -37,16 +38,18 @@ STACKS = {  # method -> (config files, extra overrides)
 }
 
 
-def table_args(table: str) -> list[str]:
+def table_args(table: str, shape: tuple[int, int, int] = (2, 2, 4)) -> list[str]:
     if table == "rgmcomm":
         return []
     args = []
     for env in ("env", "eval_env"):
         args += [f"--data.{env}.init_args.table=random",
                  f"--data.{env}.init_args.table_seed={int(table)}",
-                 f"--data.{env}.init_args.n_obs1=2", f"--data.{env}.init_args.n_actions=2",
-                 f"--data.{env}.init_args.n_obs2=4"]
-    return args
+                 f"--data.{env}.init_args.n_obs1={shape[0]}",
+                 f"--data.{env}.init_args.n_actions={shape[1]}",
+                 f"--data.{env}.init_args.n_obs2={shape[2]}"]
+    pairs = shape[0] * shape[2]  # the exhaustive evaluation: one copy per (o1, o2) pair
+    return args + [f"--data.eval_envs={pairs}", f"--data.eval_episodes={pairs}"]
 
 
 def main() -> None:
@@ -55,6 +58,9 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--updates", type=int, default=600)
     parser.add_argument("--method", choices=list(STACKS), default="seqcomm_dfl_1bit")
+    parser.add_argument("--shape", nargs=3, type=int, default=[2, 2, 4],
+                        metavar=("N_OBS1", "N_ACTIONS", "N_OBS2"),
+                        help="random tables' shape (the paper's: 2 2 4)")
     parser.add_argument("--root", default=None, help="default: runs/matrix_one_bit[_<method>]")
     args, overrides = parser.parse_known_args()  # the rest goes to every `seqcomm fit`
     stack, extra = STACKS[args.method]
@@ -66,7 +72,7 @@ def main() -> None:
           + " | reached |")
     print("| --- |" + " ---: |" * (len(args.seeds) + 3))
     for table in args.tables:
-        values = RGMCOMM_TABLE if table == "rgmcomm" else random_table(2, 2, 4, int(table))
+        values = RGMCOMM_TABLE if table == "rgmcomm" else random_table(*args.shape, int(table))
         best, _ = best_message_value(values, 2)
         got = []
         for seed in args.seeds:
@@ -74,7 +80,7 @@ def main() -> None:
             cmd = [sys.executable, "-m", "seqcomm.cli", "fit"]
             for f in stack:
                 cmd += ["--config", f]
-            cmd += table_args(table) + extra + [
+            cmd += table_args(table, args.shape) + extra + [
                 f"--seed_everything={seed}",
                 f"--data.total_frames={frames}", f"--trainer.val_check_interval={args.updates}",
                 f"--run_name={name}", f"--trainer.default_root_dir={root}",
