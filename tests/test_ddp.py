@@ -74,3 +74,83 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert summary["world_size"] == 2 and summary["updates"] == updates
     assert summary["env_steps"] == 2 * matrix_frames(updates)
     assert proc.stdout.count("seqcomm: summary") == 1  # written once
+
+
+class StateProbe(L.Callback):
+    """Test helper run inside the DDP processes: saves this rank's whole module state (world
+    model, critic, its running statistics and the target networks included) at the start and
+    the end to ``<default_root_dir>/state<k>.pt``."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        torch.save({"state": state, "start": self.start, "global_step": trainer.global_step},
+                   Path(trainer.default_root_dir) / f"state{trainer.global_rank}.pt")
+
+
+def test_ddp_seqcomm_dfl_ranks_keep_the_same_parameters(tmp_path):
+    """SeqCommDFL sets ``p.grad`` from ``torch.autograd.grad`` (the w step and the world
+    model's implicit hypergradient), which DDP does not all-reduce: ``average_gradients``
+    does (and ``average_across_ranks`` the critic's running statistics), so the ranks, each
+    on its own episodes, still hold the same parameters and buffers."""
+    updates = 8
+    env = dict(os.environ, WANDB_MODE="offline",
+               PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent)]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "seqcomm.cli", "fit", "--config", str(MATRIX_CONF),
+         "--config", str(HERE.parent / "conf" / "methods" / "seqcomm_dfl.yaml"),
+         "--model.init_args.world_model_gradient=implicit", "--wandb", "false",
+         "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path),
+         "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
+         f"--data.total_frames={matrix_frames(updates)}",
+         f"--trainer.val_check_interval={updates}", "--trainer.callbacks+=test_ddp.StateProbe"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    ranks = [torch.load(tmp_path / f"state{r}.pt") for r in (0, 1)]
+    assert [r["global_step"] for r in ranks] == [updates, updates]
+    states = [r["state"] for r in ranks]
+    assert states[0].keys() == states[1].keys()
+    assert any(k.startswith("world_model.") for k in states[0])
+    moved = [k for k in states[0] if k.startswith("world_model.")
+             and not torch.equal(states[0][k], ranks[0]["start"][k])]
+    assert moved, "the world model did not train"
+    for key in states[0]:
+        torch.testing.assert_close(states[0][key], states[1][key], rtol=1e-5, atol=1e-6,
+                                   msg=lambda m, key=key: f"{key} differs across ranks: {m}")
+
+
+def _average_on_rank(rank: int, init_file: str, out_dir: str) -> None:
+    """One gloo rank of ``test_average_gradients_across_two_processes``."""
+    import torch.distributed as dist
+
+    from seqcomm.distributed import average_gradients
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        params = [torch.zeros(2, 3), torch.zeros(4), torch.zeros(())]
+        grads = [torch.full((2, 3), float(rank + 1)),  # 1 and 2
+                 None if rank == 0 else torch.arange(4.0),  # used on rank 1 only
+                 None]  # used nowhere
+        torch.save(average_gradients(grads, params), Path(out_dir) / f"avg{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_average_gradients_across_two_processes(tmp_path):
+    """Means over the ranks, a gradient missing on one rank counts as zeros there, one
+    missing everywhere stays ``None``; with one process the gradients come back unchanged."""
+    from seqcomm.distributed import average_gradients
+
+    single = [torch.ones(2), None]
+    assert all(a is b for a, b in zip(average_gradients(single, [torch.zeros(2)] * 2),
+                                      single, strict=True))
+    torch.multiprocessing.spawn(_average_on_rank, args=(str(tmp_path / "init"), str(tmp_path)),
+                                nprocs=2)
+    for rank in (0, 1):
+        full, half, unused = torch.load(tmp_path / f"avg{rank}.pt")
+        torch.testing.assert_close(full, torch.full((2, 3), 1.5))
+        torch.testing.assert_close(half, torch.arange(4.0) / 2)
+        assert unused is None
