@@ -57,3 +57,14 @@ def average_gradients(grads: Sequence[torch.Tensor | None],
             dtype = p.dtype if g is None else g.dtype
             out.append((chunk / n).view_as(p).to(dtype))
     return out
+
+
+@torch.no_grad()
+def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
+    """Overwrite ``module``'s parameters and buffers on every rank with rank ``src``'s (for
+    state each rank fits on its own data, e.g. RGMComm's label heads); nothing with one
+    process."""
+    if world_size() < 2:
+        return
+    for tensor in module.state_dict().values():
+        dist.broadcast(tensor, src)
