@@ -90,36 +90,62 @@ class StateProbe(L.Callback):
                    Path(trainer.default_root_dir) / f"state{trainer.global_rank}.pt")
 
 
+def fit_ddp_states(tmp_path: Path, method: str, updates: int, *args: str,
+                   strategy: str = "ddp") -> list[dict]:
+    """``seqcomm fit`` of conf/matrix.yaml + ``conf/methods/<method>.yaml`` on 2 CPU processes
+    with ``StateProbe``; asserts it succeeded and returns the ranks' saved states."""
+    env = dict(os.environ, WANDB_MODE="offline",
+               PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent)]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "seqcomm.cli", "fit", "--config", str(MATRIX_CONF),
+         "--config", str(HERE.parent / "conf" / "methods" / f"{method}.yaml"), *args,
+         "--wandb", "false", "--trainer.enable_progress_bar", "false",
+         "--trainer.default_root_dir", str(tmp_path), f"--trainer.strategy={strategy}",
+         "--trainer.devices=2", "--trainer.accelerator=cpu",
+         f"--data.total_frames={matrix_frames(updates)}",
+         f"--trainer.val_check_interval={updates}", "--trainer.callbacks+=test_ddp.StateProbe"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"state{r}.pt") for r in (0, 1)]
+    assert [r["global_step"] for r in ranks] == [updates, updates]
+    assert ranks[0]["state"].keys() == ranks[1]["state"].keys()
+    return ranks
+
+
+def assert_same_state(ranks: list[dict]) -> None:
+    for key, value in ranks[0]["state"].items():
+        torch.testing.assert_close(value, ranks[1]["state"][key], rtol=1e-5, atol=1e-6,
+                                   msg=lambda m, key=key: f"{key} differs across ranks: {m}")
+
+
+def moved(ranks: list[dict], prefix: str) -> list[str]:
+    """Rank 0's entries under ``prefix`` that training changed."""
+    return [k for k, v in ranks[0]["state"].items()
+            if k.startswith(prefix) and not torch.equal(v, ranks[0]["start"][k])]
+
+
 def test_ddp_seqcomm_dfl_ranks_keep_the_same_parameters(tmp_path):
     """SeqCommDFL sets ``p.grad`` from ``torch.autograd.grad`` (the w step and the world
     model's implicit hypergradient), which DDP does not all-reduce: ``average_gradients``
     does (and ``average_across_ranks`` the critic's running statistics), so the ranks, each
     on its own episodes, still hold the same parameters and buffers."""
-    updates = 8
-    env = dict(os.environ, WANDB_MODE="offline",
-               PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent)]))
-    proc = subprocess.run(
-        [sys.executable, "-m", "seqcomm.cli", "fit", "--config", str(MATRIX_CONF),
-         "--config", str(HERE.parent / "conf" / "methods" / "seqcomm_dfl.yaml"),
-         "--model.init_args.world_model_gradient=implicit", "--wandb", "false",
-         "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path),
-         "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
-         f"--data.total_frames={matrix_frames(updates)}",
-         f"--trainer.val_check_interval={updates}", "--trainer.callbacks+=test_ddp.StateProbe"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = fit_ddp_states(tmp_path, "seqcomm_dfl", 8,
+                           "--model.init_args.world_model_gradient=implicit")
+    assert moved(ranks, "world_model."), "the world model did not train"
+    assert moved(ranks, "critic.target_mean")
+    assert_same_state(ranks)
 
-    ranks = [torch.load(tmp_path / f"state{r}.pt") for r in (0, 1)]
-    assert [r["global_step"] for r in ranks] == [updates, updates]
-    states = [r["state"] for r in ranks]
-    assert states[0].keys() == states[1].keys()
-    assert any(k.startswith("world_model.") for k in states[0])
-    moved = [k for k in states[0] if k.startswith("world_model.")
-             and not torch.equal(states[0][k], ranks[0]["start"][k])]
-    assert moved, "the world model did not train"
-    for key in states[0]:
-        torch.testing.assert_close(states[0][key], states[1][key], rtol=1e-5, atol=1e-6,
-                                   msg=lambda m, key=key: f"{key} differs across ranks: {m}")
+
+def test_ddp_rgmcomm_ranks_keep_the_same_labels(tmp_path):
+    """RGMComm clusters each rank's own replay sample (plain ``backward`` on the label heads,
+    outside DDP): the ranks take rank 0's heads, and the label map (written by rank 0 after a
+    collective ``log_dir``) ends the run cleanly. Its TD and critic backward passes leave
+    parameters unused, hence ``ddp_find_unused_parameters_true``."""
+    ranks = fit_ddp_states(tmp_path, "rgmcomm", 8, "--model.init_args.cluster_every=4",
+                           strategy="ddp_find_unused_parameters_true")
+    assert moved(ranks, "net.comm.label_head."), "the label heads did not train"
+    assert_same_state(ranks)
+    assert (tmp_path / "matrix" / "version_0" / "labels.json").is_file()
 
 
 def _average_on_rank(rank: int, init_file: str, out_dir: str) -> None:
