@@ -6,6 +6,7 @@ ends with one line on stderr and exit status 2.
 from __future__ import annotations
 
 import glob
+import importlib
 import logging
 import os
 import pickle
@@ -52,11 +53,19 @@ class SeqcommCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads a --ckpt_path file's hyperparameters right after parsing: check
         # that the file is a checkpoint first ('last' is resolved and checked below)
-        cfg = self.config.get(self.config.get("subcommand") or "", self.config)
+        # and holds the configured model's class and messenger (LightningCLI then merges its
+        # hyperparameters over the config; they leave ``comm`` out, so it is kept from the
+        # config, which the checkpoint was just checked against)
+        sub = self.config.get("subcommand") or ""
+        cfg = self.config.get(sub, self.config)
         ckpt = cfg.get("ckpt_path") if hasattr(cfg, "get") else None
-        if ckpt and os.path.isfile(ckpt):
-            check_checkpoint(ckpt)
+        if not (ckpt and os.path.isfile(ckpt)):
+            super()._parse_ckpt_path()
+            return
+        check_model_matches(ckpt, check_checkpoint(ckpt), cfg.model)
+        comm = cfg.model.init_args.get("comm")
         super()._parse_ckpt_path()
+        self.config.get(sub, self.config).model.init_args.comm = comm
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
@@ -74,8 +83,8 @@ class SeqcommCLI(LightningCLI):
         elif ckpt is not None and not os.path.isfile(ckpt):
             raise ConfigError(f"--ckpt_path {ckpt!r} is not a file; pass an existing .ckpt "
                               "or 'last'")
-        if cfg.get("ckpt_path") is not None:
-            check_checkpoint(cfg.ckpt_path)
+        if ckpt == "last":  # an explicit file was checked in _parse_ckpt_path
+            check_model_matches(cfg.ckpt_path, check_checkpoint(cfg.ckpt_path), cfg.model)
         accelerator = cfg.trainer.get("accelerator")
         if isinstance(accelerator, str):
             check_accelerator(accelerator)
@@ -92,6 +101,8 @@ class SeqcommCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        if cfg.get("ckpt_path") is not None:  # the model is built; nothing is written yet
+            check_state_matches(cfg.ckpt_path, self.model)
         if cfg.trainer.get("logger") in (None, True):
             kwargs["logger"] = self.loggers(cfg)
         return super().instantiate_trainer(**kwargs)
@@ -116,7 +127,7 @@ class SeqcommCLI(LightningCLI):
         return loggers
 
 
-def check_checkpoint(path: str) -> None:
+def check_checkpoint(path: str) -> dict:
     """A ``--ckpt_path`` file must load as a Lightning checkpoint (memory-mapped: cheap), with
     ``weights_only=True`` as LightningCLI then loads it (no code runs from the file)."""
     try:
@@ -135,6 +146,72 @@ def check_checkpoint(path: str) -> None:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ConfigError(f"--ckpt_path {path!r} is not a Lightning checkpoint (no "
                           "state_dict); pass a .ckpt written by seqcomm fit")
+    return ckpt
+
+
+def _class(path: str) -> object:
+    """The class a ``class_path`` names (re-exports compare equal); the path if it does not
+    import."""
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return path
+
+
+def _short(path: str | None) -> str:
+    return "null (no communication)" if path is None else path.rpartition(".")[2]
+
+
+def _fix_hint(path: str) -> str:
+    """How to fix a checkpoint/config mismatch, naming the checkpoint's run config if any."""
+    run_config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))),
+                              "config.yaml")
+    which = (f"its run's config ({run_config})" if os.path.isfile(run_config)
+             else "the config it was trained with")
+    return (f"resume with {which}, or drop --ckpt_path to start afresh with this config")
+
+
+def check_model_matches(path: str, ckpt: dict, model_cfg) -> None:
+    """The checkpoint must hold the configured model class (its ``hyper_parameters``'
+    ``_class_path``, when saved) and a messenger exactly when the config sets ``comm``
+    (``net.comm.*`` weights; ``comm`` is not among the saved hyperparameters)."""
+    saved = (ckpt.get("hyper_parameters") or {}).get("_class_path")
+    wanted = model_cfg.get("class_path")
+    if saved and wanted and _class(saved) != _class(wanted):
+        raise ConfigError(f"--ckpt_path {path!r} holds a {_short(saved)} model but the config "
+                          f"builds {_short(wanted)}; {_fix_hint(path)}")
+    comm = (model_cfg.get("init_args") or {}).get("comm")
+    comm_path = None if comm is None else comm.get("class_path", str(comm))
+    has_comm = any(k.startswith("net.comm.") for k in ckpt["state_dict"])
+    if has_comm != (comm_path is not None):
+        held = "a messenger" if has_comm else "no messenger (communication off)"
+        raise ConfigError(f"--ckpt_path {path!r} holds a model with {held} but the config's "
+                          f"model.init_args.comm is {_short(comm_path)}; {_fix_hint(path)}")
+
+
+def check_state_matches(path: str, model: torch.nn.Module) -> None:
+    """The checkpoint's weights must have the configured model's names and shapes (the
+    messenger's settings, e.g. its class and sizes, are not in the checkpoint's
+    hyperparameters)."""
+    saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)["state_dict"]
+    own = model.state_dict()
+    missing = [k for k in own if k not in saved]
+    extra = [k for k in saved if k not in own]
+    shapes = [k for k in own if k in saved and tuple(own[k].shape) != tuple(saved[k].shape)]
+    if not (missing or extra or shapes):
+        return
+    if shapes:
+        k = shapes[0]
+        example = f"{k} is {list(saved[k].shape)} there, {list(own[k].shape)} here"
+    else:
+        example = f"{(missing or extra)[0]} is {'missing there' if missing else 'extra there'}"
+    comm = getattr(getattr(model, "net", None), "comm", None)
+    raise ConfigError(
+        f"--ckpt_path {path!r} does not fit the configured {type(model).__name__} "
+        f"({type(comm).__name__ if comm is not None else 'no'} messenger): "
+        f"{len(missing) + len(extra) + len(shapes)} weights differ in name or shape, e.g. "
+        f"{example}; {_fix_hint(path)}")
 
 
 def check_accelerator(accelerator: str) -> None:

@@ -39,6 +39,7 @@ from seqcomm.comm.rgmcomm import (
 from seqcomm.dfl.critic import TeamCritic
 from seqcomm.dfl.label_lookahead import pool_best_actions, sender_group_ids
 from seqcomm.dfl.value_aware import masked_log_softmax
+from seqcomm.distributed import broadcast_module
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE
 from seqcomm.learner import QLearner
 
@@ -192,6 +193,8 @@ class RGMCommLearner(QLearner):
         opt, critic_opt, _ = self.optimizers()
         if self.due():
             self.cluster_logs = self.cluster()
+            # each DDP rank clustered its own replay sample: all take rank 0's labels
+            broadcast_module(self.net.comm.label_head)
             if self.hparams.schedule == "staged":
                 self.clustered.fill_(True)
                 self.freeze_labels()
@@ -248,15 +251,15 @@ class RGMCommLearner(QLearner):
 
     def on_fit_end(self) -> None:
         """The message-label map of the final label function, in the run directory."""
-        if not self.hparams.label_map or not self.trainer.is_global_zero:
+        if not self.hparams.label_map:
             return
-        if len(self.trainer.datamodule.buffer) == 0:
+        run_dir = self.trainer.log_dir or self.trainer.default_root_dir  # all ranks: a broadcast
+        if not self.trainer.is_global_zero or len(self.trainer.datamodule.buffer) == 0:
             return
         sample = self.cluster_sample()
         with torch.no_grad():
             labels = self.net.comm.label_logits(sample["h"]).argmax(-1)  # [N, n]
         tables = label_table(sample[OBS].transpose(0, 1), labels.T)
-        run_dir = self.trainer.log_dir or self.trainer.default_root_dir
         write_label_map(run_dir, tables, self.net.comm.n_labels)
 
 

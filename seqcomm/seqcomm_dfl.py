@@ -41,6 +41,7 @@ from seqcomm.dfl.value_aware import (
     warmup_beta,
 )
 from seqcomm.dfl.world_model import WorldModel
+from seqcomm.distributed import average_gradients
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE
 from seqcomm.learner import NEXT, QLearner
 from seqcomm.team_q import masked_argmax
@@ -727,7 +728,7 @@ class SeqCommDFL(QLearner):
             scale = torch.clamp(limit / (norm + 1e-12), max=1.0)
             grads = [scale * g + hp.mle_weight * a for g, a in zip(grads, anchor, strict=True)]
         opt.zero_grad()
-        for p, g in zip(theta, grads, strict=True):
+        for p, g in zip(theta, average_gradients(grads, theta), strict=True):
             p.grad = g.detach()
         torch.nn.utils.clip_grad_norm_(theta, hp.grad_clip)
         opt.optimizer.step()  # the raw optimiser: Lightning counts one step per update (w's)
@@ -766,7 +767,7 @@ class SeqCommDFL(QLearner):
     def step_w(self, opt, inner: torch.Tensor, w) -> None:
         opt.zero_grad()
         grads = torch.autograd.grad(inner, w, allow_unused=True)
-        for p, g in zip(w, grads, strict=True):
+        for p, g in zip(w, average_gradients(grads, w), strict=True):  # DDP: not all-reduced
             p.grad = g
         torch.nn.utils.clip_grad_norm_(w, self.hparams.grad_clip)
         opt.step()

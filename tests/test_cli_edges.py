@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import MATRIX_CONF, ROOT, latest_version, matrix_frames, read_metrics
+from conftest import (
+    MATRIX_CONF,
+    ROOT,
+    latest_version,
+    matrix_frames,
+    read_metrics,
+    read_summary,
+)
 
 from seqcomm.cli import main
 from seqcomm.learner import QLearner
@@ -246,3 +253,42 @@ def test_notice_filters_are_specific():
     assert proc.returncode == 0, proc.stderr
     assert "some other warning" in proc.stderr
     assert "dataloader_iter" not in proc.stderr and "LeafSpec" not in proc.stderr
+
+
+# -- 7. a checkpoint of another model than the config's ------------------------------------------
+def test_checkpoint_of_another_model(fit_matrix, tmp_path, capfd, monkeypatch):
+    """A plain QMIX checkpoint under a TarMAC or SeqCommDFL config: one line naming the
+    mismatch and the checkpoint's run config, exit 2, nothing written (LightningCLI would
+    merge the checkpoint's hyperparameters, dropping the messenger, and train silently)."""
+    monkeypatch.chdir(tmp_path)
+    run = fit_matrix(f"--data.total_frames={matrix_frames(3)}", "--trainer.val_check_interval=3")
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    capfd.readouterr()
+    line = one_line_exit_2(fit_args(tmp_path, "--ckpt_path", ckpt,
+                                    configs=("methods/tarmac.yaml",)), capfd)
+    assert "no messenger" in line and "comm is TarMAC" in line, line
+    assert str(run / "config.yaml") in line and "drop --ckpt_path" in line
+    line = one_line_exit_2(fit_args(tmp_path, "--ckpt_path", ckpt,
+                                    configs=("methods/seqcomm_dfl.yaml",)), capfd)
+    assert "holds a QLearner model but the config builds SeqCommDFL" in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_checkpoint_of_another_messenger(fit_matrix, tmp_path, capfd, monkeypatch):
+    """A TarMAC checkpoint passed by path: under CommNet, one line naming the weights that
+    differ; under TarMAC, it resumes (the merged hyperparameters keep the config's messenger)."""
+    monkeypatch.chdir(tmp_path)
+    tarmac = ("--config", str(CONF / "methods" / "tarmac.yaml"))
+    run = fit_matrix(*tarmac, f"--data.total_frames={matrix_frames(3)}",
+                     "--trainer.val_check_interval=3")
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    capfd.readouterr()
+    line = one_line_exit_2(fit_args(tmp_path, "--ckpt_path", ckpt,
+                                    configs=("methods/commnet.yaml",)), capfd)
+    assert "does not fit the configured QLearner (CommNet messenger)" in line, line
+    assert "weights differ" in line and str(run / "config.yaml") in line
+    assert not (tmp_path / "runs").exists()
+    # (the checkpoint ends a finished run: the resumed one loads it and has nothing left to do)
+    resumed = fit_matrix(*tarmac, "--ckpt_path", ckpt)
+    assert resumed != run and read_summary(resumed)["updates"] == 3
+    assert "TarMAC" in (resumed / "config.yaml").read_text()

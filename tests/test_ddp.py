@@ -74,3 +74,109 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert summary["world_size"] == 2 and summary["updates"] == updates
     assert summary["env_steps"] == 2 * matrix_frames(updates)
     assert proc.stdout.count("seqcomm: summary") == 1  # written once
+
+
+class StateProbe(L.Callback):
+    """Test helper run inside the DDP processes: saves this rank's whole module state (world
+    model, critic, its running statistics and the target networks included) at the start and
+    the end to ``<default_root_dir>/state<k>.pt``."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        torch.save({"state": state, "start": self.start, "global_step": trainer.global_step},
+                   Path(trainer.default_root_dir) / f"state{trainer.global_rank}.pt")
+
+
+def fit_ddp_states(tmp_path: Path, method: str, updates: int, *args: str,
+                   strategy: str = "ddp") -> list[dict]:
+    """``seqcomm fit`` of conf/matrix.yaml + ``conf/methods/<method>.yaml`` on 2 CPU processes
+    with ``StateProbe``; asserts it succeeded and returns the ranks' saved states."""
+    env = dict(os.environ, WANDB_MODE="offline",
+               PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent)]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "seqcomm.cli", "fit", "--config", str(MATRIX_CONF),
+         "--config", str(HERE.parent / "conf" / "methods" / f"{method}.yaml"), *args,
+         "--wandb", "false", "--trainer.enable_progress_bar", "false",
+         "--trainer.default_root_dir", str(tmp_path), f"--trainer.strategy={strategy}",
+         "--trainer.devices=2", "--trainer.accelerator=cpu",
+         f"--data.total_frames={matrix_frames(updates)}",
+         f"--trainer.val_check_interval={updates}", "--trainer.callbacks+=test_ddp.StateProbe"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"state{r}.pt") for r in (0, 1)]
+    assert [r["global_step"] for r in ranks] == [updates, updates]
+    assert ranks[0]["state"].keys() == ranks[1]["state"].keys()
+    return ranks
+
+
+def assert_same_state(ranks: list[dict]) -> None:
+    for key, value in ranks[0]["state"].items():
+        torch.testing.assert_close(value, ranks[1]["state"][key], rtol=1e-5, atol=1e-6,
+                                   msg=lambda m, key=key: f"{key} differs across ranks: {m}")
+
+
+def moved(ranks: list[dict], prefix: str) -> list[str]:
+    """Rank 0's entries under ``prefix`` that training changed."""
+    return [k for k, v in ranks[0]["state"].items()
+            if k.startswith(prefix) and not torch.equal(v, ranks[0]["start"][k])]
+
+
+def test_ddp_seqcomm_dfl_ranks_keep_the_same_parameters(tmp_path):
+    """SeqCommDFL sets ``p.grad`` from ``torch.autograd.grad`` (the w step and the world
+    model's implicit hypergradient), which DDP does not all-reduce: ``average_gradients``
+    does (and ``average_across_ranks`` the critic's running statistics), so the ranks, each
+    on its own episodes, still hold the same parameters and buffers."""
+    ranks = fit_ddp_states(tmp_path, "seqcomm_dfl", 8,
+                           "--model.init_args.world_model_gradient=implicit")
+    assert moved(ranks, "world_model."), "the world model did not train"
+    assert moved(ranks, "critic.target_mean")
+    assert_same_state(ranks)
+
+
+def test_ddp_rgmcomm_ranks_keep_the_same_labels(tmp_path):
+    """RGMComm clusters each rank's own replay sample (plain ``backward`` on the label heads,
+    outside DDP): the ranks take rank 0's heads, and the label map (written by rank 0 after a
+    collective ``log_dir``) ends the run cleanly. Its TD and critic backward passes leave
+    parameters unused, hence ``ddp_find_unused_parameters_true``."""
+    ranks = fit_ddp_states(tmp_path, "rgmcomm", 8, "--model.init_args.cluster_every=4",
+                           strategy="ddp_find_unused_parameters_true")
+    assert moved(ranks, "net.comm.label_head."), "the label heads did not train"
+    assert_same_state(ranks)
+    assert (tmp_path / "matrix" / "version_0" / "labels.json").is_file()
+
+
+def _average_on_rank(rank: int, init_file: str, out_dir: str) -> None:
+    """One gloo rank of ``test_average_gradients_across_two_processes``."""
+    import torch.distributed as dist
+
+    from seqcomm.distributed import average_gradients
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        params = [torch.zeros(2, 3), torch.zeros(4), torch.zeros(())]
+        grads = [torch.full((2, 3), float(rank + 1)),  # 1 and 2
+                 None if rank == 0 else torch.arange(4.0),  # used on rank 1 only
+                 None]  # used nowhere
+        torch.save(average_gradients(grads, params), Path(out_dir) / f"avg{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_average_gradients_across_two_processes(tmp_path):
+    """Means over the ranks, a gradient missing on one rank counts as zeros there, one
+    missing everywhere stays ``None``; with one process the gradients come back unchanged."""
+    from seqcomm.distributed import average_gradients
+
+    single = [torch.ones(2), None]
+    assert all(a is b for a, b in zip(average_gradients(single, [torch.zeros(2)] * 2),
+                                      single, strict=True))
+    torch.multiprocessing.spawn(_average_on_rank, args=(str(tmp_path / "init"), str(tmp_path)),
+                                nprocs=2)
+    for rank in (0, 1):
+        full, half, unused = torch.load(tmp_path / f"avg{rank}.pt")
+        torch.testing.assert_close(full, torch.full((2, 3), 1.5))
+        torch.testing.assert_close(half, torch.arange(4.0) / 2)
+        assert unused is None

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from seqcomm.distributed import average_across_ranks
+
 
 class TeamCritic(nn.Module):
     """``Q_c(s, a_1..a_n)``, with a batched "agent j switches to action a" evaluation.
@@ -57,8 +59,11 @@ class TeamCritic(nn.Module):
             with torch.no_grad():  # a running average first, an exponential one later
                 self.count += 1
                 rate = max(1.0 / float(self.count), self.norm_rate)
-                self.target_mean.lerp_(target.mean(), rate)
-                self.target_std.lerp_(target.std().clamp_min(1e-2), rate)
+                # one set of statistics for all DDP ranks (each sees its own batch)
+                mean, std = average_across_ranks(
+                    torch.stack([target.mean(), target.std().clamp_min(1e-2)]))
+                self.target_mean.lerp_(mean, rate)
+                self.target_std.lerp_(std, rate)
         pred = self.net(torch.cat([state, joint.flatten(-2)], dim=-1))
         return (pred - (target - self.target_mean) / self.target_std).pow(2).mean()
 
