@@ -221,23 +221,15 @@ class SeqCommDFL(QLearner):
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if world_model_gradient not in GRADIENTS:
-            raise ValueError(f"model.world_model_gradient={world_model_gradient!r}; "
-                             f"choose one of {GRADIENTS}")
-        if solver not in SOLVERS:
-            raise ValueError(f"model.solver={solver!r}; choose one of {SOLVERS}")
-        if curvature not in CURVATURES:
-            raise ValueError(f"model.curvature={curvature!r}; choose one of {CURVATURES}")
-        if label_scoring not in LABEL_SCORINGS:
-            raise ValueError(f"model.label_scoring={label_scoring!r}; choose one of "
-                             f"{LABEL_SCORINGS}")
-        if va_evaluator not in EVALUATORS:
-            raise ValueError(f"model.va_evaluator={va_evaluator!r}; choose one of {EVALUATORS}")
-        if implicit_params not in IMPLICIT_PARAMS:
-            raise ValueError(f"model.implicit_params={implicit_params!r}; choose one of "
-                             f"{IMPLICIT_PARAMS}")
-        if va_receiver not in VA_RECEIVERS:
-            raise ValueError(f"model.va_receiver={va_receiver!r}; choose one of {VA_RECEIVERS}")
+        choices = {"world_model_gradient": (world_model_gradient, GRADIENTS),
+                   "solver": (solver, SOLVERS), "curvature": (curvature, CURVATURES),
+                   "label_scoring": (label_scoring, LABEL_SCORINGS),
+                   "va_evaluator": (va_evaluator, EVALUATORS),
+                   "implicit_params": (implicit_params, IMPLICIT_PARAMS),
+                   "va_receiver": (va_receiver, VA_RECEIVERS)}
+        for name, (value, allowed) in choices.items():  # LightningCLI checks the Literals too
+            if value not in allowed:
+                raise ValueError(f"model.{name}={value!r}; choose one of {allowed}")
         if not 0.0 <= va_warmup_fraction <= 1.0:
             raise ValueError(f"model.va_warmup_fraction={va_warmup_fraction} must lie in [0, 1]")
         if not 0.0 <= entropy_anneal_fraction <= 1.0:
