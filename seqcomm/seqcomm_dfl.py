@@ -62,7 +62,7 @@ MESSAGE_LOSSES: tuple[str, ...] = ("va", "inf", "aware", "gp", "recon", "mi", "e
 class Counterfactual(NamedTuple):
     """One update's counterfactual pass: row r of ``ctx``/``q`` ``[k + 1, *B, n, .]`` masks
     sender ``senders[r]`` (``None``: all n), the last row delivers all; ``receivers`` are the
-    scored ones (``None``: all)."""
+    scored ones (``None``: all). The slices are taken once and shared by the losses."""
 
     senders: torch.Tensor | None
     receivers: torch.Tensor | None
@@ -305,7 +305,7 @@ class SeqCommDFL(QLearner):
                 "aware": hp.lambda_aware, "va": hp.lambda_va, "inf": hp.lambda_inf,
                 "gp": hp.lambda_gp, "recon": hp.lambda_recon, "mi": hp.lambda_mi,
                 "entropy": self.label_entropy_weight(),
-                "critic": 1.0}  # the critic's own regression (its parameters only)
+                "critic": 1.0}  # its own parameters, but w's optimiser and gradient clip
 
     # -- messages -----------------------------------------------------------------------
     def message_losses(self, batch: TensorDictBase, cache: dict) -> dict[str, torch.Tensor]:
