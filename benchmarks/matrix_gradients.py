@@ -81,11 +81,11 @@ def main() -> None:
     directions = {k: torch.autograd.grad(f(), params, allow_unused=True)
                   for k, f in targets.items()}
     td_loss, cache = model.td_loss(td.unsqueeze(1))
-    msg = model.message_losses(td.unsqueeze(1), cache)
-    hp = model.hparams
-    terms = {"td": td_loss, "va": hp.lambda_va * msg["va"], "inf": hp.lambda_inf * msg["inf"],
-             "aware": hp.lambda_aware * msg["aware"], "gp": hp.lambda_gp * msg["gp"],
-             "mi": hp.lambda_mi * msg["mi"]}
+    losses = {"td": td_loss, **model.message_losses(td.unsqueeze(1), cache)}
+    # weighted as in training_step, without a world model; the critic's loss moves no w
+    terms = {name: weight * losses[name]
+             for name, weight in model.loss_weights(imagined=False).items()
+             if name in losses and name != "critic"}
     print(f"now: receiver gap {float(receiver_gap()):.3f}, "
           f"sender log-ratio {float(sender_log_ratio()):.3f}")
     print("| term | loss | " + " | ".join(targets) + " |")

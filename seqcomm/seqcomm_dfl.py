@@ -9,7 +9,7 @@ lists them in the outer update, where they would act on the same message paramet
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal, NamedTuple, get_args
 
 import torch
 from tensordict import TensorDictBase
@@ -56,6 +56,21 @@ EVALUATORS: tuple[str, ...] = get_args(Evaluator)
 LABEL_SCORINGS: tuple[str, ...] = get_args(LabelScoring)
 IMPLICIT_PARAMS: tuple[str, ...] = get_args(ImplicitParams)
 VA_RECEIVERS: tuple[str, ...] = get_args(VaReceiver)
+MESSAGE_LOSSES: tuple[str, ...] = ("va", "inf", "aware", "gp", "recon", "mi", "entropy", "critic")
+
+
+class Counterfactual(NamedTuple):
+    """One update's counterfactual pass: row r of ``ctx``/``q`` ``[k + 1, *B, n, .]`` masks
+    sender ``senders[r]`` (``None``: all n), the last row delivers all; ``receivers`` are the
+    scored ones (``None``: all). The slices are taken once and shared by the losses."""
+
+    senders: torch.Tensor | None
+    receivers: torch.Tensor | None
+    ctx: torch.Tensor
+    q: torch.Tensor
+    q_masked: torch.Tensor  # q[:k]
+    q_all: torch.Tensor  # q[k]
+    ctx_all: torch.Tensor  # ctx[k]
 
 
 def label_information(probs: torch.Tensor) -> torch.Tensor:
@@ -206,23 +221,15 @@ class SeqCommDFL(QLearner):
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if world_model_gradient not in GRADIENTS:
-            raise ValueError(f"model.world_model_gradient={world_model_gradient!r}; "
-                             f"choose one of {GRADIENTS}")
-        if solver not in SOLVERS:
-            raise ValueError(f"model.solver={solver!r}; choose one of {SOLVERS}")
-        if curvature not in CURVATURES:
-            raise ValueError(f"model.curvature={curvature!r}; choose one of {CURVATURES}")
-        if label_scoring not in LABEL_SCORINGS:
-            raise ValueError(f"model.label_scoring={label_scoring!r}; choose one of "
-                             f"{LABEL_SCORINGS}")
-        if va_evaluator not in EVALUATORS:
-            raise ValueError(f"model.va_evaluator={va_evaluator!r}; choose one of {EVALUATORS}")
-        if implicit_params not in IMPLICIT_PARAMS:
-            raise ValueError(f"model.implicit_params={implicit_params!r}; choose one of "
-                             f"{IMPLICIT_PARAMS}")
-        if va_receiver not in VA_RECEIVERS:
-            raise ValueError(f"model.va_receiver={va_receiver!r}; choose one of {VA_RECEIVERS}")
+        choices = {"world_model_gradient": (world_model_gradient, GRADIENTS),
+                   "solver": (solver, SOLVERS), "curvature": (curvature, CURVATURES),
+                   "label_scoring": (label_scoring, LABEL_SCORINGS),
+                   "va_evaluator": (va_evaluator, EVALUATORS),
+                   "implicit_params": (implicit_params, IMPLICIT_PARAMS),
+                   "va_receiver": (va_receiver, VA_RECEIVERS)}
+        for name, (value, allowed) in choices.items():  # LightningCLI checks the Literals too
+            if value not in allowed:
+                raise ValueError(f"model.{name}={value!r}; choose one of {allowed}")
         if not 0.0 <= va_warmup_fraction <= 1.0:
             raise ValueError(f"model.va_warmup_fraction={va_warmup_fraction} must lie in [0, 1]")
         if not 0.0 <= entropy_anneal_fraction <= 1.0:
@@ -273,97 +280,135 @@ class SeqCommDFL(QLearner):
         if pred is not None:
             model_td, imagined = self.imagined_td_loss(batch, cache, pred)
             logs = self.imagination_errors(batch, cache, pred, imagined)
-        # 4. inner objective (docs/method.md §3.2): L_model + lambda_aware L_aware; the w step adds
-        #    the real TD loss and the message losses as outer terms, the critic its own loss
-        hp = self.hparams
-        inner = model_td + hp.lambda_aware * msg["aware"]
-        weight = hp.real_td_weight if pred is not None else 1.0
-        w_loss = (weight * td + hp.model_td_weight * model_td + hp.lambda_aware * msg["aware"]
-                  + hp.lambda_va * msg["va"] + hp.lambda_inf * msg["inf"]
-                  + hp.lambda_gp * msg["gp"] + hp.lambda_recon * msg["recon"]
-                  + hp.lambda_mi * msg["mi"]
-                  + self.label_entropy_weight() * msg["entropy"]
-                  + msg["critic"])
+        # 4. inner objective L_model + lambda_aware L_aware (docs/method.md §3.2); the w step
+        #    weighs every named loss: the real TD loss and the message losses as outer terms
+        inner = model_td + self.hparams.lambda_aware * msg["aware"]
+        losses = {"td": td, "model_td": model_td, **msg}
+        weights = self.loss_weights(imagined=pred is not None)
+        w_loss = sum(weight * losses[name] for name, weight in weights.items())
         # 5. outer: the world model follows dL_true/dtheta (implicit, unrolled) or fits (mle)
         logs.update(self.update_world_model(opt_theta, batch, cache, td, inner, pred))
         # 6. the w step, target networks by Polyak averaging / hard copies
         w = [p for p in self.net.parameters() if p.requires_grad]
         self.step_w(opt_w, w_loss, w + self.auxiliary_parameters())
         self.update_targets()
-        logs.update({"loss/td": td, "loss/model_td": model_td, "loss/va": msg["va"],
-                     "loss/inf": msg["inf"], "loss/aware": msg["aware"], "loss/gp": msg["gp"],
-                     "loss/recon": msg["recon"], "loss/critic": msg["critic"],
-                     "loss/mi": msg["mi"],
-                     "loss/entropy": msg["entropy"], "comm/va_beta": msg["va_beta"],
-                     "comm/guidance_potential": msg["gp_mean"],
+        logs.update({f"loss/{name}": losses[name] for name in weights})
+        logs.update({"comm/va_beta": msg["va_beta"], "comm/guidance_potential": msg["gp_mean"],
                      "comm/order_entropy": msg["order_entropy"]})
         self.log_training(logs)
 
+    def loss_weights(self, imagined: bool = True) -> dict[str, float]:
+        """The w step's weight of each named loss (logged as ``loss/<name>``), in the order
+        they are summed; ``imagined``: a world model supplies ``model_td``."""
+        hp = self.hparams
+        return {"td": hp.real_td_weight if imagined else 1.0, "model_td": hp.model_td_weight,
+                "aware": hp.lambda_aware, "va": hp.lambda_va, "inf": hp.lambda_inf,
+                "gp": hp.lambda_gp, "recon": hp.lambda_recon, "mi": hp.lambda_mi,
+                "entropy": self.label_entropy_weight(),
+                "critic": 1.0}  # its own parameters, but w's optimiser and gradient clip
+
     # -- messages -----------------------------------------------------------------------
     def message_losses(self, batch: TensorDictBase, cache: dict) -> dict[str, torch.Tensor]:
-        """``L_VA`` (warm-up blend), ``L_inf``, ``L_aware``, the guidance-potential regression
-        and, with ``value_aware: false``, the reconstruction loss, from ONE counterfactual
-        pass over n+1 masks: row i masks agent i's messages (all others delivered), the last
-        row delivers all (docs/method.md §2.2).
-
-        Receivers turn messages into decisions with the head ``va_receiver`` names (default:
-        the online head with detached parameters, on detached states) and the decisions are
-        scored by ``va_evaluator``, so messages cannot win by inflating Q (docs/method.md §2.4).
-        """
-        h, q, aux = cache["h"], cache["q"], cache["aux"]
-        n, hp = self.info.n_agents, self.hparams
-        zero = q.new_zeros(())
-        keys = ("va", "inf", "aware", "gp", "recon", "mi", "entropy",
-                "gp_mean", "order_entropy", "critic", "va_beta")
-        out = {k: zero for k in keys}
+        """The message losses by name (``MESSAGE_LOSSES``, zero where off) and the logged
+        ``va_beta``, ``gp_mean`` and ``order_entropy``. ``L_VA``, ``L_inf`` and the
+        guidance potential share ONE counterfactual pass (``counterfactual_utilities``)."""
+        aux, n, hp = cache["aux"], self.info.n_agents, self.hparams
+        zero = cache["q"].new_zeros(())
+        out = dict.fromkeys(MESSAGE_LOSSES + ("va_beta", "gp_mean", "order_entropy"), zero)
         if self.net.comm.ctx_dim == 0:
             return out
-        if hp.value_aware or "gp_pred" in aux:
-            # the full-information critic learns the same TD targets as Q_tot
-            joint = torch.nn.functional.one_hot(batch[ACTION], self.info.n_actions).to(h.dtype)
-            out["critic"] = self.critic.loss(batch[STATE], joint, cache["target"])
+        out["critic"] = self.critic_loss(batch, cache)
         if "label_probs" in aux:
-            probs = aux["label_probs"]
-            out["mi"] = -label_information(probs.reshape(-1, n, probs.shape[-1])).mean()
-            if hp.label_scoring != "lookahead":  # there the temperature is in the regression
-                out["entropy"] = -entropy(probs).mean()
-        senders, receivers = self.counterfactual_rows()  # None: all, row i masks sender i
-        ctx_cf = self.counterfactual_contexts(h, senders)
-        q_cf = self.receiver_q(h.detach(), ctx_cf)
-        k = ctx_cf.shape[0] - 1  # counterfactual rows
-        q_masked, q_all, ctx_all = q_cf[:k], q_cf[k], ctx_cf[k]
-        mask = batch[MASK]
+            out["mi"], out["entropy"] = self.label_losses(aux["label_probs"])
+        cf = self.counterfactual_utilities(batch, cache)
         if "gp_pred" in aux:
-            gp = self.guidance_potential_target(batch, cache, q_masked, q_all)
-            gp_pred = aux["gp_pred"] if senders is None else aux["gp_pred"][..., senders]
-            # the order needs only GP's ranking: regress on GP in units of its batch spread,
-            # so the head's loss does not grow with the task's reward scale
-            scale = gp.std().clamp_min(1e-6) if gp.numel() > 1 else gp.new_ones(())
-            out["gp"] = (gp_pred - gp / scale).pow(2).mean()
+            out["gp"], out["gp_mean"] = self.guidance_potential_loss(batch, cache, cf)
             out["order_entropy"] = order_entropy(aux["order"].reshape(-1, n))
-            out["gp_mean"] = gp.mean()
-        # message awareness: Q_tot with the messages vs with none (online network)
-        chosen0 = self.silent_utilities(h).gather(-1, batch[ACTION].unsqueeze(-1)).squeeze(-1)
-        out["aware"] = awareness_loss(cache["q_tot"], self.net.mix(chosen0, batch[STATE]),
-                                      hp.aware_margin)
+        out["aware"] = self.awareness_loss(batch, cache)
         if not hp.value_aware:
-            if self.decoder is not None and "messages" in aux:
-                out["recon"] = self.decoder.loss(aux["messages"], batch[OBS])
+            out["recon"] = self.reconstruction_loss(batch, cache)
             return out
-        gain = self.evaluator_gain(batch, cache, q_masked, q_all, h, aux, ctx_all, senders,
-                                   receivers)
-        beta = warmup_beta(self.progress(), hp.va_warmup_fraction)
-        if beta < 1.0:
-            gain = blended_gain(self.monte_carlo_gain(batch, q_all, q_masked, gain, cache,
-                                                      receivers), gain, beta)
-        out["va_beta"] = q.new_tensor(beta)
-        out["va"] = value_aware_loss(gain, senders, receivers, n)
-        # influence trains the messages only: through a receiver head that moves, "differ
-        # from the masked decision" would also train the receivers, value-blind
-        # (docs/results.md section 7)
-        q_frozen = q_cf if hp.va_receiver == "frozen" else self.frozen_q(h.detach(), ctx_cf)
-        out["inf"] = influence_loss(q_frozen[k], q_frozen[:k], hp.influence_tau, mask, senders)
+        out["va"] = self.value_aware_loss(batch, cache, cf)
+        out["va_beta"] = zero.new_tensor(self.va_beta())
+        out["inf"] = self.influence_loss(batch, cache, cf)
         return out
+
+    def critic_loss(self, batch: TensorDictBase, cache: dict) -> torch.Tensor:
+        """The full-information critic's regression on the same TD targets as ``Q_tot``
+        (zero when nothing reads the critic)."""
+        if not (self.hparams.value_aware or "gp_pred" in cache["aux"]):
+            return cache["q"].new_zeros(())
+        joint = torch.nn.functional.one_hot(batch[ACTION], self.info.n_actions)
+        return self.critic.loss(batch[STATE], joint.to(cache["h"].dtype), cache["target"])
+
+    def label_losses(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(-I(labels), -E[H(p)])`` of discrete senders' label probabilities (the entropy
+        term is zero under ``label_scoring: lookahead``, whose regression holds it)."""
+        mi = -label_information(probs.reshape(-1, self.info.n_agents, probs.shape[-1])).mean()
+        if self.hparams.label_scoring == "lookahead":
+            return mi, probs.new_zeros(())
+        return mi, -entropy(probs).mean()
+
+    def counterfactual_utilities(self, batch: TensorDictBase,
+                                 cache: dict) -> Counterfactual:
+        """The shared pass over k + 1 masks (docs/method.md §2.2): row r masks sender r (all
+        others delivered), the last row delivers all; utilities through ``va_receiver``'s
+        head on detached states."""
+        senders, receivers = self.counterfactual_rows()  # None: all, row i masks sender i
+        ctx = self.counterfactual_contexts(cache["h"], senders)
+        q = self.receiver_q(cache["h"].detach(), ctx)
+        k = ctx.shape[0] - 1
+        return Counterfactual(senders, receivers, ctx, q, q[:k], q[k], ctx[k])
+
+    def guidance_potential_loss(self, batch: TensorDictBase, cache: dict,
+                                cf: Counterfactual) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ordering head's regression on GP in units of GP's batch spread (the order needs
+        only its ranking), and GP's mean."""
+        gp = self.guidance_potential_target(batch, cache, cf.q_masked, cf.q_all)
+        gp_pred = cache["aux"]["gp_pred"]
+        gp_pred = gp_pred if cf.senders is None else gp_pred[..., cf.senders]
+        scale = gp.std().clamp_min(1e-6) if gp.numel() > 1 else gp.new_ones(())
+        return (gp_pred - gp / scale).pow(2).mean(), gp.mean()
+
+    def awareness_loss(self, batch: TensorDictBase, cache: dict) -> torch.Tensor:
+        """``L_aware``: the online ``Q_tot`` with the messages against with none."""
+        chosen0 = self.silent_utilities(cache["h"]).gather(
+            -1, batch[ACTION].unsqueeze(-1)).squeeze(-1)
+        return awareness_loss(cache["q_tot"], self.net.mix(chosen0, batch[STATE]),
+                              self.hparams.aware_margin)
+
+    def reconstruction_loss(self, batch: TensorDictBase, cache: dict) -> torch.Tensor:
+        """The decoder's reconstruction of the sender's observation (``value_aware: false``)."""
+        if self.decoder is None or "messages" not in cache["aux"]:
+            return cache["q"].new_zeros(())
+        return self.decoder.loss(cache["aux"]["messages"], batch[OBS])
+
+    def value_aware_loss(self, batch: TensorDictBase, cache: dict,
+                         cf: Counterfactual) -> torch.Tensor:
+        """``L_VA`` on the evaluator's receiver gain, blended with the Monte-Carlo gain during
+        the warm-up. Receivers decide through ``va_receiver``'s head and ``va_evaluator``
+        scores them, so messages cannot win by inflating Q (docs/method.md §2.4)."""
+        gain = self.evaluator_gain(batch, cache, cf.q_masked, cf.q_all, cache["h"],
+                                   cache["aux"], cf.ctx_all, cf.senders, cf.receivers)
+        beta = self.va_beta()
+        if beta < 1.0:
+            gain = blended_gain(self.monte_carlo_gain(batch, cf.q_all, cf.q_masked, gain, cache,
+                                                      cf.receivers), gain, beta)
+        return value_aware_loss(gain, cf.senders, cf.receivers, self.info.n_agents)
+
+    def influence_loss(self, batch: TensorDictBase, cache: dict,
+                       cf: Counterfactual) -> torch.Tensor:
+        """``L_inf`` through the frozen receiver head: it trains the messages only (through a
+        moving head, "differ from the masked decision" would train the receivers value-blind;
+        docs/results.md section 7)."""
+        k = cf.q_masked.shape[0]
+        q = cf.q if self.hparams.va_receiver == "frozen" else self.frozen_q(
+            cache["h"].detach(), cf.ctx)
+        return influence_loss(q[k], q[:k], self.hparams.influence_tau, batch[MASK], cf.senders)
+
+    def va_beta(self) -> float:
+        """The warm-up's weight of the evaluator's gain (1 after ``va_warmup_fraction``)."""
+        return warmup_beta(self.progress(), self.hparams.va_warmup_fraction)
 
     def progress(self) -> float:
         """The fraction of the run's env steps collected so far (1 outside a trainer)."""

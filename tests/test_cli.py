@@ -12,6 +12,7 @@ import pytest
 from conftest import MATRIX_CONF, matrix_frames, read_metrics, read_summary
 
 from seqcomm.cli import main
+from seqcomm.dfl.implicit_gradient import SOLVERS
 from seqcomm.envs.matrix import RGMCOMM_TABLE, full_obs_value, no_comm_value
 from seqcomm.learner import QLearner
 
@@ -102,8 +103,7 @@ def test_bad_input_is_one_line_and_exit_2(args, says, tmp_path, capfd, monkeypat
 @pytest.mark.parametrize(
     "configs, arg, choices",
     [
-        (["matrix.yaml", "methods/seqcomm_dfl.yaml"], "--model.init_args.solver",
-         ("minres", "cg", "neumann", "identity")),
+        (["matrix.yaml", "methods/seqcomm_dfl.yaml"], "--model.init_args.solver", SOLVERS),
         (["microcombat_3m.yaml"], "--data.env.init_args.enemy_targeting", ("nearest", "sticky")),
     ],
 )
