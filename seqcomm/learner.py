@@ -115,7 +115,8 @@ class QLearner(L.LightningModule):
 
     def td_loss(self, batch: TensorDictBase) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """1-step double-Q TD loss on ``Q_tot``; returns the loss and the tensors other losses
-        reuse (online and target states, utilities, ``Q_tot``, messenger aux)."""
+        reuse (online and target states, utilities, ``Q_tot``, the messenger's output
+        ``aux``, a ``MessageOutput``)."""
         h, h_next = self.recurrent_states(self.net, batch)
         q, aux = self.net.utilities(h)
         chosen = q.gather(-1, batch[ACTION].unsqueeze(-1)).squeeze(-1)

@@ -229,7 +229,7 @@ class RGMCommLearner(QLearner):
             values = self.critic.switch_values(obs.flatten(-2), batch[ACTION].flatten(0, -2))
             N, n = obs.shape[:2]
             eye = torch.eye(n, dtype=obs.dtype, device=obs.device)
-            labels = cache["aux"]["labels"].flatten(0, -3) * self.net.comm.active.to(obs.dtype)
+            labels = cache["aux"].labels.flatten(0, -3) * self.net.comm.active.to(obs.dtype)
             # [N, j, i, M]: what j heard from i (nothing from itself)
             heard = labels.unsqueeze(1).expand(N, n, n, -1) * (1 - eye).view(1, n, n, 1)
             ids = eye.expand(N, n, n)

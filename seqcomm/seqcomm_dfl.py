@@ -15,9 +15,9 @@ import torch
 from tensordict import TensorDictBase
 from torch.func import functional_call
 
+from seqcomm.comm.base import MessageOutput
 from seqcomm.comm.messages import entropy
 from seqcomm.comm.ordering import guidance_potential, order_entropy
-from seqcomm.comm.seqcomm import SeqCommMessenger
 from seqcomm.dfl.critic import TeamCritic
 from seqcomm.dfl.implicit_gradient import (
     CURVATURES,
@@ -318,12 +318,12 @@ class SeqCommDFL(QLearner):
         if self.net.comm.ctx_dim == 0:
             return out
         out["critic"] = self.critic_loss(batch, cache)
-        if "label_probs" in aux:
-            out["mi"], out["entropy"] = self.label_losses(aux["label_probs"])
+        if aux.label_probs is not None:
+            out["mi"], out["entropy"] = self.label_losses(aux.label_probs)
         cf = self.counterfactual_utilities(batch, cache)
-        if "gp_pred" in aux:
+        if aux.gp_pred is not None:
             out["gp"], out["gp_mean"] = self.guidance_potential_loss(batch, cache, cf)
-            out["order_entropy"] = order_entropy(aux["order"].reshape(-1, n))
+            out["order_entropy"] = order_entropy(aux.order.reshape(-1, n))
         out["aware"] = self.awareness_loss(batch, cache)
         if not hp.value_aware:
             out["recon"] = self.reconstruction_loss(batch, cache)
@@ -336,7 +336,7 @@ class SeqCommDFL(QLearner):
     def critic_loss(self, batch: TensorDictBase, cache: dict) -> torch.Tensor:
         """The full-information critic's regression on the same TD targets as ``Q_tot``
         (zero when nothing reads the critic)."""
-        if not (self.hparams.value_aware or "gp_pred" in cache["aux"]):
+        if not (self.hparams.value_aware or cache["aux"].gp_pred is not None):
             return cache["q"].new_zeros(())
         joint = torch.nn.functional.one_hot(batch[ACTION], self.info.n_actions)
         return self.critic.loss(batch[STATE], joint.to(cache["h"].dtype), cache["target"])
@@ -365,7 +365,7 @@ class SeqCommDFL(QLearner):
         """The ordering head's regression on GP in units of GP's batch spread (the order needs
         only its ranking), and GP's mean."""
         gp = self.guidance_potential_target(batch, cache, cf.q_masked, cf.q_all)
-        gp_pred = cache["aux"]["gp_pred"]
+        gp_pred = cache["aux"].gp_pred
         gp_pred = gp_pred if cf.senders is None else gp_pred[..., cf.senders]
         scale = gp.std().clamp_min(1e-6) if gp.numel() > 1 else gp.new_ones(())
         return (gp_pred - gp / scale).pow(2).mean(), gp.mean()
@@ -379,9 +379,9 @@ class SeqCommDFL(QLearner):
 
     def reconstruction_loss(self, batch: TensorDictBase, cache: dict) -> torch.Tensor:
         """The decoder's reconstruction of the sender's observation (``value_aware: false``)."""
-        if self.decoder is None or "messages" not in cache["aux"]:
+        if self.decoder is None or cache["aux"].messages is None:
             return cache["q"].new_zeros(())
-        return self.decoder.loss(cache["aux"]["messages"], batch[OBS])
+        return self.decoder.loss(cache["aux"].messages, batch[OBS])
 
     def value_aware_loss(self, batch: TensorDictBase, cache: dict,
                          cf: Counterfactual) -> torch.Tensor:
@@ -424,12 +424,11 @@ class SeqCommDFL(QLearner):
         return hp.lambda_entropy * (hp.lambda_entropy_final / hp.lambda_entropy) ** frac
 
     def silent_utilities(self, h: torch.Tensor) -> torch.Tensor:
-        """Online utilities ``[*B, n, A]`` with no message delivered. A ``SeqCommMessenger``'s
-        context is then exactly zero (every attention is fully masked, so no gradient reaches
-        the messenger either), so its pass is skipped when it draws nothing
-        (``Communication.samples``)."""
+        """Online utilities ``[*B, n, A]`` with no message delivered. Where the context is
+        then exactly zero (``Communication.zero_when_silent``, e.g. ``SeqCommMessenger``),
+        the messenger's pass is skipped when it draws nothing (``Communication.samples``)."""
         comm = self.net.comm
-        if isinstance(comm, SeqCommMessenger) and not comm.samples():
+        if comm.zero_when_silent and not comm.samples():
             return self.net.agent.q(h, h.new_zeros(*h.shape[:-1], comm.ctx_dim))
         return self.net.utilities(h, h.new_zeros(self.info.n_agents))[0]
 
@@ -561,7 +560,7 @@ class SeqCommDFL(QLearner):
         return guidance_potential(value[-1], value[:-1])
 
     def evaluator_gain(self, batch: TensorDictBase, cache: dict, q_masked: torch.Tensor,
-                       q_all: torch.Tensor, h: torch.Tensor, aux: dict,
+                       q_all: torch.Tensor, h: torch.Tensor, aux: MessageOutput,
                        ctx: torch.Tensor, senders: torch.Tensor | None = None,
                        receivers: torch.Tensor | None = None) -> torch.Tensor:
         """Receiver gain ``[n_send, *B, n_recv]``: the change in ``E_{a ~ pi_j} V_j(a)`` (the
@@ -569,10 +568,10 @@ class SeqCommDFL(QLearner):
         With subsets, row r is sender ``senders[r]``, column c receiver ``receivers[c]``
         (receiver subsets never reach the two-agent label scoring: ``counterfactual_rows``).
 
-        For discrete labels between two agents without the base round (``label_contexts``:
-        each receiver hears exactly the other agent), every label is scored exactly and
-        weighted by the sender's label probabilities (an exact expectation over labels, no
-        straight-through sample).
+        For discrete labels between two agents without the base round
+        (``Communication.scores_labels``: each receiver hears exactly the other agent),
+        every label is scored exactly and weighted by the sender's label probabilities (an
+        exact expectation over labels, no straight-through sample).
         ``va_receiver: soft`` adds the receiver's entropy bonus, on detached contexts and
         label probabilities: it reaches the receiver's head only.
         """
@@ -592,18 +591,17 @@ class SeqCommDFL(QLearner):
 
         comm = self.net.comm
         one_sender = self.info.n_agents == 2  # each receiver hears exactly the other agent
-        if ("label_probs" in aux and hasattr(comm, "label_contexts") and not comm.base_round
-                and one_sender):
+        if aux.label_probs is not None and comm.scores_labels and one_sender:
             label_ctx = comm.label_contexts()  # [M, C]
             hk = h.detach().unsqueeze(0).expand(label_ctx.shape[0], *h.shape)
             ck = label_ctx.view(-1, *[1] * (h.dim() - 1), label_ctx.shape[-1]).expand(
                 *hk.shape[:-1], -1)
             if hp.label_scoring == "lookahead":
-                gain = self.lookahead_gain(batch, values, aux["label_probs"],
+                gain = self.lookahead_gain(batch, values, aux.label_probs,
                                            self.receiver_q(hk, ck), spread)
                 return gain if senders is None else gain[senders]
             value_k = decision_value(self.receiver_q(hk, ck), values, tau, mask)  # [M,*B,n]
-            probs = aux["label_probs"].movedim(-2, 0).movedim(-1, 1)  # [n_send, M, *B]
+            probs = aux.label_probs.movedim(-2, 0).movedim(-1, 1)  # [n_send, M, *B]
             if senders is not None:
                 probs = probs[senders]
             gain = (probs.unsqueeze(-1) * value_k.unsqueeze(0)).sum(1) - base
@@ -692,8 +690,8 @@ class SeqCommDFL(QLearner):
         """``W_theta(s, o, a, M)`` on the real batch (messages detached), or ``None``."""
         if self.world_model is None:
             return None
-        if "ctx" in cache["aux"] and not self.net.comm.samples():  # td_loss's, same h
-            ctx = cache["aux"]["ctx"].detach()
+        if cache["aux"].ctx is not None and not self.net.comm.samples():  # td_loss's, same h
+            ctx = cache["aux"].ctx.detach()
         else:
             ctx = self.net.comm(cache["h"].detach())[0].detach()
         return self.world_model(batch[STATE], batch[OBS], batch[ACTION], ctx)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from seqcomm.agent import Receiver, RNNAgent
-from seqcomm.comm.base import Communication, NoComm
+from seqcomm.comm.base import Communication, MessageOutput, NoComm
 from seqcomm.envs.base import EnvInfo
 from seqcomm.mixer import MonotonicMixer
 
@@ -77,12 +77,11 @@ class TeamQ(nn.Module):
 
     def utilities(
         self, h: torch.Tensor, deliver: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Per-agent utilities ``[*B, n, A]`` after communication, and the messenger's aux
-        (plus the receivers' context ``ctx``, for losses that reuse it)."""
-        ctx, aux = self.comm(h, deliver)
-        aux["ctx"] = ctx
-        return self.agent.q(h, ctx), aux
+    ) -> tuple[torch.Tensor, MessageOutput]:
+        """Per-agent utilities ``[*B, n, A]`` after communication, and the messenger's output
+        with the receivers' context ``ctx`` set (for losses that reuse it)."""
+        ctx, out = self.comm(h, deliver)
+        return self.agent.q(h, ctx), out._replace(ctx=ctx)
 
     def mix(self, chosen: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """``Q_tot [*B, 1]`` from chosen utilities ``[*B, n]`` and the state."""

@@ -5,7 +5,8 @@ learner: tests/test_rgmcomm.py."""
 import pytest
 import torch
 
-from seqcomm.comm import CommNet, RGMComm, TarMAC
+from seqcomm.comm import CommNet, MessageOutput, NoComm, RGMComm, TarMAC
+from seqcomm.comm.launching import LaunchingMessenger
 
 H, N = 8, 3
 
@@ -56,5 +57,21 @@ def test_tarmac_attention_weights_over_others():
     h = torch.randn(5, 2, H)
     ctx, aux = comm(h)
     # with two agents each receiver attends only to the other: weight 1 on its value
-    assert torch.allclose(ctx, aux["messages"].flip(-2), atol=1e-6)
+    assert torch.allclose(ctx, aux.messages.flip(-2), atol=1e-6)
     assert comm.bits_per_step() == 32 * 7
+
+
+@pytest.mark.parametrize("cls, produced", [
+    (NoComm, set()), (CommNet, {"messages"}), (TarMAC, {"messages", "signatures"}),
+    (RGMComm, {"labels", "label_probs"}), (LaunchingMessenger, {"order"}),
+])
+def test_message_output_sets_only_what_the_messenger_produces(cls, produced):
+    comm = cls(H, N)
+    kwargs = {"order": torch.tensor([2, 0, 1])} if cls is LaunchingMessenger else {}
+    _, out = comm(torch.randn(4, N, H), **kwargs)
+    assert isinstance(out, MessageOutput)
+    assert {k for k, v in out._asdict().items() if v is not None} == produced
+    assert comm.discrete == (cls is RGMComm)
+    assert not comm.scores_labels and not comm.zero_when_silent
+    with pytest.raises(NotImplementedError):
+        comm.label_contexts()

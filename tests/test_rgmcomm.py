@@ -236,7 +236,7 @@ def test_labels_receive_no_td_gradient():
     ctx, aux = comm(h)
     assert not ctx.requires_grad or torch.autograd.grad(
         ctx.sum(), h, allow_unused=True)[0] is None
-    assert torch.equal(comm(h)[1]["labels"], aux["labels"])
+    assert torch.equal(comm(h)[1].labels, aux.labels)
     # a masked sender is not heard: receiver 1's context is empty without sender 0
     ctx_masked, _ = comm(h, torch.tensor([0.0, 1.0]))
     assert torch.equal(ctx_masked[:, 1], torch.zeros(5, 16))
@@ -343,7 +343,7 @@ def test_receiver_loss_teaches_each_pool_its_best_action_and_not_the_labels():
         opt.step()
     assert all(p.grad is None for p in model.net.comm.label_head.parameters())
     assert label_ids.isdisjoint(id(p) for p in model.value_parameters())
-    heard = cache["aux"]["labels"][:, 0, 1].argmax(-1)  # agent 2's label, heard by agent 1
+    heard = cache["aux"].labels[:, 0, 1].argmax(-1)  # agent 2's label, heard by agent 1
     greedy = cache["q"][:, 0, 0].argmax(-1)
     mode_differs = False
     for b in range(64):  # the expected pool best, by hand

@@ -21,14 +21,17 @@ def test_shapes_and_aux(message, base_round):
                          base_round=base_round)
     ctx, aux = m(torch.randn(2, 7, N, H))
     assert ctx.shape == (2, 7, N, m.ctx_dim) and m.ctx_dim == (10 if base_round else 5)
-    assert aux["messages"].shape == aux["base_messages"].shape == (2, 7, N, 5)
-    assert aux["gp_pred"].shape == aux["order"].shape == (2, 7, N)
-    assert aux["precedence"].shape == (2, 7, N, N)
-    assert ("labels" in aux) == (message == "discrete")
+    assert aux.messages.shape == aux.base_messages.shape == (2, 7, N, 5)
+    assert aux.gp_pred.shape == aux.order.shape == (2, 7, N)
+    assert aux.precedence.shape == (2, 7, N, N)
+    assert (aux.labels is not None) == (aux.label_probs is not None) == (message == "discrete")
+    assert aux.signatures is None and aux.ctx is None
+    assert m.scores_labels == (message == "discrete" and not base_round)
+    assert m.zero_when_silent
     assert m.discrete == (message == "discrete")
     if message == "continuous":  # bounded: no loss can win by inflating the scale
         m.encoder.head.weight.data.mul_(1e3)
-        assert m(torch.randn(2, 7, N, H))[1]["messages"].abs().max() <= 1.0
+        assert m(torch.randn(2, 7, N, H))[1].messages.abs().max() <= 1.0
 
 
 @pytest.mark.parametrize("message", ["continuous", "discrete"])
@@ -45,11 +48,11 @@ def test_every_receiver_hears_another_agent_leader_included(message):
         assert sum(_grad(ctx[:, receiver], h, i).abs().sum() for i in others) > 0
     assert _grad(base_part[:, 0], h, 2).abs().sum() > 0  # the leader hears the last follower
     assert torch.equal(refined_part[:, 0], torch.zeros_like(refined_part[:, 0]))
-    for out in (aux["messages"][:, 0], refined_part[:, 0], refined_part[:, 1]):
+    for out in (aux.messages[:, 0], refined_part[:, 0], refined_part[:, 1]):
         assert torch.equal(_grad(out, h, 2), torch.zeros(4, H))  # nobody hears the future
     assert _grad(refined_part[:, 2], h, 0).abs().sum() > 0
     if message == "continuous":  # the refined message of a follower depends on the leader
-        assert _grad(aux["messages"][:, 1], h, 0).abs().sum() > 0
+        assert _grad(aux.messages[:, 1], h, 0).abs().sum() > 0
 
 
 def test_refinement_attention_gets_gradient_with_three_agents():
@@ -77,11 +80,11 @@ def test_prosocial_order_from_given_scores_conditions_causally():
     scores = torch.tensor([0.0, 2.0, 1.0]).expand(4, N)  # order 1, 2, 0
     ctx, aux = m(h, scores=scores)
     refined = ctx[..., 4:]
-    assert torch.equal(aux["order"], torch.tensor([1, 2, 0]).expand(4, N))
+    assert torch.equal(aux.order, torch.tensor([1, 2, 0]).expand(4, N))
     assert torch.equal(refined[:, 1], torch.zeros_like(refined[:, 1]))
     for follower in (0, 2):
         assert torch.equal(_grad(refined[:, 1], h, follower), torch.zeros(4, H))
-        assert torch.equal(_grad(aux["messages"][:, 1], h, follower), torch.zeros(4, H))
+        assert torch.equal(_grad(aux.messages[:, 1], h, follower), torch.zeros(4, H))
     assert torch.equal(_grad(refined[:, 2], h, 0), torch.zeros(4, H))  # 0 speaks after 2
     assert _grad(refined[:, 0], h, 1).abs().sum() > 0
 
@@ -102,7 +105,7 @@ def test_undelivered_sender_has_exactly_no_influence(ordering):
     deliver = torch.tensor([1.0, 0.0, 1.0])
     ctx, aux = m(h, deliver)
     others = [0, 2]
-    for out in (ctx[:, others], aux["messages"][:, others]):
+    for out in (ctx[:, others], aux.messages[:, others]):
         assert torch.equal(_grad(out, h, 1), torch.zeros(6, H))
     # and the forward of the other agents does not move when agent 1's state changes
     h2 = h.detach().clone()
@@ -130,15 +133,15 @@ def test_leading_mask_dimension_equals_separate_calls(message, ordering):
     for i in range(k):
         ctx_i, aux_i = m(h, masks[i], scores=scores)
         assert torch.allclose(ctx[i], ctx_i, atol=1e-6)
-        assert torch.allclose(aux["messages"][i], aux_i["messages"], atol=1e-6)
-        assert torch.equal(aux["order"][i], aux_i["order"])
+        assert torch.allclose(aux.messages[i], aux_i.messages, atol=1e-6)
+        assert torch.equal(aux.order[i], aux_i.order)
 
 
 def test_random_order_is_shared_across_the_mask_dimension_without_scores():
     m = SeqCommMessenger(H, 4, ordering="random")
     masks = torch.cat([torch.ones(1, 4), 1 - torch.eye(4)]).unsqueeze(1)
     _, aux = m(torch.randn(16, 4, H), masks)
-    order = aux["order"]
+    order = aux.order
     assert all(torch.equal(order[0], order[i]) for i in range(1, 5))
 
 

@@ -1,7 +1,7 @@
 """Message generators: SeqComm-DFL's sequential messenger and the communication baselines
 (docs/method.md §2 and §5)."""
 
-from seqcomm.comm.base import Communication, NoComm
+from seqcomm.comm.base import Communication, MessageOutput, NoComm
 from seqcomm.comm.commnet import CommNet
 from seqcomm.comm.messages import MessageEncoder, masked_attention, straight_through_gumbel
 from seqcomm.comm.ordering import Ordering, guidance_potential, order_entropy
@@ -18,6 +18,7 @@ __all__ = [
     "CommNet",
     "Communication",
     "MessageEncoder",
+    "MessageOutput",
     "NoComm",
     "Ordering",
     "RGMComm",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from seqcomm.comm.base import Communication
+from seqcomm.comm.base import Communication, MessageOutput
 from seqcomm.comm.messages import expand_to_deliver, others_mask
 
 
@@ -31,12 +31,15 @@ class CommNet(Communication):
         # no bias: a receiver with no delivered sender gets the zero (empty) context
         self.comm = nn.Linear(hidden_dim, ctx_dim, bias=False)
 
-    def forward(self, h, deliver=None):
+    def forward(
+        self, h: torch.Tensor, deliver: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, MessageOutput]:
+        """``(ctx, out)``; ``out.messages``: the hidden states ``h`` (what is broadcast)."""
         h, deliver = expand_to_deliver(h, deliver)
         others = others_mask(h, deliver)
         count = others.sum(dim=-1, keepdim=True)
         mean = (others @ h) / torch.where(count > 0, count, torch.ones_like(count))
-        return self.comm(mean), {"messages": h}
+        return self.comm(mean), MessageOutput(messages=h)
 
     def bits_per_step(self) -> float:
         """Every agent broadcasts its hidden state (32-bit floats)."""

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from seqcomm.comm.base import Communication
+from seqcomm.comm.base import Communication, MessageOutput
 from seqcomm.comm.messages import expand_to_deliver, masked_attention, others_mask
 from seqcomm.comm.ordering import precedence_from_order
 from seqcomm.team_q import masked_argmax
@@ -66,12 +66,13 @@ class LaunchingMessenger(Communication):
         deliver: torch.Tensor | None = None,
         order: torch.Tensor | None = None,
         actions: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(ctx [*B, n, ctx_dim], aux)``. ``order [*B, n]`` lists agents first to last;
-        ``actions`` are indices ``[*B, n]`` or one-hots ``[*B, n, A]``. Without an order
-        (or actions) nobody has heard an action yet: the action part is zero."""
+    ) -> tuple[torch.Tensor, MessageOutput]:
+        """``(ctx [*B, n, ctx_dim], out)``, ``out.order`` the given order. ``order [*B, n]``
+        lists agents first to last; ``actions`` are indices ``[*B, n]`` or one-hots
+        ``[*B, n, A]``. Without an order (or actions) nobody has heard an action yet: the
+        action part is zero."""
         heard = self.negotiation(h, deliver)
-        return self.launching(heard, order, actions, deliver), {"order": order}
+        return self.launching(heard, order, actions, deliver), MessageOutput(order=order)
 
     def negotiation(self, h: torch.Tensor, deliver: torch.Tensor | None = None) -> torch.Tensor:
         """``[*B, n, msg_dim]``: each receiver's attention over the others' ``m_i = W h_i``

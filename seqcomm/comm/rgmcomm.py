@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from seqcomm.comm.base import Communication
+from seqcomm.comm.base import Communication, MessageOutput
 from seqcomm.comm.messages import entropy, expand_to_deliver, others_mask
 
 
@@ -246,7 +246,10 @@ class RGMComm(Communication):
         """Label logits ``[*B, n, M]`` from detached recurrent states."""
         return self.label_head(h.detach())
 
-    def forward(self, h, deliver=None):
+    def forward(
+        self, h: torch.Tensor, deliver: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, MessageOutput]:
+        """``(ctx, out)``; ``out.labels`` (argmax one-hots) and ``out.label_probs``."""
         if h.shape[-2] != self.n_agents:
             raise ValueError(
                 f"RGMComm was built for n_agents={self.n_agents} but h has {h.shape[-2]} agents"
@@ -258,7 +261,7 @@ class RGMComm(Communication):
         sent = torch.einsum("...im,imd->...id", labels, self.embedding)
         others = others_mask(h, deliver)
         ctx = (others @ sent) * self.active.to(h.dtype)
-        return ctx, {"labels": labels, "label_probs": torch.softmax(logits, -1)}
+        return ctx, MessageOutput(labels=labels, label_probs=torch.softmax(logits, -1))
 
     def bits_per_step(self) -> float:
         return math.log2(self.n_labels) if bool(self.active) else 0.0

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from seqcomm.comm.base import Communication
+from seqcomm.comm.base import Communication, MessageOutput
 from seqcomm.comm.messages import (
     MessageEncoder,
     MessageKind,
@@ -27,7 +27,8 @@ from seqcomm.comm.ordering import Ordering, OrderingMode
 
 class SeqCommMessenger(Communication):
     """Sequential (leader-follower) messages; ``ctx_dim = 2 msg_dim`` (``msg_dim`` without
-    the base round).
+    the base round). With no message delivered every attention is fully masked, so the
+    context is zero and no gradient reaches the messenger (``zero_when_silent``).
 
     Args:
         hidden_dim: size of the agent's recurrent state ``h_i``.
@@ -46,6 +47,8 @@ class SeqCommMessenger(Communication):
             context doubles to ``2 msg_dim``). ``false``: only followers hear anything, the
             leaders' refined messages (RGMComm's one-way few-bit setting on the matrix game).
     """
+
+    zero_when_silent = True
 
     def __init__(
         self,
@@ -74,6 +77,7 @@ class SeqCommMessenger(Communication):
         self.base_round = base_round
         self.ctx_dim = 2 * msg_dim if base_round else msg_dim
         self.discrete = self.encoder.discrete
+        self.scores_labels = self.discrete and not base_round
         raw_dim = self.encoder.raw_dim
         # stage 1 context: attend from h_j to the others' base messages
         self.base_query = nn.Linear(hidden_dim, attn_dim) if base_round else None
@@ -96,14 +100,14 @@ class SeqCommMessenger(Communication):
         h: torch.Tensor,
         deliver: torch.Tensor | None = None,
         scores: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Return ``(ctx [*B, n, ctx_dim], aux)``.
+    ) -> tuple[torch.Tensor, MessageOutput]:
+        """Return ``(ctx [*B, n, ctx_dim], out)``.
 
-        ``aux``: ``messages`` (refined, ``[*B, n, msg_dim]``), ``base_messages``, ``gp_pred``
+        ``out``: ``messages`` (refined, ``[*B, n, msg_dim]``), ``base_messages``, ``gp_pred``
         ``[*B, n]``, ``precedence`` ``[*B, n, n]`` (``[..., j, i] = 1`` iff i speaks before
         j), ``order`` ``[*B, n]`` and, for discrete messages only, ``labels`` (one-hot
-        ``[*B, n, n_labels]`` of the refined messages). ``scores`` overrides the ordering
-        keys (see ``Ordering.forward``).
+        ``[*B, n, n_labels]`` of the refined messages) and ``label_probs``. ``scores``
+        overrides the ordering keys (see ``Ordering.forward``).
         """
         h, deliver = expand_to_deliver(h, deliver)
         n = h.shape[-2]
@@ -128,17 +132,12 @@ class SeqCommMessenger(Communication):
                 self.base_query(h), self.base_key(base), self.base_value(base), others
             )
             ctx = torch.cat([heard, ctx], dim=-1)
-        aux = {
-            "messages": messages,
-            "base_messages": base,
-            "gp_pred": gp_pred,
-            "precedence": precedence,
-            "order": order,
-        }
+        probs = None
         if labels is not None:
-            aux["labels"] = labels
-            aux["label_probs"] = torch.softmax(self.encoder.logits(refined), dim=-1)
-        return ctx, aux
+            probs = torch.softmax(self.encoder.logits(refined), dim=-1)
+        return ctx, MessageOutput(messages=messages, base_messages=base, labels=labels,
+                                  label_probs=probs, gp_pred=gp_pred, precedence=precedence,
+                                  order=order)
 
     def samples(self) -> bool:
         """Gumbel labels in training mode and random orders draw random numbers."""

@@ -7,9 +7,10 @@ communication round, single head).
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-from seqcomm.comm.base import Communication
+from seqcomm.comm.base import Communication, MessageOutput
 from seqcomm.comm.messages import expand_to_deliver, masked_attention, others_mask
 
 
@@ -36,12 +37,15 @@ class TarMAC(Communication):
         self.value = nn.Linear(hidden_dim, value_dim)
         self.query = nn.Linear(hidden_dim, key_dim)
 
-    def forward(self, h, deliver=None):
+    def forward(
+        self, h: torch.Tensor, deliver: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, MessageOutput]:
+        """``(ctx, out)``; ``out.messages``: the values, ``out.signatures``: the keys."""
         h, deliver = expand_to_deliver(h, deliver)
         others = others_mask(h, deliver)
         keys, values = self.signature(h), self.value(h)
         ctx = masked_attention(self.query(h), keys, values, others)
-        return ctx, {"messages": values, "signatures": keys}
+        return ctx, MessageOutput(messages=values, signatures=keys)
 
     def bits_per_step(self) -> float:
         """Signature and value per agent (32-bit floats)."""
