@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from seqcomm.comm.commnet import CommNet
 from seqcomm.comm.messages import expand_to_deliver
-from seqcomm.comm.seqcomm import SeqCommMessenger
+from seqcomm.comm.stackelberg import SeqCommMessenger
 from seqcomm.comm.tarmac import TarMAC
 from seqcomm.envs.base import OBS, STATE, env_info
 from seqcomm.envs.hospital import Hospital

@@ -34,7 +34,7 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "seqcomm.comm.commnet.CommNet",
         "seqcomm.comm.tarmac.TarMAC",
         "seqcomm.comm.rgmcomm.RGMComm",
-        "seqcomm.comm.seqcomm.SeqCommMessenger",
+        "seqcomm.comm.stackelberg.SeqCommMessenger",
         "seqcomm.comm.launching.LaunchingMessenger",
     )),
     ("World model and team critic", "Built by `SeqCommDFL` from the task's sizes and its keys "

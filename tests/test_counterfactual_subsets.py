@@ -11,7 +11,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from seqcomm.comm.seqcomm import SeqCommMessenger
+from seqcomm.comm.stackelberg import SeqCommMessenger
 from seqcomm.dfl.critic import TeamCritic
 from seqcomm.envs.base import ACTION, MASK, STATE, EnvInfo
 from seqcomm.seqcomm_dfl import SeqCommDFL

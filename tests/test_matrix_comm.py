@@ -15,7 +15,7 @@ import torch
 from conftest import ROOT, matrix_frames, read_summary
 
 from seqcomm.comm.messages import MessageEncoder
-from seqcomm.comm.seqcomm import SeqCommMessenger
+from seqcomm.comm.stackelberg import SeqCommMessenger
 from seqcomm.envs.base import env_info
 from seqcomm.envs.matrix import RGMCOMM_TABLE, MatrixGame, best_message_value, random_table
 from seqcomm.seqcomm_dfl import SeqCommDFL

@@ -10,7 +10,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
-from seqcomm.comm.seqcomm import SeqCommMessenger
+from seqcomm.comm.stackelberg import SeqCommMessenger
 from seqcomm.dfl.value_aware import decision_value, value_aware_loss
 from seqcomm.envs.base import ACTION, MASK, STATE, EnvInfo, env_info
 from seqcomm.envs.matrix import MatrixGame

@@ -11,7 +11,7 @@ from seqcomm.comm.rgmcomm import (
     clustering_loss,
     return_gap_bound,
 )
-from seqcomm.comm.seqcomm import SeqCommMessenger
+from seqcomm.comm.stackelberg import SeqCommMessenger
 from seqcomm.comm.tarmac import TarMAC
 
 __all__ = [
