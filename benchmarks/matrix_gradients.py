@@ -73,7 +73,7 @@ def main() -> None:
         return (q[..., 0] - q[..., 1]).sum()
 
     def sender_log_ratio() -> torch.Tensor:
-        probs = model.net.utilities(states(model, td))[1]["label_probs"][s, 1]
+        probs = model.net.utilities(states(model, td))[1].label_probs[s, 1]
         return probs[0].log() - probs[1].log()
 
     params = [p for p in model.net.parameters() if p.requires_grad]

@@ -261,9 +261,8 @@ class SeqCommDFL(QLearner):
                                  critic_normalize)
         self.decoder = None
         if not value_aware and self.net.comm.ctx_dim > 0:
-            encoder = getattr(self.net.comm, "encoder", None)  # decodes the sent message
-            msg_dim = encoder.msg_dim if encoder is not None else self.net.comm.ctx_dim
-            self.decoder = ReconstructionHead(msg_dim, info.obs_dim)
+            # decodes the sent message
+            self.decoder = ReconstructionHead(self.net.comm.message_dim, info.obs_dim)
 
     # -- the algorithm box --------------------------------------------------------------
     def training_step(self, dataloader_iter) -> None:

@@ -66,11 +66,12 @@ def test_tarmac_attention_weights_over_others():
     (RGMComm, {"labels", "label_probs"}), (LaunchingMessenger, {"order"}),
 ])
 def test_message_output_sets_only_what_the_messenger_produces(cls, produced):
-    comm = cls(H, N)
+    comm = cls(H, N, ctx_dim=5) if cls is CommNet else cls(H, N)  # CommNet sends h
     kwargs = {"order": torch.tensor([2, 0, 1])} if cls is LaunchingMessenger else {}
     _, out = comm(torch.randn(4, N, H), **kwargs)
     assert isinstance(out, MessageOutput)
     assert {k for k, v in out._asdict().items() if v is not None} == produced
+    assert out.messages is None or out.messages.shape[-1] == comm.message_dim
     assert comm.discrete == (cls is RGMComm)
     assert not comm.scores_labels and not comm.zero_when_silent
     with pytest.raises(NotImplementedError):

@@ -28,6 +28,7 @@ def test_shapes_and_aux(message, base_round):
     assert aux.signatures is None and aux.ctx is None
     assert m.scores_labels == (message == "discrete" and not base_round)
     assert m.zero_when_silent
+    assert m.message_dim == 5
     assert m.discrete == (message == "discrete")
     if message == "continuous":  # bounded: no loss can win by inflating the scale
         m.encoder.head.weight.data.mul_(1e3)

@@ -77,6 +77,12 @@ class Communication(nn.Module):
         produces."""
         raise NotImplementedError
 
+    @property
+    def message_dim(self) -> int:
+        """Size of one sent message, ``MessageOutput.messages``' last dimension (default
+        ``ctx_dim``)."""
+        return self.ctx_dim
+
     def label_contexts(self) -> torch.Tensor:
         """``[|M|, ctx_dim]``: the context a receiver gets from each label (only where
         ``scores_labels``)."""

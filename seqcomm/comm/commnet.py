@@ -41,6 +41,11 @@ class CommNet(Communication):
         mean = (others @ h) / torch.where(count > 0, count, torch.ones_like(count))
         return self.comm(mean), MessageOutput(messages=h)
 
+    @property
+    def message_dim(self) -> int:
+        """The broadcast hidden state's size."""
+        return self.hidden_dim
+
     def bits_per_step(self) -> float:
         """Every agent broadcasts its hidden state (32-bit floats)."""
         return 32.0 * self.hidden_dim

@@ -144,6 +144,11 @@ class SeqCommMessenger(Communication):
         gumbel = self.encoder.discrete and self.encoder.gumbel_noise and self.training
         return bool(gumbel or self.ordering.mode == "random")
 
+    @property
+    def message_dim(self) -> int:
+        """``msg_dim``."""
+        return self.encoder.msg_dim
+
     def label_contexts(self) -> torch.Tensor:
         """``[|M|, msg_dim]``: the context a receiver gets when its only delivered predecessor
         sends label k (attention over one message puts all weight on it), so a learner can
