@@ -7,6 +7,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
+from seqcomm.comm.base import MessageOutput
 from seqcomm.envs.base import ACTION, AGENTS, MASK, OBS, STATE, EnvInfo
 from seqcomm.learner import QLearner
 from seqcomm.mixer import MonotonicMixer
@@ -153,7 +154,7 @@ class KnownQ(nn.Module):
 
     def utilities(self, h, deliver=None):
         q = torch.where(h == 0, self.q_now, self.q_next) + self.anchor
-        return q, {}
+        return q, MessageOutput()
 
     def mix(self, chosen, state):
         return (chosen * self.w).sum(-1, keepdim=True) + state[..., :1]

@@ -10,6 +10,7 @@ import torch
 from tensordict import TensorDict
 from torch import nn
 
+from seqcomm.comm.base import MessageOutput
 from seqcomm.comm.stackelberg import SeqCommMessenger
 from seqcomm.dfl.value_aware import decision_value, value_aware_loss
 from seqcomm.envs.base import ACTION, MASK, STATE, EnvInfo, env_info
@@ -135,7 +136,7 @@ def test_value_aware_loss_teaches_messages_to_steer_receivers_to_the_better_acti
 
     def gain() -> torch.Tensor:
         q_masked, q_all, ctx = counterfactual_utilities(model, h)
-        return model.evaluator_gain(batch, {}, q_masked, q_all, h, {}, ctx)
+        return model.evaluator_gain(batch, {}, q_masked, q_all, h, MessageOutput(), ctx)
 
     def value() -> float:  # the receivers' softened decision value with all messages
         with torch.no_grad():
