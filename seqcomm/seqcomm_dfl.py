@@ -595,9 +595,10 @@ class SeqCommDFL(QLearner):
             hk = h.detach().unsqueeze(0).expand(label_ctx.shape[0], *h.shape)
             ck = label_ctx.view(-1, *[1] * (h.dim() - 1), label_ctx.shape[-1]).expand(
                 *hk.shape[:-1], -1)
-            if hp.label_scoring == "lookahead":
+            if hp.label_scoring == "lookahead":  # its receiver term shapes the states too
+                hl = h.unsqueeze(0).expand_as(hk)
                 gain = self.lookahead_gain(batch, values, aux.label_probs,
-                                           self.receiver_q(hk, ck), spread)
+                                           self.receiver_q(hl, ck), spread)
                 return gain if senders is None else gain[senders]
             value_k = decision_value(self.receiver_q(hk, ck), values, tau, mask)  # [M,*B,n]
             probs = aux.label_probs.movedim(-2, 0).movedim(-1, 1)  # [n_send, M, *B]
@@ -633,7 +634,10 @@ class SeqCommDFL(QLearner):
         scores averaged across batches, whose gradient, unlike that of
         ``sum_k p(k) score(k)``, does not vanish when a label it was sure of stops being best.
 
-        Receiver: its utilities under each label ``q_labels [M, *B, n, A]`` get the
+        Receiver: its utilities under each label ``q_labels [M, *B, n, A]`` (on its
+        recurrent states with their gradient: with QMIX's state-fed mixer absorbing the
+        values, nothing else made a receiver's states tell its observations apart, 0.12 apart
+        on a failed 3x2x6 table; docs/results.md section 9) get the
         cross-entropy of ``softmax(Q)`` against its pool's best action (by the pool's mean
         values), the re-best-response the scores assume, weighted by the values' ``spread``
         (reward units): through QMIX's state-dependent mixer the TD loss, whose gradient on
