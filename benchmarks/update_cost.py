@@ -46,7 +46,8 @@ def _dfl(*overrides: str) -> list[str]:
     return [f"--model.init_args.{o}" for o in overrides]
 
 
-CG5 = _dfl("world_model_gradient=implicit", "solver=cg", "cg_iters=5")
+CG5 = _dfl("world_model_gradient=implicit", "implicit.init_args.solver=cg",
+           "implicit.init_args.iters=5")
 K2 = _dfl("counterfactual_senders=2")  # counterfactual passes for 2 sampled senders
 R2 = _dfl("counterfactual_receivers=2")  # the critic's switch values for 2 sampled receivers
 #: name -> (group, description, config files, overrides)
@@ -55,10 +56,11 @@ ROWS: dict[str, tuple[str, str, list[str], list[str]]] = {
     "none": ("hospital", "SeqComm-DFL, world_model_gradient none", [HOSPITAL, METHOD],
              _dfl("world_model_gradient=none")),
     "identity": ("hospital", "SeqComm-DFL, implicit identity", [HOSPITAL, METHOD],
-                 _dfl("world_model_gradient=implicit", "solver=identity")),
+                 _dfl("world_model_gradient=implicit", "implicit.init_args.solver=identity")),
     "cg5": ("hospital", "SeqComm-DFL, implicit cg 5", [HOSPITAL, METHOD], CG5),
     "cg20": ("hospital", "SeqComm-DFL, implicit cg 20", [HOSPITAL, METHOD],
-             _dfl("world_model_gradient=implicit", "solver=cg", "cg_iters=20")),
+             _dfl("world_model_gradient=implicit", "implicit.init_args.solver=cg",
+                  "implicit.init_args.iters=20")),
     "cg5k2": ("hospital", "SeqComm-DFL, implicit cg 5, 2 counterfactual senders",
               [HOSPITAL, METHOD], [*CG5, *K2]),
     "cg5k2r2": ("hospital", "SeqComm-DFL, implicit cg 5, 2 senders, 2 receivers",

@@ -10,6 +10,7 @@ import importlib
 import logging
 import os
 import pickle
+import re
 import signal
 import sys
 import warnings
@@ -97,7 +98,11 @@ class SeqcommCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, ImportError) as err:
-            raise ConfigError(" ".join(str(err).split())) from err
+            text = " ".join(str(err).split())
+            # a constructor's ValueError inside the model's class_path Union: its own message
+            found = re.search(r"Union subtypes .*? Errors: - (.*?) - Expected a <class 'NoneType'>",
+                              text)
+            raise ConfigError(found.group(1) if found else text) from err
 
     def instantiate_trainer(self, **kwargs):
         cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
@@ -323,12 +328,18 @@ def _first_line(message: str) -> str:
                 if more.startswith(("- ", "Given value")):
                     break
                 detail.append(more)
-            return " ".join([lines[0], line[2:], *detail])
+            return _tidy(" ".join([lines[0], line[2:], *detail]))
     taken, rest = lines[:2], lines[2:]
     while taken[-1].endswith(":") and rest:  # a nested key (data.env's init_args): its problem
         taken.append(rest.pop(0))
-    text = " ".join(taken)
-    cut = text.find(". Got value: Namespace(")  # the whole class_path namespace: noise
+    return _tidy(" ".join(taken))
+
+
+def _tidy(text: str) -> str:
+    """Drop the noise of a component's error: the factory's type and the whole class_path
+    namespace (the key path and the problem remain)."""
+    text = re.sub(r"Type .+? expects a function or a callable class: ", "", text)
+    cut = text.find(". Got value: Namespace(")
     return text[:cut + 1] if cut >= 0 else text
 
 

@@ -1,9 +1,10 @@
 """Config reference generated from the constructor signatures (``seqcomm config-reference``).
 
-Walks the data module, the learners, the messengers, the world model, the team critic and the
-environments, and prints one markdown table per class: key, type, default and meaning (from
-the "Args:" section of the class or ``__init__`` docstring). ``docs/config.md`` is this output;
-``tests/test_config_reference.py`` checks that it is up to date.
+Walks the data module, the learners, the messengers, the world model, the team critic, the
+implicit solver and the environments, and prints one markdown table per class: key, type,
+default and meaning (from the "Args:" section of the class or ``__init__`` docstring).
+``docs/config.md`` is this output; ``tests/test_config_reference.py`` checks that it is up to
+date.
 """
 
 from __future__ import annotations
@@ -37,10 +38,14 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "seqcomm.comm.stackelberg.SeqCommMessenger",
         "seqcomm.comm.launching.LaunchingMessenger",
     )),
-    ("World model and team critic", "Built by `SeqCommDFL` from the task's sizes and its keys "
-     "`model_hidden` and `critic_hidden` / `critic_normalize`; not configured directly.", (
+    ("World model, team critic and implicit solver", "`SeqCommDFL`'s components: keys are "
+     "written as `model.init_args.world_model.init_args.<key>`, "
+     "`model.init_args.critic.init_args.<key>` and `model.init_args.implicit.init_args.<key>` "
+     "(each with its `class_path`). The learner passes the task's sizes (`state_dim`, "
+     "`obs_dim`, `n_agents`, `n_actions`) and the message size (`msg_dim`).", (
         "seqcomm.dfl.world_model.WorldModel",
         "seqcomm.dfl.critic.TeamCritic",
+        "seqcomm.dfl.implicit_gradient.ImplicitSolver",
     )),
     ("Environments", "Keys are written as `data.env.init_args.<key>`; `data.env.class_path` "
      "picks the task. `num_envs`, `seed` and `device` are passed by the data module.", (
@@ -104,7 +109,9 @@ def keys(cls: type) -> list[Key]:
         alias = getattr(sys.modules[cls.__init__.__module__], kind, None)
         if get_origin(alias) is Literal:  # a named choice type: print the choices
             kind = f"Literal[{', '.join(map(repr, get_args(alias)))}]"
-        default = "required" if p.default is p.empty else repr(p.default)
+        default = ("required" if p.default is p.empty
+                   else f"{p.default.__module__}.{p.default.__qualname__}"
+                   if inspect.isclass(p.default) else repr(p.default))  # a component's class
         out.append(Key(p.name, "" if p.annotation is p.empty else kind, default,
                        described.get(p.name, "")))
     return out

@@ -18,15 +18,8 @@ from torch.func import functional_call
 from seqcomm.comm.base import MessageOutput
 from seqcomm.comm.messages import entropy
 from seqcomm.comm.ordering import guidance_potential, order_entropy
-from seqcomm.dfl.critic import TeamCritic
-from seqcomm.dfl.implicit_gradient import (
-    CURVATURES,
-    SOLVERS,
-    Curvature,
-    Solver,
-    implicit_hypergradient,
-    unrolled_inner,
-)
+from seqcomm.dfl.critic import CriticFactory, TeamCritic
+from seqcomm.dfl.implicit_gradient import ImplicitSolver, ImplicitSolverFactory, unrolled_inner
 from seqcomm.dfl.label_lookahead import lookahead_label_scores, sender_group_ids
 from seqcomm.dfl.value_aware import (
     ReconstructionHead,
@@ -40,7 +33,7 @@ from seqcomm.dfl.value_aware import (
     value_aware_loss,
     warmup_beta,
 )
-from seqcomm.dfl.world_model import WorldModel
+from seqcomm.dfl.world_model import WorldModel, WorldModelFactory
 from seqcomm.distributed import average_gradients
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE
 from seqcomm.learner import NEXT, QLearner
@@ -87,20 +80,16 @@ class SeqCommDFL(QLearner):
         world_model_gradient: ``implicit`` (implicit differentiation, OMD), ``unrolled``
             (backprop through ``k_inner`` SGD steps), ``mle`` (prediction loss) or ``none``
             (model-free).
-        solver: linear solver of the implicit gradient: ``minres`` (indefinite Hessians),
-            ``cg`` (positive definite only), ``neumann`` or ``identity``.
-        cg_iters: solver iterations (MINRES/CG iterations or Neumann terms).
-        curvature: the ``H`` of the linear system: ``hessian`` (exact Hessian-vector
-            products of the inner objective, indefinite for a TD loss) or ``gauss_newton``
-            (``2/N J^T J`` of ``L_model``'s online ``Q_tot``, ``J = dQ_tot/dw``: positive
-            semi-definite, so ``cg`` applies; it leaves out the curvature weighted by the TD
-            residuals and that of the awareness hinge).
-        damping: ``lambda`` in ``(H + lambda I) v = dL_true/dw``.
-        neumann_lr: step of the Neumann series.
+        world_model: the world model (``class_path`` of ``seqcomm.dfl.world_model.WorldModel``
+            with its ``hidden_dim``, ``pooling``); the learner passes the task's sizes and
+            the message size. Unused when ``world_model_gradient`` is ``none``.
+        implicit: the implicit gradient's linear solver (``class_path`` of
+            ``seqcomm.dfl.implicit_gradient.ImplicitSolver`` with its ``solver``, ``iters``,
+            ``curvature``, ``damping``, ``neumann_lr``); read when ``world_model_gradient``
+            is ``implicit``.
         k_inner: inner SGD steps of the ``unrolled`` ablation.
         inner_lr: their step size.
         model_lr: Adam rate ``eta`` of the world model.
-        model_hidden: world-model width.
         real_td_weight: weight of the real-data TD loss ``L_true`` in the value parameters'
             step (0 = pure OMD: the values learn only from imagined transitions). It is an
             outer term: the implicit gradient's Hessian is that of the inner objective
@@ -155,8 +144,9 @@ class SeqCommDFL(QLearner):
             value when j switches action, the others keeping theirs); ``target``: the target
             network on target states with every target message delivered (per receiver: its
             target utilities; the joint value: the target ``Q_tot``).
-        critic_hidden: width of the team critic.
-        critic_normalize: the critic regresses on standardised targets (see ``TeamCritic``).
+        critic: the full-information team critic (``class_path`` of
+            ``seqcomm.dfl.critic.TeamCritic`` with its ``hidden_dim``, ``normalize``,
+            ``norm_rate``); the learner passes the task's sizes.
         va_normalize: score gains in units of the evaluator values' spread between the
             available actions of a state (over the batch), so the weights of L_VA / L_inf
             mean the same on tasks with different reward scales.
@@ -182,15 +172,11 @@ class SeqCommDFL(QLearner):
         self,
         *args,
         world_model_gradient: WorldModelGradient = "implicit",
-        solver: Solver = "minres",
-        cg_iters: int = 5,
-        curvature: Curvature = "hessian",
-        damping: float = 1e-3,
-        neumann_lr: float = 0.01,
+        world_model: WorldModelFactory = WorldModel,
+        implicit: ImplicitSolverFactory = ImplicitSolver,
         k_inner: int = 5,
         inner_lr: float = 0.01,
         model_lr: float = 1e-3,
-        model_hidden: int = 128,
         real_td_weight: float = 1.0,
         model_td_weight: float = 0.5,
         mle_weight: float = 1.0,
@@ -211,8 +197,7 @@ class SeqCommDFL(QLearner):
         aware_margin: float = 0.1,
         influence_tau: float = 1.0,
         va_evaluator: Evaluator = "critic",
-        critic_hidden: int = 128,
-        critic_normalize: bool = True,
+        critic: CriticFactory = TeamCritic,
         va_normalize: bool = True,
         va_receiver: VaReceiver = "frozen",
         va_warmup_fraction: float = 0.1,
@@ -222,7 +207,6 @@ class SeqCommDFL(QLearner):
     ) -> None:
         super().__init__(*args, **kwargs)
         choices = {"world_model_gradient": (world_model_gradient, GRADIENTS),
-                   "solver": (solver, SOLVERS), "curvature": (curvature, CURVATURES),
                    "label_scoring": (label_scoring, LABEL_SCORINGS),
                    "va_evaluator": (va_evaluator, EVALUATORS),
                    "implicit_params": (implicit_params, IMPLICIT_PARAMS),
@@ -249,16 +233,16 @@ class SeqCommDFL(QLearner):
             raise ValueError(f"model.counterfactual_senders={counterfactual_senders} and "
                              f"model.counterfactual_receivers={counterfactual_receivers} must "
                              "be >= 0 (0 = all)")
-        if cg_iters < 0 or k_inner < 1:
-            raise ValueError("model.cg_iters must be >= 0 and model.k_inner >= 1")
-        self.save_hyperparameters(ignore=["comm"])
+        if k_inner < 1:
+            raise ValueError("model.k_inner must be >= 1")
+        self.save_hyperparameters(ignore=["comm", "world_model", "implicit", "critic"])
         info = self.info
+        self.implicit = implicit()
         self.world_model = None
         if world_model_gradient != "none":
-            self.world_model = WorldModel(info.state_dim, info.obs_dim, info.n_agents,
-                                          info.n_actions, self.net.comm.ctx_dim, model_hidden)
-        self.critic = TeamCritic(info.state_dim, info.n_agents, info.n_actions, critic_hidden,
-                                 critic_normalize)
+            self.world_model = world_model(info.state_dim, info.obs_dim, info.n_agents,
+                                           info.n_actions, self.net.comm.ctx_dim)
+        self.critic = critic(info.state_dim, info.n_agents, info.n_actions)
         self.decoder = None
         if not value_aware and self.net.comm.ctx_dim > 0:
             # decodes the sent message
@@ -753,10 +737,8 @@ class SeqCommDFL(QLearner):
             # dL_true/dw at the current (warm-started) inner solution, then (H + lambda I) v
             outer_grad = torch.autograd.grad(td, w, retain_graph=True, allow_unused=True)
             inner_grad = torch.autograd.grad(inner, w, create_graph=True, allow_unused=True)
-            grads, info = implicit_hypergradient(
-                inner_grad, outer_grad, w, theta, solver=hp.solver, iters=hp.cg_iters,
-                damping=hp.damping, neumann_lr=hp.neumann_lr, retain_graph=True,
-                **self.gauss_newton_outputs(cache))
+            grads, info = self.implicit(inner_grad, outer_grad, w, theta, q_tot=cache["q_tot"],
+                                        retain_graph=True)
             logs["dfl/cg_residual"] = info["residual"]
             logs["dfl/cg_iters"] = float(info["iters"])
         else:  # unrolled
@@ -779,13 +761,6 @@ class SeqCommDFL(QLearner):
         torch.nn.utils.clip_grad_norm_(theta, hp.grad_clip)
         opt.optimizer.step()  # the raw optimiser: Lightning counts one step per update (w's)
         return logs
-
-    def gauss_newton_outputs(self, cache: dict) -> dict:
-        """The outputs and scale of ``L_model``'s Gauss-Newton matrix, or nothing (exact H)."""
-        if self.hparams.curvature != "gauss_newton":
-            return {}
-        q_tot = cache["q_tot"]
-        return {"gn_outputs": q_tot, "gn_scale": 2.0 / q_tot.numel()}
 
     def unrolled_hypergradient(self, batch: TensorDictBase, theta) -> tuple[torch.Tensor, ...]:
         """Backpropagate the real TD loss through ``k_inner`` differentiable SGD steps."""

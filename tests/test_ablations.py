@@ -155,12 +155,13 @@ def gradient_switch(name: str):
         assert min(values(metrics, "dfl/target_error")) > 0  # the imagined-target read-out
         assert ("dfl/cg_residual" in metrics) == name.startswith("implicit")
         if name.startswith("implicit"):
-            assert hp["solver"] == name.split("_")[1]
+            assert hp["implicit"]["init_args"]["solver"] == name.split("_")[1]
         if name in ("implicit_minres", "implicit_cg"):
             # MINRES on the indefinite Hessian, CG on the PSD Gauss-Newton matrix: both use
             # more than one iteration (CG on the exact Hessian stopped after one)
             assert min(values(metrics, "dfl/cg_iters")) > 1
-            assert hp["curvature"] == ("hessian" if name == "implicit_minres" else "gauss_newton")
+            assert hp["implicit"]["init_args"]["curvature"] == (
+                "hessian" if name == "implicit_minres" else "gauss_newton")
     return check
 
 

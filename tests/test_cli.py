@@ -13,6 +13,7 @@ from conftest import MATRIX_CONF, matrix_frames, read_metrics, read_summary
 
 from seqcomm.cli import main
 from seqcomm.dfl.implicit_gradient import SOLVERS
+from seqcomm.dfl.world_model import POOLINGS
 from seqcomm.envs.matrix import RGMCOMM_TABLE, full_obs_value, no_comm_value
 from seqcomm.learner import QLearner
 
@@ -71,6 +72,9 @@ def test_full_observability_reaches_its_optimum(fit_matrix):
     assert read_summary(run)["eval"]["return"] == pytest.approx(FULL_OBS, abs=0.05)
 
 
+DFL = ["--config", str(MATRIX_CONF.parent / "methods" / "seqcomm_dfl.yaml")]
+
+
 # -- bad input -----------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "args, says",
@@ -84,6 +88,11 @@ def test_full_observability_reaches_its_optimum(fit_matrix):
         (["--trainer.nope=1"], "nope"),
         (["--ckpt_path", "missing.ckpt"], "missing.ckpt"),
         (["--ckpt_path", "last"], "last"),
+        # a component's own arguments: a bad type, and its constructor's ValueError (its own
+        # message, not the model's class_path Union around it)
+        ([*DFL, "--model.init_args.world_model.init_args.hidden_dim=abc"], "hidden_dim"),
+        ([*DFL, "--model.init_args.implicit.init_args.iters=-1"],
+         "error: implicit.iters=-1 must be an integer >= 0"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, says, tmp_path, capfd, monkeypatch):
@@ -103,7 +112,10 @@ def test_bad_input_is_one_line_and_exit_2(args, says, tmp_path, capfd, monkeypat
 @pytest.mark.parametrize(
     "configs, arg, choices",
     [
-        (["matrix.yaml", "methods/seqcomm_dfl.yaml"], "--model.init_args.solver", SOLVERS),
+        (["matrix.yaml", "methods/seqcomm_dfl.yaml"], "--model.init_args.implicit.init_args.solver",
+         SOLVERS),
+        (["matrix.yaml", "methods/seqcomm_dfl.yaml"],
+         "--model.init_args.world_model.init_args.pooling", POOLINGS),
         (["microcombat_3m.yaml"], "--data.env.init_args.enemy_targeting", ("nearest", "sticky")),
     ],
 )

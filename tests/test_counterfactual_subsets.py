@@ -26,7 +26,8 @@ def setup(**kw) -> tuple[SeqCommDFL, TensorDict, dict]:
     torch.manual_seed(0)
     comm = functools.partial(SeqCommMessenger, ordering="prosocial")
     model = SeqCommDFL(INFO, comm=comm, world_model_gradient="none", hidden_dim=8,
-                       critic_hidden=16, influence_tau=0.1, **kw)
+                       critic=functools.partial(TeamCritic, hidden_dim=16), influence_tau=0.1,
+                       **kw)
     model.critic.eval()  # no running-statistics update between the calls compared
     with torch.no_grad():  # messages that move decisions: gains far from zero
         for p in [*model.net.comm.parameters(), *model.net.agent.head.parameters()]:

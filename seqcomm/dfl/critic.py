@@ -12,6 +12,8 @@ beds; 0.93 with standardised targets, docs/results.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -90,3 +92,7 @@ class TeamCritic(nn.Module):
             return self.unscale(self.net[1:](z).squeeze(-1))
         # without a graph the ReLUs run in place: the same values, two fewer [*B, n, A, H]
         return self.unscale(self.net[4](self.net[2](z.relu_()).relu_()).squeeze(-1))
+
+
+#: A team critic configured by class_path; the learner supplies (state_dim, n_agents, n_actions).
+CriticFactory = Callable[[int, int, int], TeamCritic]

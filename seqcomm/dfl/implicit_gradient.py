@@ -184,6 +184,61 @@ def implicit_hypergradient(
     return hypergrad, info
 
 
+class ImplicitSolver:
+    """How ``SeqCommDFL`` solves ``(H + lambda I) v = dL_true/dw`` for the implicit gradient
+    (docs/method.md §3.3): configured as ``model.init_args.implicit`` by ``class_path``.
+
+    Args:
+        solver: linear solver: ``minres`` (indefinite Hessians), ``cg`` (positive definite
+            only), ``neumann`` or ``identity`` (see ``implicit_hypergradient``).
+        iters: solver iterations (MINRES/CG iterations or Neumann terms).
+        curvature: the ``H`` of the linear system: ``hessian`` (exact Hessian-vector
+            products of the inner objective, indefinite for a TD loss) or ``gauss_newton``
+            (``2/N J^T J`` of ``L_model``'s online ``Q_tot``, ``J = dQ_tot/dw``: positive
+            semi-definite, so ``cg`` applies; it leaves out the curvature weighted by the TD
+            residuals and that of the awareness hinge).
+        damping: ``lambda`` in ``(H + lambda I) v = dL_true/dw``.
+        neumann_lr: step of the Neumann series.
+    """
+
+    def __init__(self, solver: Solver = "minres", iters: int = 5,
+                 curvature: Curvature = "hessian", damping: float = 1e-3,
+                 neumann_lr: float = 0.01) -> None:
+        for name, value, allowed in (("solver", solver, SOLVERS),
+                                     ("curvature", curvature, CURVATURES)):
+            if value not in allowed:  # LightningCLI checks the Literals too
+                raise ValueError(f"implicit.{name}={value!r}; choose one of {allowed}")
+        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
+            raise ValueError(f"implicit.iters={iters!r} must be an integer >= 0")
+        if damping < 0:
+            raise ValueError(f"implicit.damping={damping} must be >= 0")
+        self.solver, self.iters, self.curvature = solver, iters, curvature
+        self.damping, self.neumann_lr = damping, neumann_lr
+
+    def __repr__(self) -> str:
+        return (f"ImplicitSolver(solver={self.solver!r}, iters={self.iters}, curvature="
+                f"{self.curvature!r}, damping={self.damping}, neumann_lr={self.neumann_lr})")
+
+    def __call__(self, inner_grad: Sequence[Tensor | None], outer_grad: Sequence[Tensor | None],
+                 w: Sequence[Tensor], theta: Sequence[Tensor], q_tot: Tensor | None = None,
+                 retain_graph: bool = False) -> tuple[tuple[Tensor, ...], dict[str, float]]:
+        """``implicit_hypergradient`` with these settings; ``q_tot``: the online ``Q_tot`` of
+        ``L_model`` whose Gauss-Newton matrix stands for ``H`` (``gauss_newton`` only)."""
+        gn = {}
+        if self.curvature == "gauss_newton":
+            if q_tot is None:
+                raise ValueError("implicit.curvature='gauss_newton' needs q_tot")
+            gn = {"gn_outputs": q_tot, "gn_scale": 2.0 / q_tot.numel()}
+        return implicit_hypergradient(inner_grad, outer_grad, w, theta, solver=self.solver,
+                                      iters=self.iters, damping=self.damping,
+                                      neumann_lr=self.neumann_lr, retain_graph=retain_graph,
+                                      **gn)
+
+
+#: The implicit solver configured by class_path (no arguments at build time).
+ImplicitSolverFactory = Callable[[], ImplicitSolver]
+
+
 def _hessian_product(outs: list[Tensor], live: list[int],
                      w: list[Tensor]) -> Callable[[list[Tensor]], list[Tensor]]:
     """``u -> H u`` by double backward through ``inner_grad``'s graph (``outs``)."""

@@ -8,6 +8,7 @@ observations, plus the team reward and a termination logit.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal, NamedTuple, get_args
 
 import torch
@@ -144,3 +145,8 @@ class WorldModel(nn.Module):
             return per_sample.mean()
         mask = mask.reshape(per_sample.shape).to(per_sample.dtype)
         return (per_sample * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+#: A world model configured by class_path; the learner supplies the task's sizes
+#: (state_dim, obs_dim, n_agents, n_actions) and the message size msg_dim.
+WorldModelFactory = Callable[[int, int, int, int, int], WorldModel]
