@@ -7,7 +7,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from seqcomm.dfl.implicit_gradient import implicit_hypergradient, unrolled_inner
+from seqcomm.dfl.implicit_gradient import (
+    ImplicitSolver,
+    implicit_hypergradient,
+    unrolled_inner,
+)
 from seqcomm.dfl.world_model import WorldModel
 
 DT = torch.float64
@@ -80,6 +84,41 @@ def test_gauss_newton_curvature_solves_with_j_transpose_j():
                                          solver="minres", iters=20, damping=0.0,
                                          retain_graph=True)
     assert not torch.allclose(g, exact, atol=1e-3)
+
+
+@pytest.mark.parametrize("curvature", ["hessian", "gauss_newton"])
+def test_implicit_solver_component_is_implicit_hypergradient(curvature):
+    """``ImplicitSolver`` (the learner's ``implicit`` component) runs ``implicit_hypergradient``
+    with its settings; ``gauss_newton`` uses ``2/N J^T J`` of the ``q_tot`` it is given."""
+    gen = torch.Generator().manual_seed(3)
+    x, m = torch.randn(12, 5, generator=gen, dtype=DT), torch.randn(12, 3, generator=gen, dtype=DT)
+    theta = torch.randn(3, generator=gen, dtype=DT).requires_grad_()
+    w = torch.randn(5, generator=gen, dtype=DT).requires_grad_()
+    f = torch.tanh(x @ w)
+    (inner_grad,) = torch.autograd.grad((f - m @ theta).pow(2).mean(), w, create_graph=True)
+    outer_grad = torch.randn(5, generator=gen, dtype=DT)
+    solver = ImplicitSolver(solver="cg", iters=7, curvature=curvature, damping=0.01)
+    (g,), info = solver([inner_grad], [outer_grad], [w], [theta], q_tot=f, retain_graph=True)
+    gn = {"gn_outputs": f, "gn_scale": 2 / f.numel()} if curvature == "gauss_newton" else {}
+    (expected,), expected_info = implicit_hypergradient(
+        [inner_grad], [outer_grad], [w], [theta], solver="cg", iters=7, damping=0.01,
+        retain_graph=True, **gn)
+    assert torch.equal(g, expected) and info == expected_info
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(solver="lbfgs"), "solver"),
+        (dict(curvature="fisher"), "curvature"),
+        (dict(iters=-1), "iters"),
+        (dict(damping=-1.0), "damping"),
+        (dict(solver="neumann", neumann_lr=0.0), "neumann_lr"),
+    ],
+)
+def test_implicit_solver_rejects_bad_settings(kw, match):
+    with pytest.raises(ValueError, match=match):
+        ImplicitSolver(**kw)
 
 
 def test_minres_solves_an_indefinite_system_with_several_iterations():

@@ -212,6 +212,8 @@ class ImplicitSolver:
             raise ValueError(f"implicit.iters={iters!r} must be an integer >= 0")
         if damping < 0:
             raise ValueError(f"implicit.damping={damping} must be >= 0")
+        if solver == "neumann" and neumann_lr <= 0:
+            raise ValueError(f"implicit.neumann_lr={neumann_lr} must be > 0")
         self.solver, self.iters, self.curvature = solver, iters, curvature
         self.damping, self.neumann_lr = damping, neumann_lr
 
