@@ -12,7 +12,10 @@ from torch import nn
 
 from seqcomm.comm.base import MessageOutput
 from seqcomm.comm.stackelberg import SeqCommMessenger
+from seqcomm.dfl.critic import TeamCritic
+from seqcomm.dfl.implicit_gradient import ImplicitSolver
 from seqcomm.dfl.value_aware import decision_value, value_aware_loss
+from seqcomm.dfl.world_model import WorldModel
 from seqcomm.envs.base import ACTION, MASK, STATE, EnvInfo, env_info
 from seqcomm.envs.matrix import MatrixGame
 from seqcomm.seqcomm_dfl import SeqCommDFL
@@ -39,6 +42,31 @@ class TableCritic(nn.Module):
     def switch_values(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Up to a per-receiver constant (which no decision depends on): the table."""
         return self.table.expand(*action.shape, -1)
+
+
+def test_components_are_built_from_their_factories_with_the_task_sizes():
+    """``world_model``, ``critic`` and ``implicit`` are factories (class_path in YAML): the
+    learner passes the task's sizes and keeps the components' own arguments; by default they
+    are the classes' defaults."""
+    model = SeqCommDFL(INFO, comm=functools.partial(SeqCommMessenger, ordering="fixed"),
+                       hidden_dim=8)
+    assert model.world_model.state_head.out_features == INFO.state_dim
+    assert model.world_model.pooling == "mean" and model.world_model.obs_head[0].in_features == 256
+    assert model.critic.normalize and model.critic.net[0].out_features == 128
+    assert (model.implicit.solver, model.implicit.iters) == ("minres", 5)
+    assert (model.implicit.curvature, model.implicit.damping) == ("hessian", 1e-3)
+    model = SeqCommDFL(INFO, comm=functools.partial(SeqCommMessenger, ordering="fixed"),
+                       hidden_dim=8,
+                       world_model=functools.partial(WorldModel, hidden_dim=16, pooling="concat"),
+                       critic=functools.partial(TeamCritic, hidden_dim=24, normalize=False),
+                       implicit=functools.partial(ImplicitSolver, solver="cg", iters=3))
+    wm = model.world_model
+    assert (wm.pooling, wm.n_agents, wm.msg_dim) == ("concat", INFO.n_agents,
+                                                     model.net.comm.ctx_dim)
+    assert wm.joint[0].in_features == INFO.state_dim + 16 * INFO.n_agents
+    assert not model.critic.normalize and model.critic.net[0].out_features == 24
+    assert (model.implicit.solver, model.implicit.iters) == ("cg", 3)
+    assert "world_model" not in model.hparams and "implicit" not in model.hparams
 
 
 def test_guidance_potential_target_is_delivered_minus_masked_under_the_critic():
