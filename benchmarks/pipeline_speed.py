@@ -6,8 +6,10 @@ same code path as the ``seqcomm`` command, with one extra callback (``Throughput
 times a window of updates after a warm-up, so start-up (imports, env and collector creation,
 buffer warm-up, first calls) is excluded. Inside the window it also times
 ``EpisodeData.collect`` (env stepping + policy + buffer write), ``buffer.sample``,
-``QLearner.training_step`` and ``QLearner.log_training``, which splits the cost into
-collection, replay sampling, learner, logging and Lightning's own loop (see ``split``).
+``QLearner.training_step``, ``QLearner.log_training`` and the logging callbacks
+(``seqcomm.callbacks.CollectionStatistics`` and ``Throughput``, after each update), which
+splits the cost into collection, replay sampling, learner, logging and Lightning's own loop
+(see ``split``).
 Rates are given per wall second and per CPU second of the process (steadier on a shared
 machine).
 
@@ -26,6 +28,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -33,6 +36,7 @@ import lightning as L
 if __package__ in (None, ""):  # run as a file: make `benchmarks` importable from the repo
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.torchrl_qmix_reference import Stopwatch  # noqa: E402
+from seqcomm import callbacks  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = ("simple_spread", "navigation")
@@ -79,6 +83,18 @@ class Throughput(L.Callback):
         # instance attributes shadow the methods EpisodeData.batches and Lightning call
         data.collect, data.buffer.sample = timed_collect, timed_sample
         pl_module.training_step, pl_module.log_training = timed_step, timed_log
+        for callback in trainer.callbacks:  # their logging runs after training_step
+            if isinstance(callback, (callbacks.CollectionStatistics, callbacks.Throughput)):
+                callback.on_train_batch_end = self.timed(callback.on_train_batch_end)
+
+    def timed(self, hook: Callable[..., None]) -> Callable[..., None]:
+        """``hook`` timed as the phase ``log_callbacks``."""
+
+        def timed_hook(*args, **kwargs) -> None:
+            with self.watch.phase("log_callbacks"):
+                hook(*args, **kwargs)
+
+        return timed_hook
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs,
                            batch, batch_idx: int) -> None:
@@ -170,16 +186,17 @@ def machine(args: argparse.Namespace) -> str:
 def split(row: dict, clock: int = 1) -> dict[str, float]:
     """Per-frame / per-update cost of a row in ms (``clock`` 1 = CPU time, 0 = wall time):
     ``collect`` per 1000 frames; per update ``sample`` (replay), ``learner`` (loss, backward,
-    clip, optimiser, target update), ``log`` (seqcomm's ``self.log`` calls) and ``loop``
-    (Lightning's loop around ``training_step``); the plain reference loop has no log or loop."""
+    clip, optimiser, target update), ``log`` (seqcomm's ``self.log`` calls: the learner's,
+    inside ``training_step``, and the logging callbacks', after it) and ``loop`` (Lightning's
+    loop around ``training_step``); the plain reference loop has no log or loop."""
     phases, n = row["phases"], row["window_updates"]
     total = row["cpu_s"] if clock else row["wall_s"]
     get = {k: v[clock] for k, v in phases.items()}.get
     collect, sample, log = get("collect", 0.0), get("sample", 0.0), get("log", 0.0)
-    inner = get("train_step", total)
+    inner, outer_log = get("train_step", total), get("log_callbacks", 0.0)
     return {"collect": 1e6 * collect / row["window_frames"], "sample": 1e3 * sample / n,
-            "learner": 1e3 * (inner - collect - sample - log) / n, "log": 1e3 * log / n,
-            "loop": 1e3 * (total - inner) / n}
+            "learner": 1e3 * (inner - collect - sample - log) / n,
+            "log": 1e3 * (log + outer_log) / n, "loop": 1e3 * (total - inner - outer_log) / n}
 
 
 def table(rows: list[dict]) -> str:

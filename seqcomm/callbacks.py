@@ -1,5 +1,6 @@
-"""Run bookkeeping as Lightning callbacks (docs/method.md §7-8): the final summary, and a
-checkpoint when ``fit`` is interrupted (SIGTERM, Ctrl-C)."""
+"""Run bookkeeping as Lightning callbacks (docs/method.md §7-8), each installed by ``seqcomm
+fit``: the collection statistics, the throughput clock, the random generators' seeding and
+restore, the final summary, and a checkpoint when ``fit`` is interrupted (SIGTERM, Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,103 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from seqcomm.envs.base import metric_name
+
+
+def _log_due(trainer: L.Trainer) -> bool:
+    """Whether this update logs: every ``trainer.log_every_n_steps`` updates, as the learner's
+    losses (the loggers write no more often than that)."""
+    return trainer.global_step % trainer.log_every_n_steps == 0
+
+
+class CollectionStatistics(L.Callback):
+    """The training episodes' mean return and task metrics of the latest collection that ended
+    an episode (``train/return``, ``train/<metric>``; ``EpisodeData.last_episodes``) and the
+    exploration rate ``train/epsilon``, every ``trainer.log_every_n_steps`` updates."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not _log_due(trainer):
+            return
+        for key, value in trainer.datamodule.last_episodes.items():
+            pl_module.log(f"train/{metric_name(key)}", value, prog_bar=key == "return",
+                          batch_size=1)
+        pl_module.log("train/epsilon", pl_module.policy.epsilon, batch_size=1)
+
+
+class Throughput(L.Callback):
+    """Every ``trainer.log_every_n_steps`` updates: the env steps this rank has collected
+    (``perf/env_steps``) and, since the previous such update of this ``fit``, env steps and
+    updates per wall-clock second (``perf/env_steps_per_s``, ``perf/updates_per_s``; not at a
+    run's first logging update, a resumed run's included).
+
+    Args:
+        clock: seconds of a monotonic clock (``time.perf_counter``; tests pass a fake one).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.last: tuple[float, int, int] | None = None  # (time, env steps, updates)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.last = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not _log_due(trainer):
+            return
+        frames, step = trainer.datamodule.frames, trainer.global_step
+        pl_module.log("perf/env_steps", float(frames), prog_bar=True, batch_size=1)
+        now = self.clock()
+        if self.last is not None and now > self.last[0]:
+            dt = now - self.last[0]
+            pl_module.log("perf/env_steps_per_s", (frames - self.last[1]) / dt, batch_size=1)
+            pl_module.log("perf/updates_per_s", (step - self.last[2]) / dt, batch_size=1)
+        self.last = (now, frames, step)
+
+
+class RandomGenerators(L.Callback):
+    """The run's random generators, so that a seed fixes a run and a resumed one draws what an
+    uninterrupted one would (docs/method.md §7). At setup, the exploration policy's generator
+    is seeded from the run's seed (offset by the DDP rank); checkpoints hold its state (this
+    callback's ``state_dict``). When training starts, a checkpoint's generators are put back:
+    the data module's (``EpisodeData.restore_generators``: environments, torch's global one)
+    and the policy's."""
+
+    def __init__(self) -> None:
+        self.policy: torch.nn.Module | None = None  # the module's, from setup
+        self.saved: torch.Tensor | None = None  # a checkpoint's policy generator state
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.policy = pl_module.policy
+        self.policy.generator.manual_seed(torch.initial_seed() + 7919 * trainer.global_rank)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after the collector's construction, which runs the policy (and its generator) once
+        trainer.datamodule.restore_generators()
+        if self.saved is not None:
+            pl_module.policy.generator.set_state(self.saved)
+            self.saved = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.policy is None else {"policy_rng": self.policy.generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.saved = state_dict["policy_rng"]
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        # checkpoints written before this callback hold the policy's state at the top level
+        # (load_state_dict, called after this, reads newer ones)
+        if "policy_rng" in checkpoint:
+            self.saved = checkpoint["policy_rng"]
 
 
 class RunSummary(L.Callback):

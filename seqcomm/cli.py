@@ -22,7 +22,13 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from seqcomm.callbacks import RunSummary, SaveOnInterrupt
+from seqcomm.callbacks import (
+    CollectionStatistics,
+    RandomGenerators,
+    RunSummary,
+    SaveOnInterrupt,
+    Throughput,
+)
 from seqcomm.data import EpisodeData
 from seqcomm.errors import ConfigError, NonFiniteError
 from seqcomm.learner import QLearner
@@ -272,6 +278,7 @@ def lightning_main(args: list[str] | None) -> None:
             "log_every_n_steps": 10,
             "enable_model_summary": False,
             "callbacks": [ModelCheckpoint(save_last=True, every_n_train_steps=200),
+                          RandomGenerators(), CollectionStatistics(), Throughput(),
                           RunSummary(), SaveOnInterrupt()],
         },
         args=args,

@@ -192,7 +192,7 @@ class EpisodeData(L.LightningDataModule):
     def restore_generators(self) -> None:
         """Put back the random generators of a checkpoint (after Lightning's own seeding and
         after the collector's construction, so a resumed run draws what an uninterrupted one
-        would)."""
+        would); ``seqcomm.callbacks.RandomGenerators`` calls it when training starts."""
         self.start_collector()
         state = getattr(self, "_restored", None)
         if state is None:

@@ -3,20 +3,21 @@
 
 The module organises; its parts come from the config: the message generator (``comm``, by
 class_path), the agent/mixer sizes, the optimiser and exploration numbers. Collection and
-replay live in ``seqcomm.data.EpisodeData``; evaluation runs as Lightning validation.
+replay live in ``seqcomm.data.EpisodeData``; evaluation runs as Lightning validation; the
+collection statistics, the throughput clock and the random generators' seeding and restore are
+callbacks (``seqcomm.callbacks``, installed by ``seqcomm fit``).
 """
 
 from __future__ import annotations
 
 import copy
-import time
 
 import lightning as L
 import torch
 from tensordict import TensorDictBase
 
 from seqcomm.agent import Receiver
-from seqcomm.envs.base import ACTION, MASK, OBS, STATE, EnvInfo
+from seqcomm.envs.base import ACTION, MASK, OBS, STATE, EnvInfo, metric_name
 from seqcomm.envs.reference import evaluate_policy
 from seqcomm.errors import NonFiniteError
 from seqcomm.policy import EpsilonGreedyPolicy
@@ -86,8 +87,6 @@ class QLearner(L.LightningModule):
                          receiver, last_action)
         self.target = copy.deepcopy(self.net).requires_grad_(False)
         self.policy = EpsilonGreedyPolicy(self.net, eps_start, eps_end, eps_anneal_frames)
-        self._clock: tuple[float, int, int] | None = None
-        self._policy_rng: torch.Tensor | None = None  # a checkpoint's, set in on_train_start
 
     # -- the QMIX loss ----------------------------------------------------------------
     def recurrent_states(self, net: TeamQ, batch: TensorDictBase):
@@ -201,24 +200,14 @@ class QLearner(L.LightningModule):
 
     # -- logging, evaluation ------------------------------------------------------------
     def log_training(self, values: dict[str, torch.Tensor | float]) -> None:
-        """Losses plus the collection statistics (docs/method.md §8 names), every
-        ``trainer.log_every_n_steps`` updates (the loggers write no more often than that).
+        """Losses and the messages' bits per step (docs/method.md §8 names), every
+        ``trainer.log_every_n_steps`` updates (the loggers write no more often than that);
+        the collection statistics and throughput are callbacks' (``seqcomm.callbacks``).
         Every update, a non-finite loss or gradient norm stops the run (``check_finite``)."""
         self.check_finite(values)
         if self.global_step % self.trainer.log_every_n_steps:
             return
-        data = self.trainer.datamodule
-        for key, value in data.last_episodes.items():
-            self.log(f"train/{_metric_name(key)}", value, prog_bar=key == "return", batch_size=1)
-        self.log("perf/env_steps", float(data.frames), prog_bar=True, batch_size=1)
-        self.log("train/epsilon", self.policy.epsilon, batch_size=1)
         self.log("comm/bits_per_step", self.net.comm.bits_per_step(), batch_size=1)
-        now = time.perf_counter()
-        if self._clock is not None and now > self._clock[0]:
-            dt = now - self._clock[0]
-            self.log("perf/env_steps_per_s", (data.frames - self._clock[1]) / dt, batch_size=1)
-            self.log("perf/updates_per_s", (self.global_step - self._clock[2]) / dt, batch_size=1)
-        self._clock = (now, data.frames, self.global_step)
         for key, value in values.items():
             self.log(key, value, batch_size=1)
 
@@ -241,17 +230,6 @@ class QLearner(L.LightningModule):
             f"good checkpoint: {ckpt or 'none saved yet'}; resume from it with --ckpt_path "
             "and a lower --model.init_args.lr or grad_clip")
 
-    def setup(self, stage: str) -> None:
-        """Seed exploration from the run's seed (offset by rank); a checkpoint restores it."""
-        self.policy.generator.manual_seed(torch.initial_seed() + 7919 * self.global_rank)
-
-    def on_train_start(self) -> None:
-        # after the collector's construction, which runs the policy (and its generator) once
-        self.trainer.datamodule.restore_generators()
-        if self._policy_rng is not None:
-            self.policy.generator.set_state(self._policy_rng)
-            self._policy_rng = None
-
     @torch.no_grad()
     def evaluate(self, n_episodes: int) -> dict[str, float]:
         """Greedy return and task metrics on the evaluation copies, in eval mode (no
@@ -265,21 +243,10 @@ class QLearner(L.LightningModule):
         finally:
             self.policy.greedy = False
             self.train(mode)
-        return {_metric_name(k): v for k, v in result.items()}
+        return {metric_name(k): v for k, v in result.items()}
 
     def validation_step(self, batch, batch_idx: int) -> None:
         for key, value in self.evaluate(self.trainer.datamodule.eval_episodes).items():
             self.log(f"eval/{key}", value, prog_bar=key == "return", batch_size=1)
 
     test_step = validation_step
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["policy_rng"] = self.policy.generator.get_state()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._policy_rng = checkpoint["policy_rng"]
-
-
-def _metric_name(key: str) -> str:
-    """Environment info keys to docs/method.md §8 names (``won`` is logged as win rate)."""
-    return {"won": "win_rate"}.get(key, key)

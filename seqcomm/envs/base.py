@@ -35,6 +35,11 @@ STATE = "state"
 INFO = "info"
 
 
+def metric_name(key: str) -> str:
+    """An ``info`` key's logged name (docs/method.md §8): ``won`` is logged as ``win_rate``."""
+    return {"won": "win_rate"}.get(key, key)
+
+
 @dataclass
 class EnvInfo:
     """Sizes a model needs, read from an environment's specs (never typed in a config)."""
