@@ -186,7 +186,10 @@ def start_fit(tmp_path: Path, run_name: str, *args: str) -> subprocess.Popen:
         [sys.executable, "-m", "seqcomm.cli", "fit", "--config", str(MATRIX_CONF),
          "--wandb", "false", "--trainer.enable_progress_bar", "false",
          "--trainer.default_root_dir", str(tmp_path), "--run_name", run_name, *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env,
+        # a shell's background job ignores SIGINT, and its children inherit that: give the
+        # run the default disposition, so Python turns Ctrl-C into KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # the CSV logger first writes metrics.csv after about 100 updates: the run is under way
     # whatever the machine's load (a fixed sleep was flaky on a loaded machine)
     metrics = tmp_path / run_name / "version_0" / "metrics.csv"
