@@ -42,7 +42,9 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      "written as `model.init_args.world_model.init_args.<key>`, "
      "`model.init_args.critic.init_args.<key>` and `model.init_args.implicit.init_args.<key>` "
      "(each with its `class_path`). The learner passes the task's sizes (`state_dim`, "
-     "`obs_dim`, `n_agents`, `n_actions`) and the message size (`msg_dim`).", (
+     "`obs_dim`, `n_agents`, `n_actions`) and the message size (`msg_dim`). `SeqCommLearner` "
+     "takes a `world_model` the same way (no messages; default `hidden_dim` 64) and "
+     "`RGMCommLearner` a `critic` (its state: the joint observation).", (
         "seqcomm.dfl.world_model.WorldModel",
         "seqcomm.dfl.critic.TeamCritic",
         "seqcomm.dfl.implicit_gradient.ImplicitSolver",

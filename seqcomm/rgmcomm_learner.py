@@ -36,7 +36,7 @@ from seqcomm.comm.rgmcomm import (
     refine_labelling,
     return_gap_bound,
 )
-from seqcomm.dfl.critic import TeamCritic
+from seqcomm.dfl.critic import CriticFactory, TeamCritic
 from seqcomm.dfl.label_lookahead import pool_best_actions, sender_group_ids
 from seqcomm.dfl.value_aware import masked_log_softmax
 from seqcomm.distributed import broadcast_module
@@ -68,7 +68,9 @@ class RGMCommLearner(QLearner):
         refine: after the gradient steps, Hartigan's local search on the hard labels (the
             same Eq. 13, exact moves of one group of identical sender states at a time): soft
             labels stall at saddles, e.g. two clusters where four labels score lower.
-        critic_hidden: width of the critic ``Q(o, a)``.
+        critic: the critic ``Q(o, a)`` on joint observations (``class_path`` of
+            ``seqcomm.dfl.critic.TeamCritic`` with its ``hidden_dim``, ``normalize``,
+            ``norm_rate``); the learner passes the joint observation's size as its state size.
         critic_lr: its Adam rate.
         receiver_weight: weight of ``receiver_loss``, the paper's actor trained against its
             centralised critic, on the QMIX backbone (0: TD alone trains the receivers).
@@ -90,7 +92,7 @@ class RGMCommLearner(QLearner):
         pair_prior: float = 1.0,
         mi_weight: float = 1.0,
         refine: bool = True,
-        critic_hidden: int = 128,
+        critic: CriticFactory = TeamCritic,
         critic_lr: float = 1e-3,
         receiver_weight: float = 0.0,
         label_map: bool = True,
@@ -103,9 +105,9 @@ class RGMCommLearner(QLearner):
             raise ValueError(f"schedule={schedule!r}; choose one of {SCHEDULES}")
         if min(cluster_every, cluster_steps, cluster_samples, top_pairs) < 1:
             raise ValueError("cluster_every, cluster_steps, cluster_samples, top_pairs >= 1")
+        self.save_hyperparameters(ignore=["comm", "critic"])
         info = self.info
-        self.critic = TeamCritic(info.n_agents * info.obs_dim, info.n_agents, info.n_actions,
-                                 critic_hidden)
+        self.critic = critic(info.n_agents * info.obs_dim, info.n_agents, info.n_actions)
         # staged: 1 once the labels are clustered and frozen (a buffer, so it resumes)
         self.register_buffer("clustered", torch.zeros((), dtype=torch.bool))
         self.set_delivery(schedule == "online")

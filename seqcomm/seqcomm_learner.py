@@ -22,6 +22,8 @@ order (not the actions) may depend on what the state holds beyond the joint obse
 from __future__ import annotations
 
 import copy
+import importlib
+from functools import partial
 
 import torch
 from tensordict import TensorDictBase
@@ -29,11 +31,25 @@ from tensordict import TensorDictBase
 from seqcomm.comm.intention import negotiate
 from seqcomm.comm.launching import LaunchingMessenger, launch
 from seqcomm.comm.ordering import order_entropy
-from seqcomm.dfl.world_model import WorldModel
+from seqcomm.dfl.world_model import WorldModelFactory
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE
 from seqcomm.learner import NEXT, QLearner
 from seqcomm.sequential_policy import ORDER, SequentialPolicy
 from seqcomm.team_q import TeamQ
+
+#: SeqComm's world model by default: ``WorldModel`` with ``hidden_dim`` 64 (a ``class_path``
+#: spec, so that the CLI prints, saves and overrides it like any other component).
+WORLD_MODEL: dict = {"class_path": "seqcomm.dfl.world_model.WorldModel",
+                     "init_args": {"hidden_dim": 64}}
+
+
+def component(spec: dict | WorldModelFactory) -> WorldModelFactory:
+    """The factory of a ``class_path`` spec (a default given in Python, where jsonargparse
+    does not resolve it); a factory unchanged."""
+    if not isinstance(spec, dict):
+        return spec
+    module, _, name = spec["class_path"].rpartition(".")
+    return partial(getattr(importlib.import_module(module), name), **spec.get("init_args", {}))
 
 
 class SeqCommLearner(QLearner):
@@ -44,12 +60,15 @@ class SeqCommLearner(QLearner):
     Args:
         orders: ``F``, random orders sampled per candidate leader for its intention value.
         horizon: ``H``, imagined steps of each rollout before the value bootstraps.
-        model_hidden: width of the world model.
+        world_model: the world model (``class_path`` of ``seqcomm.dfl.world_model.WorldModel``
+            with its ``hidden_dim``, ``pooling``; default: ``hidden_dim`` 64); the learner
+            passes the task's sizes and no messages (``msg_dim`` 0).
         model_lr: its Adam rate.
     """
 
-    def __init__(self, *args, orders: int = 2, horizon: int = 2, model_hidden: int = 64,
-                 model_lr: float = 1e-3, **kwargs) -> None:
+    def __init__(self, *args, orders: int = 2, horizon: int = 2,
+                 world_model: WorldModelFactory = WORLD_MODEL, model_lr: float = 1e-3,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if not isinstance(self.net.comm, LaunchingMessenger):
             raise ValueError("SeqCommLearner needs model.comm: "
@@ -57,11 +76,12 @@ class SeqCommLearner(QLearner):
         if orders < 1 or horizon < 0:
             raise ValueError(f"SeqCommLearner: orders ({orders}) must be >= 1 and horizon "
                              f"({horizon}) >= 0")
+        self.save_hyperparameters(ignore=["comm", "world_model"])
         info = self.info
         self.net.comm.bind_actions(info.n_actions)
         self.target = copy.deepcopy(self.net).requires_grad_(False)
-        self.world_model = WorldModel(info.state_dim, info.obs_dim, info.n_agents,
-                                      info.n_actions, 0, model_hidden)
+        self.world_model = component(world_model)(info.state_dim, info.obs_dim, info.n_agents,
+                                                  info.n_actions, 0)
         hp = self.hparams
         self.policy = SequentialPolicy(self.net, self.world_model, orders, horizon, hp.gamma,
                                        hp.eps_start, hp.eps_end, hp.eps_anneal_frames)

@@ -1,5 +1,6 @@
 """RGMComm as its paper defines it (seqcomm.comm.rgmcomm, q_vectors, rgmcomm_learner)."""
 
+import functools
 import itertools
 import math
 
@@ -352,3 +353,18 @@ def test_receiver_loss_teaches_each_pool_its_best_action_and_not_the_labels():
         assert greedy[b] == pooled.mean(-1).argmax(), b
         mode_differs |= bool(pooled.argmax(0).float().mean() > 0.5) and greedy[b] == 0
     assert mode_differs  # some pool's majority prefers the other action
+
+
+def test_the_critic_is_a_component_on_the_joint_observation():
+    """``critic`` is a factory (class_path in YAML); by default ``TeamCritic`` as before
+    (width 128, normalised targets) on the joint observation."""
+    info = env_info(MatrixGame(1))
+    model = _learner()
+    assert isinstance(model.critic, TeamCritic) and model.critic.normalize
+    assert model.critic.net[0].out_features == 128
+    assert model.critic.net[0].in_features == (
+        TeamCritic(info.n_agents * info.obs_dim, info.n_agents, info.n_actions)
+        .net[0].in_features)
+    assert "critic" not in model.hparams and "critic_hidden" not in model.hparams
+    model = _learner(critic=functools.partial(TeamCritic, hidden_dim=24, normalize=False))
+    assert not model.critic.normalize and model.critic.net[0].out_features == 24

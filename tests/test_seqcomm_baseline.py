@@ -4,6 +4,7 @@ phase against a rank-by-rank reference, and a few updates on matrix, maze and ho
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -21,7 +22,8 @@ from seqcomm.comm.intention import (
 )
 from seqcomm.comm.launching import LaunchingMessenger, launch
 from seqcomm.data import EpisodeData
-from seqcomm.dfl.world_model import WorldModelPrediction
+from seqcomm.dfl.world_model import WorldModel, WorldModelPrediction
+from seqcomm.envs.base import env_info
 from seqcomm.envs.hospital import Hospital
 from seqcomm.seqcomm_learner import SeqCommLearner
 from seqcomm.sequential_policy import ORDER
@@ -212,3 +214,20 @@ def test_the_replay_batch_keeps_the_acting_order(tmp_path):
     q = model.utilities(model.net, h, order, batch["agents", "action"])
     q_rev = model.utilities(model.net, h, order.flip(-1), batch["agents", "action"])
     assert not torch.allclose(q, q_rev)
+
+
+def test_the_world_model_is_a_component_built_with_the_task_sizes():
+    """``world_model`` is a factory (class_path in YAML); by default ``WorldModel`` of width 64
+    (SeqComm's former ``model_hidden``); the learner passes the task's sizes, no messages."""
+    info = env_info(Hospital(1, 0, "cpu", n_specialists=3, episode_limit=3))
+    model = SeqCommLearner(env_info=info, comm=LaunchingMessenger, hidden_dim=16)
+    wm = model.world_model
+    assert isinstance(wm, WorldModel) and wm.state_head.in_features == 64
+    assert (wm.pooling, wm.msg_dim, wm.n_agents) == ("mean", 0, info.n_agents)
+    assert wm.state_head.out_features == info.state_dim
+    assert "world_model" not in model.hparams and "model_hidden" not in model.hparams
+    model = SeqCommLearner(env_info=info, comm=LaunchingMessenger, hidden_dim=16,
+                           world_model=functools.partial(WorldModel, hidden_dim=8,
+                                                         pooling="concat"))
+    wm = model.world_model
+    assert wm.pooling == "concat" and wm.joint[0].in_features == info.state_dim + 8 * 3
