@@ -38,7 +38,7 @@ from seqcomm.comm.rgmcomm import (
 )
 from seqcomm.dfl.critic import CriticFactory, TeamCritic
 from seqcomm.dfl.label_lookahead import pool_best_actions, sender_group_ids
-from seqcomm.dfl.value_aware import masked_log_softmax
+from seqcomm.dfl.value_aware import action_spread, masked_log_softmax
 from seqcomm.distributed import broadcast_module
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE
 from seqcomm.learner import QLearner
@@ -226,6 +226,8 @@ class RGMCommLearner(QLearner):
         for a (observation, label) pool (docs/results.md section 9), so on this backbone the
         actor's target is given explicitly; the spread puts it in the TD loss's reward units.
         """
+        if self.hparams.receiver_weight == 0:
+            return cache["q"].new_zeros(())
         with torch.no_grad():
             obs, mask = batch[OBS].flatten(0, -3), batch[MASK].flatten(0, -3)  # [N, n, .]
             values = self.critic.switch_values(obs.flatten(-2), batch[ACTION].flatten(0, -2))
@@ -237,9 +239,7 @@ class RGMCommLearner(QLearner):
             ids = eye.expand(N, n, n)
             keys = torch.cat([ids, obs, heard.flatten(-2)], -1).flatten(0, 1)
             best, decided = pool_best_actions(values.flatten(0, 1), keys, mask.flatten(0, 1))
-            centred = values - (values * mask).sum(-1, keepdim=True) / mask.sum(
-                -1, keepdim=True).clamp_min(1)
-            spread = centred[mask].std().clamp_min(1e-6)
+            spread = action_spread(values, mask)
         logq = masked_log_softmax(cache["q"].flatten(0, -3), 1.0, mask).flatten(0, 1)
         ce = -logq.gather(-1, best.unsqueeze(-1)).squeeze(-1)
         return spread * (ce * decided).mean()

@@ -23,6 +23,7 @@ from seqcomm.dfl.implicit_gradient import ImplicitSolver, ImplicitSolverFactory,
 from seqcomm.dfl.label_lookahead import lookahead_label_scores, sender_group_ids
 from seqcomm.dfl.value_aware import (
     ReconstructionHead,
+    action_spread,
     awareness_loss,
     blended_gain,
     decision_value,
@@ -497,9 +498,7 @@ class SeqCommDFL(QLearner):
             values = self.target_utilities(cache)
             values = values if receivers is None else values[..., receivers, :]
         mask = batch[MASK] if receivers is None else batch[MASK][..., receivers, :]
-        # the spread between actions, not between states
-        mean = (values * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp_min(1)
-        spread = (values - mean)[mask].std().clamp_min(1e-6)
+        spread = action_spread(values, mask)  # between actions, not between states
         return (values / spread if self.hparams.va_normalize else values), spread
 
     @torch.no_grad()

@@ -26,6 +26,13 @@ def masked_log_softmax(
     return torch.log_softmax(logits, dim=-1)
 
 
+def action_spread(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The standard deviation of ``values [..., A]`` between the available actions of each
+    state (centred per state, over the batch): a reward-scale unit for decision gains."""
+    mean = (values * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp_min(1)
+    return (values - mean)[mask].std().clamp_min(1e-6)
+
+
 def _off_diagonal_mean(x: torch.Tensor, senders: torch.Tensor | None = None,
                        receivers: torch.Tensor | None = None,
                        n_agents: int | None = None) -> torch.Tensor:
