@@ -612,9 +612,9 @@ class SeqCommDFL(QLearner):
         ``lambda_va E_p[score] + lambda_entropy H(p)`` at its Boltzmann optimum. Enough to
         shape the shared recurrent encoder, which nothing else makes separate a sender's
         observations where its own utilities do not depend on them (the squared score error,
-        ``lambda_va`` times smaller, left the sender's states 0.13 apart on matrix table 8 and
-        its labels at 0.49 / 0.51: docs/results.md section 9). A Boltzmann sender over the
-        scores averaged across batches, whose gradient, unlike that of
+        ``lambda_va`` times smaller, left the sender's states at most 0.41 apart on matrix
+        table 8 and its labels at 0.49 / 0.51: docs/results.md section 9). A Boltzmann sender
+        over the scores averaged across batches, whose gradient, unlike that of
         ``sum_k p(k) score(k)``, does not vanish when a label it was sure of stops being best.
 
         Receiver: its utilities under each label ``q_labels [M, *B, n, A]`` (on its
