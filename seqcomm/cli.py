@@ -116,6 +116,8 @@ class SeqcommCLI(LightningCLI):
             check_state_matches(cfg.ckpt_path, self.model)
         if cfg.trainer.get("logger") in (None, True):
             kwargs["logger"] = self.loggers(cfg)
+        if cfg.trainer.get("strategy") == "ddp" and self.model.ddp_unused_parameters:
+            kwargs["strategy"] = "ddp_find_unused_parameters_true"  # what this learner needs
         return super().instantiate_trainer(**kwargs)
 
     def loggers(self, cfg) -> list[Logger]:

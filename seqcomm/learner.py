@@ -54,6 +54,10 @@ class QLearner(L.LightningModule):
         eps_anneal_frames: env steps over which epsilon anneals (PyMARL 50k).
     """
 
+    #: some parameters sit out some backward passes (a critic or world model trained by
+    #: its own loss): plain DDP needs ``find_unused_parameters`` (``seqcomm fit`` sets it)
+    ddp_unused_parameters: bool = False
+
     def __init__(
         self,
         env_info: EnvInfo | None = None,

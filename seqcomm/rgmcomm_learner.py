@@ -77,6 +77,8 @@ class RGMCommLearner(QLearner):
         label_map: write ``labels.json`` / ``labels.png`` into the run directory at the end.
     """
 
+    ddp_unused_parameters = True  # its critic trains by its own loss
+
     def __init__(
         self,
         *args,

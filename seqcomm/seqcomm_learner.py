@@ -66,6 +66,8 @@ class SeqCommLearner(QLearner):
         model_lr: its Adam rate.
     """
 
+    ddp_unused_parameters = True  # its world model trains by its own loss
+
     def __init__(self, *args, orders: int = 2, horizon: int = 2,
                  world_model: WorldModelFactory = WORLD_MODEL, model_lr: float = 1e-3,
                  **kwargs) -> None:

@@ -140,9 +140,8 @@ def test_ddp_rgmcomm_ranks_keep_the_same_labels(tmp_path):
     """RGMComm clusters each rank's own replay sample (plain ``backward`` on the label heads,
     outside DDP): the ranks take rank 0's heads, and the label map (written by rank 0 after a
     collective ``log_dir``) ends the run cleanly. Its TD and critic backward passes leave
-    parameters unused, hence ``ddp_find_unused_parameters_true``."""
-    ranks = fit_ddp_states(tmp_path, "rgmcomm", 8, "--model.init_args.cluster_every=4",
-                           strategy="ddp_find_unused_parameters_true")
+    parameters unused: plain ``ddp`` works because ``seqcomm fit`` then finds them."""
+    ranks = fit_ddp_states(tmp_path, "rgmcomm", 8, "--model.init_args.cluster_every=4")
     assert moved(ranks, "net.comm.label_head."), "the label heads did not train"
     assert_same_state(ranks)
     assert (tmp_path / "matrix" / "version_0" / "labels.json").is_file()
