@@ -52,6 +52,20 @@ def _grad_or_zeros(
     return result
 
 
+def check_solver_settings(solver: str, iters: int, damping: float, neumann_lr: float,
+                          prefix: str = "") -> None:
+    """One ``ValueError`` line for a bad solver, iteration count, damping or Neumann step
+    (``prefix``: the config path the settings come from, e.g. ``implicit.``)."""
+    if solver not in SOLVERS:
+        raise ValueError(f"{prefix}solver={solver!r}; choose one of {SOLVERS}")
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
+        raise ValueError(f"{prefix}iters={iters!r} must be an integer >= 0")
+    if damping < 0:
+        raise ValueError(f"{prefix}damping={damping} must be >= 0 (the ridge lambda)")
+    if solver == "neumann" and neumann_lr <= 0:
+        raise ValueError(f"{prefix}neumann_lr={neumann_lr} must be > 0")
+
+
 def implicit_hypergradient(
     inner_grad: Sequence[Tensor | None],
     outer_grad: Sequence[Tensor | None],
@@ -97,14 +111,7 @@ def implicit_hypergradient(
     the returned ``v``, for every solver: log it as ``dfl/cg_residual``), ``iters`` (the
     iterations actually run) and ``v_norm``.
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"solver={solver!r} is unknown; choose one of {SOLVERS}.")
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
-        raise ValueError(f"iters={iters!r} must be an integer >= 0.")
-    if damping < 0:
-        raise ValueError(f"damping={damping} must be >= 0 (it is the ridge lambda).")
-    if solver == "neumann" and neumann_lr <= 0:
-        raise ValueError(f"neumann_lr={neumann_lr} must be > 0.")
+    check_solver_settings(solver, iters, damping, neumann_lr)
     w, theta = list(w), list(theta)
     if not len(inner_grad) == len(outer_grad) == len(w):
         raise ValueError(
@@ -204,16 +211,9 @@ class ImplicitSolver:
     def __init__(self, solver: Solver = "minres", iters: int = 5,
                  curvature: Curvature = "hessian", damping: float = 1e-3,
                  neumann_lr: float = 0.01) -> None:
-        for name, value, allowed in (("solver", solver, SOLVERS),
-                                     ("curvature", curvature, CURVATURES)):
-            if value not in allowed:  # LightningCLI checks the Literals too
-                raise ValueError(f"implicit.{name}={value!r}; choose one of {allowed}")
-        if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
-            raise ValueError(f"implicit.iters={iters!r} must be an integer >= 0")
-        if damping < 0:
-            raise ValueError(f"implicit.damping={damping} must be >= 0")
-        if solver == "neumann" and neumann_lr <= 0:
-            raise ValueError(f"implicit.neumann_lr={neumann_lr} must be > 0")
+        if curvature not in CURVATURES:  # LightningCLI checks the Literals too
+            raise ValueError(f"implicit.curvature={curvature!r}; choose one of {CURVATURES}")
+        check_solver_settings(solver, iters, damping, neumann_lr, prefix="implicit.")
         self.solver, self.iters, self.curvature = solver, iters, curvature
         self.damping, self.neumann_lr = damping, neumann_lr
 
