@@ -252,8 +252,8 @@ class SeqCommDFL(QLearner):
     # -- the algorithm box --------------------------------------------------------------
     def training_step(self, dataloader_iter) -> None:
         batch, _, _ = next(dataloader_iter)
-        opts = self.optimizers()
-        opt_w, opt_theta = opts if isinstance(opts, list) else (opts, None)
+        opt_w, opt_critic, *opt_theta = self.optimizers()
+        opt_theta = opt_theta[0] if opt_theta else None
         # 1. Stackelberg messages and the real-data QMIX TD loss (docs/method.md §2.1-2.3)
         td, cache = self.td_loss(batch)
         # 2. value-aware message objectives and the order's guidance potential (2.2, 2.4)
@@ -276,7 +276,9 @@ class SeqCommDFL(QLearner):
         w = [p for p in self.net.parameters() if p.requires_grad]
         self.step_w(opt_w, w_loss, w + self.auxiliary_parameters())
         self.update_targets()
-        logs.update({f"loss/{name}": losses[name] for name in weights})
+        # 7. the team critic, in its own step: its loss reaches only its own parameters
+        self.step_critic(opt_critic, msg["critic"])
+        logs.update({f"loss/{name}": losses[name] for name in (*weights, "critic")})
         logs.update({"comm/va_beta": msg["va_beta"], "comm/guidance_potential": msg["gp_mean"],
                      "comm/order_entropy": msg["order_entropy"]})
         self.log_training(logs)
@@ -288,8 +290,7 @@ class SeqCommDFL(QLearner):
         return {"td": hp.real_td_weight if imagined else 1.0, "model_td": hp.model_td_weight,
                 "aware": hp.lambda_aware, "va": hp.lambda_va, "inf": hp.lambda_inf,
                 "gp": hp.lambda_gp, "recon": hp.lambda_recon, "mi": hp.lambda_mi,
-                "entropy": self.label_entropy_weight(),
-                "critic": 1.0}  # its own parameters, but w's optimiser and gradient clip
+                "entropy": self.label_entropy_weight()}
 
     # -- messages -----------------------------------------------------------------------
     def message_losses(self, batch: TensorDictBase, cache: dict) -> dict[str, torch.Tensor]:
@@ -792,14 +793,28 @@ class SeqCommDFL(QLearner):
         torch.nn.utils.clip_grad_norm_(w, self.hparams.grad_clip)
         opt.step()
 
+    def step_critic(self, opt, loss: torch.Tensor) -> None:
+        """The team critic's regression step (its own Adam and gradient clip; a zero loss,
+        when nothing reads the critic, leaves it untouched)."""
+        if not loss.requires_grad:
+            return
+        params = list(self.critic.parameters())
+        opt.zero_grad()
+        grads = torch.autograd.grad(loss, params)
+        for p, g in zip(params, average_gradients(grads, params), strict=True):
+            p.grad = g
+        torch.nn.utils.clip_grad_norm_(params, self.hparams.grad_clip)
+        opt.optimizer.step()  # the raw optimiser: Lightning counts one step per update (w's)
+
     def auxiliary_parameters(self) -> list[torch.nn.Parameter]:
-        """Trained with ``w`` but outside the bilevel problem: the critic and the decoder."""
-        modules = [self.critic] + ([self.decoder] if self.decoder is not None else [])
-        return [p for m in modules for p in m.parameters()]
+        """Trained with ``w`` but outside the bilevel problem: the message decoder."""
+        return [] if self.decoder is None else list(self.decoder.parameters())
 
     def configure_optimizers(self):
+        """Adam for ``w`` (+ the decoder), for the team critic and for the world model."""
         params = list(self.net.parameters()) + self.auxiliary_parameters()
-        opt_w = torch.optim.Adam(params, lr=self.hparams.lr)
-        if self.world_model is None:
-            return opt_w
-        return [opt_w, torch.optim.Adam(self.world_model.parameters(), lr=self.hparams.model_lr)]
+        opts = [torch.optim.Adam(params, lr=self.hparams.lr),
+                torch.optim.Adam(self.critic.parameters(), lr=self.hparams.lr)]
+        if self.world_model is not None:
+            opts.append(torch.optim.Adam(self.world_model.parameters(), lr=self.hparams.model_lr))
+        return opts

@@ -330,3 +330,23 @@ def test_annealed_lookahead_sender_acts_on_a_gain_far_below_its_first_temperatur
 
     start, end = push(0.0), push(1.0)
     assert end > 0 and end > 20 * abs(start)
+
+
+def test_team_critic_trains_in_its_own_step_with_its_own_clip():
+    """The critic has its own Adam, outside w's, and its own gradient clip: a large critic
+    loss is clipped to ``grad_clip`` by the critic's norm alone, and no gradient reaches w."""
+    model = learner(grad_clip=0.5)
+    opt_w, opt_critic = model.configure_optimizers()
+    critic = {id(p) for p in model.critic.parameters()}
+    assert not critic & {id(p) for g in opt_w.param_groups for p in g["params"]}
+    assert critic == {id(p) for g in opt_critic.param_groups for p in g["params"]}
+    before = [p.detach().clone() for p in model.critic.parameters()]
+    state, joint = torch.randn(16, INFO.state_dim), torch.randn(16, INFO.n_agents, INFO.n_actions)
+    loss = model.critic.loss(state, joint, 1e3 * torch.randn(16, 1))
+    model.step_critic(type("Opt", (), {"zero_grad": opt_critic.zero_grad,
+                                       "optimizer": opt_critic})(), loss)
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.critic.parameters()]))
+    assert 0 < norm <= 0.5 + 1e-5
+    after = model.critic.parameters()
+    assert all(not torch.equal(b, p) for b, p in zip(before, after, strict=True))
+    assert all(p.grad is None for p in model.net.parameters())
