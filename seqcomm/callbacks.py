@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from seqcomm.distributed import gather_objects, own_entry
 from seqcomm.envs.base import metric_name
 
 
@@ -73,9 +74,10 @@ class Throughput(L.Callback):
 class RandomGenerators(L.Callback):
     """The run's random generators, so that a seed fixes a run and a resumed one draws what an
     uninterrupted one would (docs/method.md §7). At setup, the exploration policy's generator
-    is seeded from the run's seed (offset by the DDP rank); checkpoints hold its state (this
-    callback's ``state_dict``). When training starts, a checkpoint's generators are put back:
-    the data module's (``EpisodeData.restore_generators``: environments, torch's global one)
+    is seeded from the run's seed (offset by the DDP rank); checkpoints hold its state on every
+    rank (this callback's ``state_dict``: ``policy_rngs``, one entry per rank). When training
+    starts, a checkpoint's generators are put back, each rank its own: the data module's
+    (``EpisodeData.restore_generators``: environments, replay sampling, torch's global one)
     and the policy's."""
 
     def __init__(self) -> None:
@@ -94,17 +96,21 @@ class RandomGenerators(L.Callback):
             self.saved = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {} if self.policy is None else {"policy_rng": self.policy.generator.get_state()}
+        # every rank's (a collective: Lightning builds the checkpoint on every rank)
+        if self.policy is None:
+            return {}
+        return {"policy_rngs": gather_objects(self.policy.generator.get_state())}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.saved = state_dict["policy_rng"]
+        # older checkpoints hold one state (``policy_rng``), rank 0's
+        self.saved = own_entry(state_dict.get("policy_rngs") or [state_dict["policy_rng"]])
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         # checkpoints written before this callback hold the policy's state at the top level
         # (load_state_dict, called after this, reads newer ones)
         if "policy_rng" in checkpoint:
-            self.saved = checkpoint["policy_rng"]
+            self.saved = own_entry([checkpoint["policy_rng"]])
 
 
 class RunSummary(L.Callback):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import importlib
+import inspect
 import logging
 import os
 import pickle
@@ -69,7 +70,9 @@ class SeqcommCLI(LightningCLI):
         if not (ckpt and os.path.isfile(ckpt)):
             super()._parse_ckpt_path()
             return
-        check_model_matches(ckpt, check_checkpoint(ckpt), cfg.model)
+        loaded = check_checkpoint(ckpt)
+        check_model_matches(ckpt, loaded, cfg.model)
+        check_hparams_known(ckpt, loaded)  # LightningCLI would pass each to the model
         comm = cfg.model.init_args.get("comm")
         super()._parse_ckpt_path()
         self.config.get(sub, self.config).model.init_args.comm = comm
@@ -201,6 +204,36 @@ def check_model_matches(path: str, ckpt: dict, model_cfg) -> None:
         held = "a messenger" if has_comm else "no messenger (communication off)"
         raise ConfigError(f"--ckpt_path {path!r} holds a model with {held} but the config's "
                           f"model.init_args.comm is {_short(comm_path)}; {_fix_hint(path)}")
+
+
+def init_parameters(cls: type) -> set[str]:
+    """The keyword arguments ``cls(...)`` takes: its ``__init__``'s, and its bases' while they
+    forward ``**kwargs``."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
+def check_hparams_known(path: str, ckpt: dict) -> None:
+    """Every saved hyperparameter must still be an argument of the checkpoint's model class
+    (checkpoints from before a refactor hold e.g. ``model_hidden`` / ``critic_hidden``, now the
+    ``world_model`` / ``critic`` components)."""
+    hparams = ckpt.get("hyper_parameters") or {}
+    cls = _class(hparams.get("_class_path") or "")
+    if not isinstance(cls, type):
+        return
+    obsolete = sorted(k for k in hparams if not k.startswith("_") and k not in
+                      init_parameters(cls))
+    if obsolete:
+        raise ConfigError(f"--ckpt_path {path!r} holds hyperparameters {cls.__name__} no longer "
+                          f"takes ({', '.join(obsolete)}; written before a refactor) and cannot "
+                          "be resumed; start a new run (drop --ckpt_path)")
 
 
 def check_state_matches(path: str, model: torch.nn.Module) -> None:

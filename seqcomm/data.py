@@ -12,6 +12,7 @@ what makes checkpoints resume exactly.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import lightning as L
 import torch
@@ -22,6 +23,7 @@ from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.data.replay_buffers import RandomSampler
 from torchrl.envs import Compose, EnvBase, InitTracker, RewardSum, TensorDictPrimer, TransformedEnv
 
+from seqcomm.distributed import gather_objects, own_entry
 from seqcomm.envs.base import INFO, EnvInfo, env_info
 from seqcomm.policy import HIDDEN, PREV_ACTION
 
@@ -177,17 +179,29 @@ class EpisodeData(L.LightningDataModule):
         return [getattr(e.base_env, "rng", None) if e is not None else None
                 for e in (self.env, self.eval_env)]
 
-    def state_dict(self) -> dict:
-        return {"frames": self.frames, "pending": self.pending, "buffer": self.buffer.state_dict(),
-                "env_rngs": [g.get_state() if g is not None else None
+    def generator_states(self) -> dict[str, Any]:
+        """This rank's random generator states: the environments', replay sampling's and
+        torch's global one."""
+        return {"env_rngs": [g.get_state() if g is not None else None
                              for g in self._generators()],
-                "torch_rng": torch.get_rng_state(), "last_episodes": self.last_episodes}
+                "sample_rng": self.sample_rng.get_state(), "torch_rng": torch.get_rng_state()}
+
+    def state_dict(self) -> dict:
+        # ``rngs``: every rank's generator states (a collective; rank 0 writes the checkpoint)
+        return {"frames": self.frames, "pending": self.pending, "buffer": self.buffer.state_dict(),
+                "rngs": gather_objects(self.generator_states()),
+                "last_episodes": self.last_episodes}
 
     def load_state_dict(self, state: dict) -> None:
         self.frames, self.pending = state["frames"], state["pending"]
         self.last_episodes = state["last_episodes"]
         self.buffer.load_state_dict(state["buffer"])
-        self._restored = state
+        if state["buffer"].get("_rng") is not None:  # loaded into a new generator: keep ours
+            self.sample_rng.set_state(state["buffer"]["_rng"][0])
+            self.buffer.set_rng(self.sample_rng)
+        # older checkpoints hold one rank's env_rngs and torch_rng at the top level; the
+        # mismatch warning comes from RandomGenerators, which reads the same checkpoint
+        self._restored = own_entry(state["rngs"], warn=False) if "rngs" in state else state
 
     def restore_generators(self) -> None:
         """Put back the random generators of a checkpoint (after Lightning's own seeding and
@@ -200,5 +214,7 @@ class EpisodeData(L.LightningDataModule):
         for gen, saved in zip(self._generators(), state["env_rngs"], strict=True):
             if gen is not None and saved is not None:
                 gen.set_state(saved)
+        if "sample_rng" in state:  # older checkpoints: the buffer's state put back rank 0's
+            self.sample_rng.set_state(state["sample_rng"])
         torch.set_rng_state(state["torch_rng"])
         self._restored = None

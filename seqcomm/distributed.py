@@ -2,14 +2,19 @@
 DDP's all-reduce (only ``backward`` / ``manual_backward`` fire its hooks): ``average_gradients``
 averages them across the ranks, as DDP would (docs/method.md §7). ``average_across_ranks``
 does the same for running statistics each rank would otherwise take from its own data.
-Every rank must call these at the same points (they are collectives)."""
+Every rank must call these at the same points (they are collectives). ``gather_objects`` and
+``own_entry`` keep per-rank state (random generators) in a checkpoint that rank 0 writes."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 def world_size() -> int:
@@ -18,6 +23,35 @@ def world_size() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
     return 1
+
+
+def rank() -> int:
+    """This process's rank in the default group; 0 when ``torch.distributed`` is not
+    initialised."""
+    return dist.get_rank() if world_size() > 1 else 0
+
+
+def gather_objects(obj: T) -> list[T]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank (a collective);
+    ``[obj]`` with one process."""
+    n = world_size()
+    if n < 2:
+        return [obj]
+    out: list[T] = [obj] * n
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def own_entry(entries: Sequence[T], warn: bool = True) -> T:
+    """This rank's entry of a ``gather_objects`` list read from a checkpoint: entry r on rank r,
+    entry 0 where the list has none (a checkpoint of fewer ranks or of one process; rank 0 then
+    warns in one line unless ``warn`` is off)."""
+    n, r = world_size(), rank()
+    if warn and r == 0 and len(entries) < n:
+        print(f"seqcomm: warning: the checkpoint holds the random generator states of "
+              f"{len(entries)} rank(s), not {n}: ranks {len(entries)}..{n - 1} resume with "
+              "rank 0's", file=sys.stderr, flush=True)
+    return entries[r] if r < len(entries) else entries[0]
 
 
 def average_across_ranks(x: torch.Tensor) -> torch.Tensor:

@@ -108,7 +108,7 @@ def test_random_generators_restore_the_policy_state_from_a_checkpoint():
     # a checkpoint written before this callback held the state at its top level
     legacy, old = Module(), RandomGenerators()
     old.setup(t, legacy, "fit")
-    old.on_load_checkpoint(t, legacy, {"policy_rng": state["policy_rng"]})
+    old.on_load_checkpoint(t, legacy, {"policy_rng": state["policy_rngs"][0]})
     old.on_train_start(t, legacy)
     assert torch.equal(torch.rand(5, generator=legacy.policy.generator), expected)
 
@@ -120,3 +120,22 @@ def test_random_generators_leave_a_fresh_run_seeded():
     gens.on_train_start(t, module)  # no checkpoint: nothing to put back but the data's
     assert t.datamodule.restored == 1
     assert torch.equal(module.policy.generator.get_state(), seeded)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_random_generators_fall_back_to_rank_0s_state(rank, monkeypatch, capsys):
+    """A checkpoint of one state (written by one process, or before states were kept per rank:
+    ``policy_rng``) resumed on 2 ranks: every rank takes that state, and rank 0 alone says so
+    in one line."""
+    monkeypatch.setattr("seqcomm.distributed.world_size", lambda: 2)
+    monkeypatch.setattr("seqcomm.distributed.rank", lambda: rank)
+    saved = torch.Generator().manual_seed(3).get_state()
+    for state in ({"policy_rngs": [saved]}, {"policy_rng": saved}):
+        t, module, gens = trainer(rank=rank), Module(), RandomGenerators()
+        gens.setup(t, module, "fit")
+        gens.load_state_dict(state)
+        gens.on_train_start(t, module)
+        assert torch.equal(module.policy.generator.get_state(), saved)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == (2 if rank == 0 else 0)
+    assert all("states of 1 rank(s), not 2" in line for line in lines)

@@ -295,3 +295,24 @@ def test_checkpoint_of_another_messenger(fit_matrix, tmp_path, capfd, monkeypatc
     resumed = fit_matrix(*tarmac, "--ckpt_path", ckpt)
     assert resumed != run and read_summary(resumed)["updates"] == 3
     assert "TarMAC" in (resumed / "config.yaml").read_text()
+
+
+def test_checkpoint_with_obsolete_hyperparameters(fit_matrix, tmp_path, capfd, monkeypatch):
+    """A SeqCommDFL checkpoint from before its world model and critic became class_path
+    components holds the flat ``model_hidden`` / ``critic_hidden``: one line naming them and
+    saying to start a new run, exit 2, nothing written (LightningCLI would pass them to the
+    model and fail on the first)."""
+    monkeypatch.chdir(tmp_path)
+    dfl = ("--config", str(CONF / "methods" / "seqcomm_dfl.yaml"))
+    run = fit_matrix(*dfl, f"--data.total_frames={matrix_frames(3)}",
+                     "--trainer.val_check_interval=3")
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt["hyper_parameters"].update(model_hidden=64, critic_hidden=128)
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    capfd.readouterr()
+    line = one_line_exit_2(fit_args(tmp_path, "--ckpt_path", str(old),
+                                    configs=("methods/seqcomm_dfl.yaml",)), capfd)
+    assert "SeqCommDFL no longer takes (critic_hidden, model_hidden" in line, line
+    assert "start a new run" in line
+    assert not (tmp_path / "runs").exists()

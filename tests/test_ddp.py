@@ -179,3 +179,66 @@ def test_average_gradients_across_two_processes(tmp_path):
         torch.testing.assert_close(full, torch.full((2, 3), 1.5))
         torch.testing.assert_close(half, torch.arange(4.0) / 2)
         assert unused is None
+
+
+class RngProbe(L.Callback):
+    """Test helper run inside the DDP processes. A fresh run: at update 3, saves a checkpoint
+    to ``<default_root_dir>/probe.ckpt`` and this rank's generator states (the exploration
+    policy's, the environments', replay sampling's, torch's) to ``saved<k>.pt``. A run resumed
+    from it: the states once they are put back (when training starts) to ``restored<k>.pt``."""
+
+    @staticmethod
+    def states(trainer, pl_module) -> dict:
+        data = trainer.datamodule
+        return {"policy": pl_module.policy.generator.get_state(),
+                "envs": [e.base_env.rng.get_state() for e in (data.env, data.eval_env)],
+                "sample": data.buffer._rng.get_state(),  # what replay sampling draws from
+                "torch": torch.get_rng_state()}
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        # config callbacks come before seqcomm's own: run after RandomGenerators' hooks (a new
+        # list: Lightning is iterating over the current one)
+        trainer.callbacks = [c for c in trainer.callbacks if c is not self] + [self]
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.ckpt_path is not None:
+            torch.save(self.states(trainer, pl_module),
+                       Path(trainer.default_root_dir) / f"restored{trainer.global_rank}.pt")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.ckpt_path is None and trainer.global_step == 3:
+            root = Path(trainer.default_root_dir)
+            trainer.save_checkpoint(root / "probe.ckpt", weights_only=False)  # every rank
+            torch.save(self.states(trainer, pl_module), root / f"saved{trainer.global_rank}.pt")
+
+
+def test_ddp_resume_restores_each_ranks_generators(tmp_path):
+    """Lightning writes a DDP checkpoint on rank 0 only, yet a resumed run puts back each
+    rank's own generators (not rank 0's on every rank)."""
+    env = dict(os.environ, WANDB_MODE="offline",
+               PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent)]))
+
+    def fit(*args: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [sys.executable, "-m", "seqcomm.cli", "fit", "--config", str(MATRIX_CONF),
+             "--wandb", "false", "--trainer.enable_progress_bar", "false",
+             "--trainer.default_root_dir", str(tmp_path), "--trainer.strategy=ddp",
+             "--trainer.devices=2", "--trainer.accelerator=cpu",
+             f"--data.total_frames={matrix_frames(5)}", "--trainer.val_check_interval=5",
+             "--trainer.callbacks+=test_ddp.RngProbe", *args],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    fit()
+    fit("--ckpt_path", str(tmp_path / "probe.ckpt"))
+    saved = [torch.load(tmp_path / f"saved{r}.pt") for r in (0, 1)]
+    restored = [torch.load(tmp_path / f"restored{r}.pt") for r in (0, 1)]
+    for rank in (0, 1):
+        for key in ("policy", "sample", "torch"):
+            assert torch.equal(restored[rank][key], saved[rank][key]), (rank, key)
+        for got, want in zip(restored[rank]["envs"], saved[rank]["envs"], strict=True):
+            assert torch.equal(got, want), (rank, "envs")
+    for key in ("policy", "sample"):  # the ranks' own streams, not one copied
+        assert not torch.equal(saved[0][key], saved[1][key]), key
+    assert not torch.equal(saved[0]["envs"][0], saved[1]["envs"][0])

@@ -3,6 +3,8 @@ checkpoint then resumed with ``--ckpt_path last`` logs exactly what the uninterr
 
 from __future__ import annotations
 
+import pytest
+import torch
 from conftest import matrix_frames, read_metrics, read_summary
 
 # what a run does: optimisation, collection (returns, epsilon, env steps), greedy evaluation
@@ -24,14 +26,30 @@ def test_same_seed_same_metrics(fit_matrix):
     assert logged(one)["loss/td"] != logged(other)["loss/td"]  # the seed does matter
 
 
-def test_resumed_run_equals_uninterrupted_run(fit_matrix, tmp_path):
+def to_single_state(path) -> None:
+    """Rewrite a checkpoint as written before generator states were kept per rank: one state,
+    the policy's under ``policy_rng``, the data module's at its top level."""
+    ckpt = torch.load(path, weights_only=False)
+    gens = ckpt["callbacks"]["RandomGenerators"]
+    gens["policy_rng"] = gens.pop("policy_rngs")[0]
+    data = ckpt["EpisodeData"]
+    rngs = data.pop("rngs")[0]
+    data["env_rngs"], data["torch_rng"] = rngs["env_rngs"], rngs["torch_rng"]
+    torch.save(ckpt, path)
+
+
+@pytest.mark.parametrize("single_state", [False, True])
+def test_resumed_run_equals_uninterrupted_run(fit_matrix, tmp_path, single_state):
     """Run B stops at update 200 (a multiple of the checkpoint interval), then resumes from
-    its last.ckpt into version_1; updates 201..300 must match run A's, which never stopped."""
+    its last.ckpt into version_1; updates 201..300 must match run A's, which never stopped.
+    So too from a checkpoint of the older single-state format."""
     args = (f"--data.total_frames={matrix_frames(300)}", "--trainer.val_check_interval=100")
     full = fit_matrix(*args, run_name="A")
     cut = fit_matrix(*args, "--trainer.max_steps=200", run_name="B")
     assert read_summary(cut)["updates"] == 200
     assert (cut / "checkpoints" / "last.ckpt").is_file()
+    if single_state:
+        to_single_state(cut / "checkpoints" / "last.ckpt")
     resumed = fit_matrix(*args, "--ckpt_path", "last", run_name="B")
     assert resumed == tmp_path / "B" / "version_1"
 
