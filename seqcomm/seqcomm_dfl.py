@@ -810,6 +810,26 @@ class SeqCommDFL(QLearner):
         """Trained with ``w`` but outside the bilevel problem: the message decoder."""
         return [] if self.decoder is None else list(self.decoder.parameters())
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints written before the critic had its own step hold one Adam over
+        ``net``, critic and decoder (in that order): split its state into w's and the
+        critic's, so that such runs resume exactly where they were."""
+        states = checkpoint.get("optimizer_states") or []
+        sizes = [len(list(m.parameters())) for m in (self.net, self.critic)]
+        n_aux = len(self.auxiliary_parameters())
+        if not states or len(states[0]["param_groups"][0]["params"]) != sum(sizes) + n_aux:
+            return
+        old, group = states[0], states[0]["param_groups"][0]
+        ids = group["params"]
+
+        def part(keep: list[int]) -> dict:
+            state = {i: old["state"][k] for i, k in enumerate(keep) if k in old["state"]}
+            return {"state": state, "param_groups": [{**group, "params": list(range(len(keep)))}]}
+
+        critic = ids[sizes[0]: sum(sizes)]
+        checkpoint["optimizer_states"] = [part(ids[: sizes[0]] + ids[sum(sizes):]),
+                                          part(critic), *states[1:]]
+
     def configure_optimizers(self):
         """Adam for ``w`` (+ the decoder), for the team critic and for the world model."""
         params = list(self.net.parameters()) + self.auxiliary_parameters()

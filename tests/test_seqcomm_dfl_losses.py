@@ -350,3 +350,23 @@ def test_team_critic_trains_in_its_own_step_with_its_own_clip():
     after = model.critic.parameters()
     assert all(not torch.equal(b, p) for b, p in zip(before, after, strict=True))
     assert all(p.grad is None for p in model.net.parameters())
+
+
+def test_checkpoint_from_before_the_critics_own_step_splits_the_adam_state():
+    """An older checkpoint's single Adam over (net, critic) resumes as w's and the critic's:
+    each parameter keeps its own moments."""
+    model = learner()
+    net, critic = list(model.net.parameters()), list(model.critic.parameters())
+    old = torch.optim.Adam(net + critic, lr=1e-3)
+    for p in net + critic:
+        p.grad = torch.randn_like(p)
+    old.step()
+    checkpoint = {"optimizer_states": [old.state_dict()]}
+    model.on_load_checkpoint(checkpoint)
+    opt_w, opt_critic = model.configure_optimizers()
+    for opt, state in zip((opt_w, opt_critic), checkpoint["optimizer_states"], strict=True):
+        opt.load_state_dict(state)
+    for p in net:
+        assert torch.equal(opt_w.state[p]["exp_avg"], old.state[p]["exp_avg"])
+    for p in critic:
+        assert torch.equal(opt_critic.state[p]["exp_avg_sq"], old.state[p]["exp_avg_sq"])
