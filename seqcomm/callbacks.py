@@ -44,7 +44,9 @@ class Throughput(L.Callback):
     """Every ``trainer.log_every_n_steps`` updates: the env steps this rank has collected
     (``perf/env_steps``) and, since the previous such update of this ``fit``, env steps and
     updates per wall-clock second (``perf/env_steps_per_s``, ``perf/updates_per_s``; not at a
-    run's first logging update, a resumed run's included).
+    run's first logging update, a resumed run's included). At each evaluation, the seconds
+    since this ``fit``'s training started, evaluations included (``eval/wall_seconds``: the
+    wall time to a target, ``benchmarks/time_to_target.py``).
 
     Args:
         clock: seconds of a monotonic clock (``time.perf_counter``; tests pass a fake one).
@@ -53,9 +55,14 @@ class Throughput(L.Callback):
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self.clock = clock
         self.last: tuple[float, int, int] | None = None  # (time, env steps, updates)
+        self.start: float | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.last = None
+        self.last, self.start = None, self.clock()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.start is not None:
+            pl_module.log("eval/wall_seconds", self.clock() - self.start, batch_size=1)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:

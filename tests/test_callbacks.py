@@ -61,11 +61,17 @@ def test_throughput_logs_env_steps_and_rates_on_the_clock():
                              "perf/env_steps_per_s": (40.0, False),
                              "perf/updates_per_s": (1.25, False)}
 
+    module.logged.clear()
+    clock.on_validation_epoch_end(t, module)  # an evaluation, 8 s after training started
+    assert module.logged == {"eval/wall_seconds": (8.0, False)}
+
     clock.on_train_start(t, module)  # a new fit (e.g. resumed): the clock starts anew
     module.logged.clear()
     now[0], t.global_step = 500.0, 30
     batch_end(clock, t, module)
     assert set(module.logged) == {"perf/env_steps"}
+    clock.on_validation_epoch_end(t, module)
+    assert module.logged["eval/wall_seconds"] == (392.0, False)
 
 
 def test_collection_statistics_log_the_latest_episodes_and_epsilon():
