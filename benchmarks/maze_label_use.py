@@ -1,0 +1,96 @@
+"""Does a trained RGMComm maze run's receiver act on the labels it hears?
+
+Loads a finished run (``config.yaml``, ``checkpoints/last.ckpt``) and plays its greedy policy
+from every pair of start cells once (the maze's dynamics, ``seqcomm.envs.maze.Maze``), with
+the labels as sent and with every label heard replaced: all 0, all 1, and the reachability
+bit (can the sender reach the high landmark in the moves left; the information the task
+needs, in the label value the sender uses for it). Also prints how often each sender's first
+label equals that bit (up to renaming). A receiver that acts on its messages changes return
+when the labels are replaced.
+
+    python benchmarks/maze_label_use.py runs/ladder_maze/rgmcomm_s0/version_0
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import torch
+from hospital_decisions import load
+from tensordict import TensorDict
+
+from seqcomm.envs.base import ACTION, MASK, OBS, STATE
+from seqcomm.envs.maze import Maze
+from seqcomm.team_q import masked_argmax
+
+MODES = ("as sent", "all 0", "all 1", "reachability")
+
+
+def reachable(env: Maze) -> torch.Tensor:
+    """``[E, 2]``: each agent can still reach the high landmark."""
+    left = (env.steps - env.t)[:, None]
+    return (env.pos - env.high_cell).abs().sum(-1) <= left
+
+
+@torch.no_grad()
+def play(model, env: Maze, starts: torch.Tensor, mode: str) -> tuple[float, list[float]]:
+    """Mean return over the start pairs ``starts [E, 2, 2]`` and the first-step agreement of
+    each sender's label with the reachability bit."""
+    net, comm = model.net, model.net.comm
+    env.reset()
+    env.pos, env.t = starts.clone(), torch.zeros_like(env.t)
+    td = env._observe()
+    h = torch.zeros(env.num_envs, 2, net.agent.hidden_dim)
+    done = torch.zeros(env.num_envs, dtype=torch.bool)
+    total, agree = torch.zeros(env.num_envs), None
+    for _ in range(env.steps):
+        h = net.agent.encode(net.inputs(td[OBS], td[STATE]), h)
+        labels = comm.label_logits(h).argmax(-1)  # [E, 2]
+        bit = reachable(env).long()
+        if agree is None:
+            same = (labels == bit).float().mean(0)
+            agree = torch.maximum(same, 1 - same).tolist()
+        if mode == "all 0":
+            labels = torch.zeros_like(labels)
+        elif mode == "all 1":
+            labels = torch.ones_like(labels)
+        elif mode == "reachability":  # each sender's label for "reachable" = its majority one
+            value = torch.stack([labels[:, i][bit[:, i] == 1].float().mean().round()
+                                 for i in range(2)]).nan_to_num(1.0).long()
+            labels = torch.where(bit == 1, value, 1 - value)
+        onehot = torch.nn.functional.one_hot(labels, comm.n_labels).to(h.dtype)
+        ctx = torch.einsum("eim,imd->eid", onehot, comm.embedding).flip(1)  # 2 agents
+        action = masked_argmax(net.agent.q(h, ctx), td[MASK])
+        out = env._step(TensorDict({ACTION: action}, batch_size=[env.num_envs]))
+        total += torch.where(done, 0.0, out["reward"].squeeze(-1))
+        done |= out["done"].squeeze(-1)
+        td = out
+    return total.mean().item(), agree
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    args = parser.parse_args()
+    print("| run | " + " | ".join(f"return, labels {m}" for m in MODES)
+          + " | first label = reachability (sender 0 / 1) |")
+    print("| --- |" + " ---: |" * (len(MODES) + 1))
+    for run in args.runs:
+        model = load(run)
+        if not hasattr(model.net.comm, "label_logits"):
+            raise SystemExit(f"{run}: not an RGMComm run (its messenger has no labels)")
+        probe = Maze(num_envs=1)
+        cells = probe.start_cells
+        pairs = torch.tensor(list(itertools.product(cells.tolist(), repeat=2)))
+        starts = torch.stack([pairs // probe.size, pairs % probe.size], dim=-1)  # [E, 2, 2]
+        env = Maze(num_envs=len(pairs))
+        results = [play(model, env, starts, mode) for mode in MODES]
+        agree = results[0][1]
+        print(f"| {run} | " + " | ".join(f"{r[0]:.3f}" for r in results)
+              + f" | {agree[0]:.2f} / {agree[1]:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
