@@ -755,11 +755,7 @@ class SeqCommDFL(QLearner):
                     torch.stack([a.norm() for a in anchor]))
             scale = torch.clamp(limit / (norm + 1e-12), max=1.0)
             grads = [scale * g + hp.mle_weight * a for g, a in zip(grads, anchor, strict=True)]
-        opt.zero_grad()
-        for p, g in zip(theta, average_gradients(grads, theta), strict=True):
-            p.grad = g.detach()
-        torch.nn.utils.clip_grad_norm_(theta, hp.grad_clip)
-        opt.optimizer.step()  # the raw optimiser: Lightning counts one step per update (w's)
+        self.hand_step(opt, theta, grads)
         return logs
 
     def unrolled_hypergradient(self, batch: TensorDictBase, theta) -> tuple[torch.Tensor, ...]:
@@ -785,13 +781,18 @@ class SeqCommDFL(QLearner):
         return td, self.imagined_td_loss(batch, cache, self.imagine(batch, cache))[0]
 
     # -- optimisation -------------------------------------------------------------------
-    def step_w(self, opt, inner: torch.Tensor, w) -> None:
+    def hand_step(self, opt, params: list, grads, counted: bool = False) -> None:
+        """Set ``grads`` on ``params`` (averaged across DDP ranks: hand-set gradients are not
+        all-reduced), clip them to ``grad_clip`` and step ``opt``; ``counted``: through
+        Lightning's optimiser, which counts one step per update (w's), else the raw one."""
         opt.zero_grad()
-        grads = torch.autograd.grad(inner, w, allow_unused=True)
-        for p, g in zip(w, average_gradients(grads, w), strict=True):  # DDP: not all-reduced
-            p.grad = g
-        torch.nn.utils.clip_grad_norm_(w, self.hparams.grad_clip)
-        opt.step()
+        for p, g in zip(params, average_gradients(grads, params), strict=True):
+            p.grad = None if g is None else g.detach()
+        torch.nn.utils.clip_grad_norm_(params, self.hparams.grad_clip)
+        (opt if counted else opt.optimizer).step()
+
+    def step_w(self, opt, inner: torch.Tensor, w) -> None:
+        self.hand_step(opt, w, torch.autograd.grad(inner, w, allow_unused=True), counted=True)
 
     def step_critic(self, opt, loss: torch.Tensor) -> None:
         """The team critic's regression step (its own Adam and gradient clip; a zero loss,
@@ -799,12 +800,7 @@ class SeqCommDFL(QLearner):
         if not loss.requires_grad:
             return
         params = list(self.critic.parameters())
-        opt.zero_grad()
-        grads = torch.autograd.grad(loss, params)
-        for p, g in zip(params, average_gradients(grads, params), strict=True):
-            p.grad = g
-        torch.nn.utils.clip_grad_norm_(params, self.hparams.grad_clip)
-        opt.optimizer.step()  # the raw optimiser: Lightning counts one step per update (w's)
+        self.hand_step(opt, params, torch.autograd.grad(loss, params))
 
     def auxiliary_parameters(self) -> list[torch.nn.Parameter]:
         """Trained with ``w`` but outside the bilevel problem: the message decoder."""
