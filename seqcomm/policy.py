@@ -26,6 +26,9 @@ class EpsilonGreedyPolicy(TensorDictModuleBase):
         eps_start: epsilon at step 0.
         eps_end: final epsilon.
         eps_anneal_frames: env steps over which epsilon falls linearly.
+
+    ``anneal_start`` (env steps, 0) is where the anneal begins; a learner that restarts its
+    receivers (RGMComm's staged schedule) moves it.
     """
 
     def __init__(self, net: TeamQ, eps_start: float = 1.0, eps_end: float = 0.05,
@@ -38,11 +41,13 @@ class EpsilonGreedyPolicy(TensorDictModuleBase):
         self.eps_start, self.eps_end, self.eps_anneal_frames = eps_start, eps_end, eps_anneal_frames
         self.register_buffer("frames", torch.zeros((), dtype=torch.long))
         self.greedy = False
+        self.anneal_start = 0
         self.generator = torch.Generator()
 
     @property
     def epsilon(self) -> float:
-        frac = min(self.frames.item() / max(self.eps_anneal_frames, 1), 1.0)
+        frac = (self.frames.item() - self.anneal_start) / max(self.eps_anneal_frames, 1)
+        frac = min(max(frac, 0.0), 1.0)
         return self.eps_start + frac * (self.eps_end - self.eps_start)
 
     def primer_spec(self, num_envs: int) -> Composite:

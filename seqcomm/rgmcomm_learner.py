@@ -9,9 +9,13 @@ trained only by the clustering loss of Eq. 13 on the Eq. 5 vectors of a replay s
   every ``cluster_every`` updates while the policy trains (the label function warm-starts
   from its previous parameters, so labels keep their identity between re-clusterings).
 - ``staged`` (the official code's stages 1-3): the policy and critic train with the empty
-  message until ``stage_fraction`` of the run's env steps, the labels are clustered once,
-  then training continues with frozen labels: the label function and the agents' recurrent
-  encoder (which the label function reads) stop learning, so every label stays fixed.
+  message until ``stage_fraction`` of the run's env steps while the labels are clustered,
+  undelivered, every ``cluster_every`` updates (the official stage 2 iterates its clustering
+  over collected vectors); then the labels are frozen: the label function and the agents'
+  recurrent encoder (which it reads) stop learning. With ``stage_restart`` (default) the
+  receivers then start over, as the official stage 3 trains new actors beside the loaded
+  message functions: utility head, label embeddings and mixer re-initialised, epsilon
+  annealed again from ``eps_start`` (maze: docs/results.md section 11).
 """
 
 from __future__ import annotations
@@ -54,9 +58,11 @@ class RGMCommLearner(QLearner):
 
     Args:
         schedule: ``online`` or ``staged`` (see the module docstring).
-        cluster_every: updates between re-clusterings (``online``).
-        cluster_start: first update that clusters (``online``).
+        cluster_every: updates between re-clusterings (``staged``: until the stage).
+        cluster_start: first update that clusters.
         stage_fraction: share of the env-step budget trained before clustering (``staged``).
+        stage_restart: at the stage, re-initialise the receivers (utility head, label
+            embeddings, mixer; online and target) and restart epsilon's anneal (``staged``).
         cluster_steps: Adam steps of the label function per clustering.
         cluster_restarts: fresh initialisations tried beside the warm start per clustering
             (Eq. 13 has local minima, and a saturated label function cannot leave one).
@@ -86,6 +92,7 @@ class RGMCommLearner(QLearner):
         cluster_every: int = 50,
         cluster_start: int = 0,
         stage_fraction: float = 0.5,
+        stage_restart: bool = True,
         cluster_steps: int = 50,
         cluster_restarts: int = 8,
         cluster_lr: float = 1e-2,
@@ -112,6 +119,8 @@ class RGMCommLearner(QLearner):
         self.critic = critic(info.n_agents * info.obs_dim, info.n_agents, info.n_actions)
         # staged: 1 once the labels are clustered and frozen (a buffer, so it resumes)
         self.register_buffer("clustered", torch.zeros((), dtype=torch.bool))
+        # staged: this rank's env steps when it clustered (where epsilon's anneal restarts)
+        self.register_buffer("stage_frames", torch.zeros((), dtype=torch.long))
         self.set_delivery(schedule == "online")
         self.cluster_logs: dict[str, float] = {}
 
@@ -126,13 +135,36 @@ class RGMCommLearner(QLearner):
         for module in (self.net.comm.label_head, self.net.agent.fc, self.net.agent.rnn):
             module.requires_grad_(False)
 
+    def restart_receivers(self) -> None:
+        """Staged ``stage_restart``: new receivers for the frozen labels. The utility head,
+        the label embeddings and the mixer are re-initialised (the target copies them), the
+        value optimiser's moments are dropped and epsilon anneals again from this frame."""
+        net = self.net
+        for module in (*net.agent.head.modules(), *net.mixer.modules()):
+            if isinstance(module, torch.nn.Linear):
+                module.reset_parameters()
+        net.comm.reset_embedding()
+        for module in (net.agent.head, net.mixer, net.comm):
+            broadcast_module(module)  # every DDP rank starts from rank 0's draw
+        self.target.load_state_dict(net.state_dict())
+        self.optimizers()[0].optimizer.state.clear()
+        self.stage_frames.fill_(self.trainer.datamodule.frames)
+        self.policy.anneal_start = int(self.stage_frames)
+
     def due(self) -> bool:
+        """Cluster now? Every ``cluster_every`` updates from ``cluster_start``; ``staged``
+        also at the stage, and never after it."""
         hp = self.hparams
-        if hp.schedule == "online":
-            step = self.global_step - hp.cluster_start
-            return step >= 0 and step % hp.cluster_every == 0
-        data = self.trainer.datamodule
-        return not bool(self.clustered) and data.frames >= hp.stage_fraction * data.total_frames
+        if hp.schedule == "staged" and bool(self.clustered):
+            return False
+        step = self.global_step - hp.cluster_start
+        return (step >= 0 and step % hp.cluster_every == 0) or self.stage_reached()
+
+    def stage_reached(self) -> bool:
+        """``staged``: this update freezes the labels (``stage_fraction`` of the budget)."""
+        hp, data = self.hparams, self.trainer.datamodule
+        return (hp.schedule == "staged" and not bool(self.clustered)
+                and data.frames >= hp.stage_fraction * data.total_frames)
 
     # -- clustering ---------------------------------------------------------------------
     @torch.no_grad()
@@ -199,10 +231,12 @@ class RGMCommLearner(QLearner):
             self.cluster_logs = self.cluster()
             # each DDP rank clustered its own replay sample: all take rank 0's labels
             broadcast_module(self.net.comm.label_head)
-            if self.hparams.schedule == "staged":
+            if self.stage_reached():
                 self.clustered.fill_(True)
                 self.freeze_labels()
                 self.set_delivery(True)
+                if self.hparams.stage_restart:
+                    self.restart_receivers()
         td, cache = self.td_loss(batch)
         receiver = self.receiver_loss(batch, cache)
         loss = td + self.hparams.receiver_weight * receiver
@@ -252,6 +286,12 @@ class RGMCommLearner(QLearner):
             self.set_delivery(bool(self.clustered))
             if bool(self.clustered):  # a resumed staged run: requires_grad is not saved
                 self.freeze_labels()
+                if self.hparams.stage_restart:
+                    self.policy.anneal_start = int(self.stage_frames)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Checkpoints from before ``stage_frames`` existed resume with 0 there."""
+        checkpoint["state_dict"].setdefault("stage_frames", torch.zeros((), dtype=torch.long))
 
     def on_fit_end(self) -> None:
         """The message-label map of the final label function, in the run directory."""

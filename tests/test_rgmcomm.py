@@ -3,6 +3,7 @@
 import functools
 import itertools
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -251,6 +252,37 @@ def test_staged_schedule_delivers_nothing_before_clustering():
     assert torch.equal(model.target.comm(h)[0], torch.zeros(3, 2, 16))
     model.set_delivery(True)
     assert model.net.comm(h)[0].abs().sum() > 0
+
+
+def test_staged_restart_gives_the_frozen_labels_new_receivers(monkeypatch):
+    """At the stage the utility head, label embeddings and mixer start over (target too),
+    the encoder the labels read stays, the value optimiser forgets, epsilon re-anneals."""
+    torch.manual_seed(0)
+    model = _learner(schedule="staged", eps_anneal_frames=1000)
+    opt = torch.optim.Adam(model.value_parameters())
+    model.td_loss(_batch())[0].backward()
+    opt.step()
+    monkeypatch.setattr(model, "optimizers", lambda: [SimpleNamespace(optimizer=opt)])
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(frames=6000))
+    monkeypatch.setattr(type(model), "trainer", property(lambda self: trainer))
+    before = {k: v.clone() for k, v in model.net.state_dict().items()}
+    model.freeze_labels()
+    model.restart_receivers()
+    after = model.net.state_dict()
+    for prefix in ("agent.head.", "mixer.", "comm.embedding"):
+        keys = [k for k in before if k.startswith(prefix) and k.endswith(("weight", "embedding"))]
+        assert keys and all(not torch.equal(before[k], after[k]) for k in keys), prefix
+    for prefix in ("agent.fc.", "agent.rnn.", "comm.label_head."):
+        keys = [k for k in before if k.startswith(prefix)]
+        assert keys and all(torch.equal(before[k], after[k]) for k in keys), prefix
+    assert all(torch.equal(v, model.target.state_dict()[k]) for k, v in after.items())
+    assert not opt.state
+    policy = model.policy
+    policy.frames.fill_(6000)
+    assert policy.epsilon == pytest.approx(policy.eps_start)
+    policy.frames.fill_(6500)
+    assert policy.epsilon == pytest.approx((policy.eps_start + policy.eps_end) / 2)
+    assert int(model.stage_frames) == 6000
 
 
 @pytest.mark.parametrize("schedule", ["online", "staged"])

@@ -238,9 +238,15 @@ class RGMComm(Communication):
             raise ValueError(f"RGMComm needs n_labels >= 2, got {n_labels}")
         self.n_labels, self.ctx_dim = n_labels, embed_dim
         self.label_head = LabelHeads(n_agents, hidden_dim, label_hidden, n_labels)
-        self.embedding = nn.Parameter(torch.randn(n_agents, n_labels, embed_dim) / n_labels**0.5)
+        self.embedding = nn.Parameter(torch.empty(n_agents, n_labels, embed_dim))
+        self.reset_embedding()
         # False until the staged schedule has clustered: every message is the empty one
         self.register_buffer("active", torch.ones((), dtype=torch.bool))
+
+    def reset_embedding(self) -> None:
+        """Fresh receivers' reading of the labels: ``N(0, 1 / n_labels)`` entries."""
+        with torch.no_grad():
+            self.embedding.copy_(torch.randn_like(self.embedding) / self.n_labels**0.5)
 
     def label_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Label logits ``[*B, n, M]`` from detached recurrent states."""
