@@ -32,6 +32,12 @@ from seqcomm.team_q import masked_argmax
 
 
 def load(run_dir: Path) -> QLearner:
+    """The run's trained learner (``checkpoints/last.ckpt``), in eval mode."""
+    return load_run(run_dir)[0]
+
+
+def load_run(run_dir: Path, replay: bool = False) -> tuple[QLearner, EpisodeData]:
+    """The run's learner and its data module, with the replay buffer restored if ``replay``."""
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     for key in ("ckpt_path", "weights_only"):  # fit-only keys: no trainer run here
         config.pop(key, None)
@@ -45,10 +51,13 @@ def load(run_dir: Path) -> QLearner:
               "--data.num_envs=2", "--data.eval_envs=1"],
         trainer_defaults={"logger": False, "enable_checkpointing": False})
     model = cli.model
-    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
-                       weights_only=False)["state_dict"]
-    model.load_state_dict(state)
-    return model.eval()
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                            weights_only=False)
+    model.on_load_checkpoint(checkpoint)  # the learner's upgrades of older checkpoints
+    model.load_state_dict(checkpoint["state_dict"])
+    if replay:
+        cli.datamodule.load_state_dict(checkpoint["EpisodeData"])
+    return model.eval(), cli.datamodule
 
 
 def ward(run_dir: Path) -> dict:

@@ -6,7 +6,10 @@ the labels as sent and with every label heard replaced: all 0, all 1, and the re
 bit (can the sender reach the high landmark in the moves left; the information the task
 needs, in the label value the sender uses for it). Also prints how often each sender's first
 label equals that bit (up to renaming). A receiver that acts on its messages changes return
-when the labels are replaced.
+when the labels are replaced. Last, on three replay samples of the run's own buffer drawn as
+its clustering draws them, each sender's Eq. 13 loss (``clustering_loss`` on the Eq. 5
+vectors of the run's final critic) of its labels and of the reachability bit: does the
+clustering objective prefer the bit?
 
     python benchmarks/maze_label_use.py runs/ladder_maze/rgmcomm_s0/version_0
 """
@@ -15,12 +18,15 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 from pathlib import Path
 
 import torch
-from hospital_decisions import load
+from hospital_decisions import load_run
 from tensordict import TensorDict
 
+from seqcomm.comm.q_vectors import eq5_vectors
+from seqcomm.comm.rgmcomm import activate_q, clustering_loss
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE
 from seqcomm.envs.maze import Maze
 from seqcomm.team_q import masked_argmax
@@ -70,15 +76,46 @@ def play(model, env: Maze, starts: torch.Tensor, mode: str) -> tuple[float, list
     return total.mean().item(), agree
 
 
+def observed_reachability(obs: torch.Tensor, size: int, steps: int) -> torch.Tensor:
+    """Reachability bits ``[*B]`` from maze observations (cell one-hot, then step one-hot)."""
+    cell, t = obs[..., : size * size].argmax(-1), obs[..., size * size :].argmax(-1)
+    return (cell // size + cell % size <= steps - t).long()
+
+
+@torch.no_grad()
+def eq13_labels_vs_bit(model, data, size: int, steps: int, samples: int = 3) -> torch.Tensor:
+    """``[2 (labels, bit), n]``: mean over ``samples`` replay samples of each sender's Eq. 13
+    loss of its hard labels and of the reachability bit, on the clustering's own inputs."""
+    torch.manual_seed(0)
+    hp, comm = model.hparams, model.net.comm
+    losses = []
+    for _ in range(samples):
+        chunks = data.buffer.sample(math.ceil(hp.cluster_samples / model.info.episode_limit))
+        h = model.net.agent.unroll(model.net.inputs(chunks[OBS], chunks[STATE]),
+                                   chunks["is_init"].squeeze(-1))
+        flat = chunks.select(OBS, ACTION, MASK).reshape(-1)[: hp.cluster_samples]
+        h = h.reshape(-1, *h.shape[2:])[: hp.cluster_samples]
+        qv = eq5_vectors(model.critic, flat[OBS], flat[ACTION], flat[MASK], hp.top_pairs,
+                         hp.pair_prior)
+        x = activate_q(qv.values, qv.valid)  # [n, N, D]
+        for labels in (comm.label_logits(h).argmax(-1),
+                       observed_reachability(flat[OBS], size, steps)):
+            probs = torch.nn.functional.one_hot(labels.T, comm.n_labels).to(x.dtype)
+            losses.append(torch.vmap(clustering_loss, in_dims=(0, 0, None, None))(
+                probs, x, None, hp.mi_weight))
+    return torch.stack(losses).view(samples, 2, -1).mean(0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args()
     print("| run | " + " | ".join(f"return, labels {m}" for m in MODES)
-          + " | first label = reachability (sender 0 / 1) |")
-    print("| --- |" + " ---: |" * (len(MODES) + 1))
+          + " | first label = reachability (sender 0 / 1) | Eq. 13 loss, labels / bit "
+          "(sender 0; sender 1) |")
+    print("| --- |" + " ---: |" * (len(MODES) + 2))
     for run in args.runs:
-        model = load(run)
+        model, data = load_run(run, replay=True)
         if not hasattr(model.net.comm, "label_logits"):
             raise SystemExit(f"{run}: not an RGMComm run (its messenger has no labels)")
         probe = Maze(num_envs=1)
@@ -88,8 +125,10 @@ def main() -> None:
         env = Maze(num_envs=len(pairs))
         results = [play(model, env, starts, mode) for mode in MODES]
         agree = results[0][1]
+        loss = eq13_labels_vs_bit(model, data, probe.size, probe.steps)
         print(f"| {run} | " + " | ".join(f"{r[0]:.3f}" for r in results)
-              + f" | {agree[0]:.2f} / {agree[1]:.2f} |")
+              + f" | {agree[0]:.2f} / {agree[1]:.2f} | {loss[0, 0]:.3f} / {loss[1, 0]:.3f}; "
+              f"{loss[0, 1]:.3f} / {loss[1, 1]:.3f} |")
 
 
 if __name__ == "__main__":
