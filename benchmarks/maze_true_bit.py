@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 
 import torch
+from maze_label_use import observed_reachability
 
 from seqcomm.cli import main
 from seqcomm.comm.rgmcomm import RGMComm
@@ -25,11 +26,10 @@ SIZE, STEPS = 4, 3  # conf/maze.yaml
 
 
 def reachability(obs: torch.Tensor) -> torch.Tensor:
-    """``[*B, n]`` bits from maze observations (cell one-hot, then step one-hot)."""
+    """``[*B, n]`` bits from the 4x4, 3-step maze's observations."""
     if obs.shape[-1] != SIZE * SIZE + STEPS + 1:
         raise SystemExit(f"maze_true_bit: expected the {SIZE}x{SIZE}, {STEPS}-step maze")
-    cell, t = obs[..., : SIZE * SIZE].argmax(-1), obs[..., SIZE * SIZE :].argmax(-1)
-    return (cell // SIZE + cell % SIZE <= STEPS - t).long()
+    return observed_reachability(obs, SIZE, STEPS)
 
 
 def patch() -> None:
