@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import math
 from pathlib import Path
 
 import torch
 from hospital_decisions import load_run
 from tensordict import TensorDict
 
-from seqcomm.comm.q_vectors import eq5_vectors
-from seqcomm.comm.rgmcomm import activate_q, clustering_loss
+from seqcomm.comm.rgmcomm import clustering_loss
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE
 from seqcomm.envs.maze import Maze
 from seqcomm.team_q import masked_argmax
@@ -87,22 +85,17 @@ def eq13_labels_vs_bit(model, data, size: int, steps: int, samples: int = 3) -> 
     """``[2 (labels, bit), n]``: mean over ``samples`` replay samples of each sender's Eq. 13
     loss of its hard labels and of the reachability bit, on the clustering's own inputs."""
     torch.manual_seed(0)
-    hp, comm = model.hparams, model.net.comm
+    comm = model.net.comm
     losses = []
     for _ in range(samples):
-        chunks = data.buffer.sample(math.ceil(hp.cluster_samples / model.info.episode_limit))
-        h = model.net.agent.unroll(model.net.inputs(chunks[OBS], chunks[STATE]),
-                                   chunks["is_init"].squeeze(-1))
-        flat = chunks.select(OBS, ACTION, MASK).reshape(-1)[: hp.cluster_samples]
-        h = h.reshape(-1, *h.shape[2:])[: hp.cluster_samples]
-        qv = eq5_vectors(model.critic, flat[OBS], flat[ACTION], flat[MASK], hp.top_pairs,
-                         hp.pair_prior)
-        x = activate_q(qv.values, qv.valid)  # [n, N, D]
+        sample = model.cluster_sample(data.buffer)
+        _, x = model.cluster_vectors(sample)  # [n, N, D]
+        h, obs = sample["h"], sample[OBS]
         for labels in (comm.label_logits(h).argmax(-1),
-                       observed_reachability(flat[OBS], size, steps)):
+                       observed_reachability(obs, size, steps)):
             probs = torch.nn.functional.one_hot(labels.T, comm.n_labels).to(x.dtype)
             losses.append(torch.vmap(clustering_loss, in_dims=(0, 0, None, None))(
-                probs, x, None, hp.mi_weight))
+                probs, x, None, model.hparams.mi_weight))
     return torch.stack(losses).view(samples, 2, -1).mean(0)
 
 

@@ -30,7 +30,7 @@ from tensordict import TensorDictBase
 from torch.nn import functional as F
 
 from seqcomm.comm.label_map import label_table, write_label_map
-from seqcomm.comm.q_vectors import eq5_vectors
+from seqcomm.comm.q_vectors import QVectors, eq5_vectors
 from seqcomm.comm.rgmcomm import (
     LabelHeads,
     RGMComm,
@@ -168,17 +168,25 @@ class RGMCommLearner(QLearner):
 
     # -- clustering ---------------------------------------------------------------------
     @torch.no_grad()
-    def cluster_sample(self) -> TensorDictBase:
-        """``K1`` replay steps (whole chunks sampled, flattened, cut), with the senders'
-        recurrent states under ``"h"``."""
-        data = self.trainer.datamodule
+    def cluster_sample(self, buffer=None) -> TensorDictBase:
+        """``K1`` replay steps (whole chunks sampled from ``buffer``, default the run's,
+        flattened, cut), with the senders' recurrent states under ``"h"``."""
+        buffer = self.trainer.datamodule.buffer if buffer is None else buffer
         K1 = self.hparams.cluster_samples
-        chunks = data.buffer.sample(max(1, math.ceil(K1 / self.info.episode_limit)))
+        chunks = buffer.sample(max(1, math.ceil(K1 / self.info.episode_limit)))
         h = self.net.agent.unroll(self.net.inputs(chunks[OBS], chunks[STATE]),
                                   chunks["is_init"].squeeze(-1))
         flat = chunks.select(OBS, ACTION, MASK).reshape(-1)
         flat.set("h", h.reshape(-1, *h.shape[2:]))
         return flat[:K1]
+
+    @torch.no_grad()
+    def cluster_vectors(self, sample: TensorDictBase) -> tuple[QVectors, torch.Tensor]:
+        """The Eq. 5 vectors of a ``cluster_sample`` and their activation ``[n, N, D]``."""
+        hp = self.hparams
+        qv = eq5_vectors(self.critic, sample[OBS], sample[ACTION], sample[MASK],
+                         hp.top_pairs, hp.pair_prior)
+        return qv, activate_q(qv.values, qv.valid)
 
     def cluster(self) -> dict[str, float]:
         """Eq. 5 vectors of a replay sample, then ``cluster_steps`` Adam steps of the label
@@ -187,10 +195,7 @@ class RGMCommLearner(QLearner):
         renamed to agree most with the labels in use. Returns the return-gap quantities."""
         hp = self.hparams
         sample = self.cluster_sample()
-        with torch.no_grad():
-            qv = eq5_vectors(self.critic, sample[OBS], sample[ACTION], sample[MASK],
-                             hp.top_pairs, hp.pair_prior)
-            x = activate_q(qv.values, qv.valid)  # [n, N, D]
+        qv, x = self.cluster_vectors(sample)
         h = sample["h"].detach()  # [N, n, H]
         head = self.net.comm.label_head
         opt = self.optimizers()[2].optimizer  # raw: Lightning counts one step per update
