@@ -47,6 +47,7 @@ SECTIONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      "`RGMCommLearner` a `critic` (its state: the joint observation).", (
         "seqcomm.dfl.world_model.WorldModel",
         "seqcomm.dfl.critic.TeamCritic",
+        "seqcomm.dfl.factored_critic.FactoredCritic",
         "seqcomm.dfl.implicit_gradient.ImplicitSolver",
     )),
     ("Environments", "Keys are written as `data.env.init_args.<key>`; `data.env.class_path` "

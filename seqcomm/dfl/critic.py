@@ -42,13 +42,21 @@ class TeamCritic(nn.Module):
         self.register_buffer("target_mean", torch.zeros(()))
         self.register_buffer("target_std", torch.ones(()))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
-        self.net = nn.Sequential(
-            nn.Linear(state_dim + n_agents * n_actions, hidden_dim), nn.ReLU(),
+        self.net = self.body(state_dim, hidden_dim)
+
+    def body(self, state_dim: int, hidden_dim: int) -> nn.Module:
+        """The network: an MLP on the state and the flattened one-hot joint action."""
+        return nn.Sequential(
+            nn.Linear(state_dim + self.n_agents * self.n_actions, hidden_dim), nn.ReLU(),
             nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, 1))
+
+    def score(self, state: torch.Tensor, joint: torch.Tensor) -> torch.Tensor:
+        """The critic's output in standardised units, ``[*B, 1]``."""
+        return self.net(torch.cat([state, joint.flatten(-2)], dim=-1))
 
     def forward(self, state: torch.Tensor, joint: torch.Tensor) -> torch.Tensor:
         """``state [*B, S]``, one-hot ``joint [*B, n, A]`` -> ``[*B, 1]``."""
-        return self.unscale(self.net(torch.cat([state, joint.flatten(-2)], dim=-1)))
+        return self.unscale(self.score(state, joint))
 
     def unscale(self, out: torch.Tensor) -> torch.Tensor:
         return self.target_mean + self.target_std * out
@@ -66,7 +74,7 @@ class TeamCritic(nn.Module):
                     torch.stack([target.mean(), target.std().clamp_min(1e-2)]))
                 self.target_mean.lerp_(mean, rate)
                 self.target_std.lerp_(std, rate)
-        pred = self.net(torch.cat([state, joint.flatten(-2)], dim=-1))
+        pred = self.score(state, joint)
         return (pred - (target - self.target_mean) / self.target_std).pow(2).mean()
 
     def switch_values(self, state: torch.Tensor, action: torch.Tensor,
