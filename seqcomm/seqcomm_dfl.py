@@ -159,6 +159,11 @@ class SeqCommDFL(QLearner):
             ``pi ~ exp(Q_c / tau)``, keeps its utilities bounded; needs the critic).
         va_warmup_fraction: ``T_w`` as a fraction of the run's env steps: the receiver gain
             moves from the (centred, normalised) Monte-Carlo estimate to the evaluator's.
+        va_confidence: weigh ``L_VA`` and ``L_inf`` by the critic's resolution of one agent's
+            actions, ``spread^2 / (spread^2 + RMS^2)`` (``evaluator_confidence``): about 1 where
+            its error is small against the values' spread between actions, near 0 where a
+            switch's value is below its error and the critic decides worse than the
+            receivers (microcombat 3m sight: docs/results.md, section 12).
         counterfactual_senders: senders masked per update (0 = all n, exact). k < n: k drawn
             uniformly without replacement; ``L_VA``, ``L_inf`` and the guidance-potential
             regression average over them (unbiased, but for the regression's normaliser,
@@ -202,6 +207,7 @@ class SeqCommDFL(QLearner):
         va_normalize: bool = True,
         va_receiver: VaReceiver = "frozen",
         va_warmup_fraction: float = 0.1,
+        va_confidence: bool = False,
         counterfactual_senders: int = 0,
         counterfactual_receivers: int = 0,
         **kwargs,
@@ -279,7 +285,8 @@ class SeqCommDFL(QLearner):
         # 7. the team critic, in its own step: its loss reaches only its own parameters
         self.step_critic(opt_critic, msg["critic"])
         logs.update({f"loss/{name}": losses[name] for name in (*weights, "critic")})
-        logs.update({"comm/va_beta": msg["va_beta"], "comm/guidance_potential": msg["gp_mean"],
+        logs.update({"comm/va_beta": msg["va_beta"], "comm/va_confidence": msg["va_confidence"],
+                     "comm/guidance_potential": msg["gp_mean"],
                      "comm/order_entropy": msg["order_entropy"]})
         self.log_training(logs)
 
@@ -299,7 +306,8 @@ class SeqCommDFL(QLearner):
         guidance potential share ONE counterfactual pass (``counterfactual_utilities``)."""
         aux, n, hp = cache["aux"], self.info.n_agents, self.hparams
         zero = cache["q"].new_zeros(())
-        out = dict.fromkeys(MESSAGE_LOSSES + ("va_beta", "gp_mean", "order_entropy"), zero)
+        out = dict.fromkeys(MESSAGE_LOSSES + ("va_beta", "va_confidence", "gp_mean",
+                                              "order_entropy"), zero)
         if self.net.comm.ctx_dim == 0:
             return out
         out["critic"] = self.critic_loss(batch, cache)
@@ -313,10 +321,27 @@ class SeqCommDFL(QLearner):
         if not hp.value_aware:
             out["recon"] = self.reconstruction_loss(batch, cache)
             return out
-        out["va"] = self.value_aware_loss(batch, cache, cf)
+        out["va_confidence"] = self.evaluator_confidence(batch, cache, out["critic"], cf)
+        out["va"] = out["va_confidence"] * self.value_aware_loss(batch, cache, cf)
         out["va_beta"] = zero.new_tensor(self.va_beta())
-        out["inf"] = self.influence_loss(batch, cache, cf)
+        out["inf"] = out["va_confidence"] * self.influence_loss(batch, cache, cf)
         return out
+
+    @torch.no_grad()
+    def evaluator_confidence(self, batch: TensorDictBase, cache: dict,
+                             critic_loss: torch.Tensor, cf: Counterfactual) -> torch.Tensor:
+        """``spread^2 / (spread^2 + RMS^2)`` under ``va_confidence`` (else 1): the spread of
+        the critic's switch values between a state's available actions against the critic's
+        RMS error on this batch's TD targets, both in reward units. A gain is a difference
+        between two switches' values, so where the error outgrows the spread the gain is
+        mostly the critic's error (a signal-to-noise weight)."""
+        one = critic_loss.new_ones(())
+        if not self.hparams.va_confidence or self.hparams.va_evaluator != "critic":
+            return one
+        _, spread = self.evaluator_values(batch, cache, cf.receivers)
+        scale = self.critic.target_std.pow(2) if getattr(self.critic, "normalize", False) else one
+        noise = critic_loss.detach() * scale
+        return spread.pow(2) / (spread.pow(2) + noise)
 
     def critic_loss(self, batch: TensorDictBase, cache: dict) -> torch.Tensor:
         """The full-information critic's regression on the same TD targets as ``Q_tot``

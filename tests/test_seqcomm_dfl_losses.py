@@ -4,6 +4,7 @@ computes, on tiny hand-made cases."""
 from __future__ import annotations
 
 import functools
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -370,3 +371,23 @@ def test_checkpoint_from_before_the_critics_own_step_splits_the_adam_state():
         assert torch.equal(opt_w.state[p]["exp_avg"], old.state[p]["exp_avg"])
     for p in critic:
         assert torch.equal(opt_critic.state[p]["exp_avg_sq"], old.state[p]["exp_avg_sq"])
+
+
+def test_value_aware_losses_are_weighed_by_the_critics_resolution_of_actions():
+    """``va_confidence``: 1 for an exact critic, spread^2 / (spread^2 + MSE) otherwise;
+    off, the losses keep their full weight whatever the critic's error."""
+    table = torch.tensor([[0.0, 0.0, 2.0], [2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    B = 4
+    batch = TensorDict({STATE: torch.zeros(B, 5), MASK: torch.ones(B, 3, 3, dtype=torch.bool),
+                        ACTION: torch.zeros(B, 3, dtype=torch.long)}, batch_size=[B])
+    cf = SimpleNamespace(receivers=None)
+    model = learner(va_confidence=True, va_normalize=False)
+    model.critic = TableCritic(table)
+    _, spread = model.evaluator_values(batch, {})
+    assert spread.item() > 0.5
+    exact = model.evaluator_confidence(batch, {}, torch.tensor(0.0), cf)
+    noisy = model.evaluator_confidence(batch, {}, 99 * spread.pow(2), cf)
+    assert exact.item() == pytest.approx(1.0) and noisy.item() == pytest.approx(0.01)
+    model = learner(va_confidence=False)
+    model.critic = TableCritic(table)
+    assert model.evaluator_confidence(batch, {}, 99 * spread.pow(2), cf).item() == 1.0
