@@ -6,8 +6,9 @@ Loads a finished SeqComm-DFL run (any of the ladder's ``seqcomm_*`` rungs: ``con
 - **gradients**: the norm of each weighted loss's gradient (the real TD loss, ``L_VA``,
   ``L_inf``, ``L_aware``, the guidance-potential regression) on the messenger, the receivers'
   utility head and the agents' recurrent body, and its cosine with the TD gradient. The
-  weights are ``--lambda-va`` / ``--lambda-inf`` (the method file's by default), so a run
-  trained by TD alone shows what the value-aware losses would do to its messages.
+  weights are ``--lambda-va`` / ``--lambda-inf`` (the method file's by default; times the
+  run's ``va_confidence`` weight where that is on), so a run trained by TD alone shows what
+  the value-aware losses would do to its messages.
 - **the evaluator's verdict**: the mean receiver gain (``evaluator_gain``: the critic's
   value of each receiver's decision with the sender's message against masked, in units of
   the values' spread between actions) and the share of (sample, pair) gains above zero; the
