@@ -201,8 +201,28 @@ def value_aware_switch(name: str):
     return check
 
 
+def evaluator_switch(name: str):
+    def check(metrics, config):
+        critic = resolve(config["model"]["init_args"]["critic"]["class_path"])
+        assert critic.__name__ == {"joint": "TeamCritic", "factored": "FactoredCritic"}[name]
+        assert min(values(metrics, "loss/critic")) > 0  # the evaluator regresses
+    return check
+
+
+def confidence_switch(name: str):
+    def check(metrics, config):
+        weight = values(metrics, "comm/va_confidence")
+        assert config["model"]["init_args"]["va_confidence"] is (name == "on") and weight
+        if name == "on":  # a fresh critic's error dwarfs its spread: a weight well below 1
+            assert all(0 < w < 0.9 for w in weight), weight
+        else:
+            assert set(weight) == {1.0}
+    return check
+
+
 SWITCHES = {"gradient": gradient_switch, "messages": messages_switch,
-            "ordering": ordering_switch, "value_aware": value_aware_switch}
+            "ordering": ordering_switch, "value_aware": value_aware_switch,
+            "evaluator": evaluator_switch, "confidence": confidence_switch}
 
 
 @pytest.mark.parametrize("ablation", ABLATIONS)
