@@ -3,8 +3,9 @@
 Loads a finished SeqComm-DFL run (any of the ladder's ``seqcomm_*`` rungs: ``config.yaml``,
 ``checkpoints/last.ckpt`` with its replay buffer) and, on ``--samples`` replay batches, reads:
 
-- **gradients**: the norm of each weighted loss's gradient (the real TD loss, ``L_VA``,
-  ``L_inf``, ``L_aware``, the guidance-potential regression) on the messenger, the receivers'
+- **gradients**: the norm of each weighted loss's gradient (the real TD loss, the imagined
+  TD loss of a run with a world model, ``L_VA``, ``L_inf``, ``L_aware``, the
+  guidance-potential regression) on the messenger, the receivers'
   utility head and the agents' recurrent body, and its cosine with the TD gradient. The
   weights are ``--lambda-va`` / ``--lambda-inf`` (the method file's by default; times the
   run's ``va_confidence`` weight where that is on), so a run trained by TD alone shows what
@@ -41,7 +42,7 @@ from seqcomm.envs.base import ACTION, MASK, STATE
 from seqcomm.envs.reference import evaluate_policy
 from seqcomm.team_q import masked_argmax
 
-TERMS = ("td", "va", "inf", "aware", "gp")
+TERMS = ("td", "model_td", "va", "inf", "aware", "gp")
 CRITICS = {"team": TeamCritic, "factored": FactoredCritic}
 
 
@@ -64,7 +65,10 @@ def read_sample(model, batch, weights: dict[str, float]) -> tuple[dict, dict]:
     """Per (group, term) gradient vectors and the evaluator's statistics on one batch."""
     td, cache = model.td_loss(batch)
     msg = model.message_losses(batch, cache)
-    losses = {"td": td, **{k: weights[k] * msg[k] for k in TERMS[1:]}}
+    losses = {"td": td, **{k: weights[k] * msg[k] for k in TERMS[2:]}}
+    pred = model.imagine(batch, cache)
+    if pred is not None:  # the imagined TD loss, as the w step weighs it
+        losses["model_td"] = weights["model_td"] * model.imagined_td_loss(batch, cache, pred)[0]
     grads = {(g, k): flat_grad(loss, params) for g, params in parameter_groups(model).items()
              for k, loss in losses.items() if loss.requires_grad}
     with torch.no_grad():
@@ -173,7 +177,8 @@ def main() -> None:
         if args.fit_critic:
             fit_critic(model, data, CRITICS[args.fit_critic], args.fit_steps)
         hp = model.hparams
-        weights = {"va": args.lambda_va, "inf": args.lambda_inf, "aware": hp.lambda_aware,
+        weights = {"model_td": hp.model_td_weight, "va": args.lambda_va,
+                   "inf": args.lambda_inf, "aware": hp.lambda_aware,
                    "gp": hp.lambda_gp}
         sums, stats = {}, []
         for _ in range(args.samples):
