@@ -42,7 +42,7 @@ from seqcomm.envs.base import ACTION, MASK, STATE
 from seqcomm.envs.reference import evaluate_policy
 from seqcomm.team_q import masked_argmax
 
-TERMS = ("td", "model_td", "va", "inf", "aware", "gp")
+MESSAGE_TERMS = ("va", "inf", "aware", "gp")
 CRITICS = {"team": TeamCritic, "factored": FactoredCritic}
 
 
@@ -65,7 +65,7 @@ def read_sample(model, batch, weights: dict[str, float]) -> tuple[dict, dict]:
     """Per (group, term) gradient vectors and the evaluator's statistics on one batch."""
     td, cache = model.td_loss(batch)
     msg = model.message_losses(batch, cache)
-    losses = {"td": td, **{k: weights[k] * msg[k] for k in TERMS[2:]}}
+    losses = {"td": td, **{k: weights[k] * msg[k] for k in MESSAGE_TERMS}}
     pred = model.imagine(batch, cache)
     if pred is not None:  # the imagined TD loss, as the w step weighs it
         losses["model_td"] = weights["model_td"] * model.imagined_td_loss(batch, cache, pred)[0]
