@@ -28,6 +28,7 @@ from seqcomm.data import EpisodeData
 from seqcomm.envs.base import MASK, OBS, STATE
 from seqcomm.envs.hospital import Hospital
 from seqcomm.learner import QLearner
+from seqcomm.rgmcomm_learner import RGMCommLearner
 from seqcomm.team_q import masked_argmax
 
 
@@ -93,8 +94,10 @@ def decisions(model: QLearner, n_envs: int, seed: int, **ward) -> dict[str, floa
         critic = getattr(model, "critic", None)
         q, _ = net.utilities(h)
         action = masked_argmax(q, td[MASK])
-        if critic is not None:
-            values = critic.switch_values(td[STATE], action)  # [E, n, A]
+        if critic is not None:  # RGMComm's critic reads the joint observations
+            joint_obs = isinstance(model, RGMCommLearner)
+            values = critic.switch_values(td[OBS].flatten(-2) if joint_obs else td[STATE],
+                                          action)  # [E, n, A]
             says_treat = values[..., 1:K + 1] > values[..., :1]
             add("critic right", (says_treat == treatable) & ambiguous)
         td["agents", "action"] = action
