@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from torchrl.envs import EnvBase
-from torchrl.envs.utils import check_env_specs
+from torchrl.envs import EnvBase, VmasEnv
+from torchrl.envs.utils import MarlGroupMapType, check_env_specs
 
 from seqcomm.envs.base import ACTION, MASK, OBS, env_info
 from seqcomm.envs.reference import random_policy
-from seqcomm.envs.vmas import VmasTask
+from seqcomm.envs.vmas import VmasTask, scenario_setup
 
 METRIC = {"simple_spread": "landmark_dist", "simple_tag": "catches", "navigation": "success"}
 CONTRACT_KEYS = {
@@ -59,23 +59,37 @@ def test_seed_fixes_the_rollout():
     assert not torch.allclose(a[:, 0], c[:, 0])
 
 
-@pytest.mark.parametrize("scenario", ["simple_spread", "simple_tag"])
-def test_team_reward_is_the_shared_agent_reward(scenario):
-    env = VmasTask(num_envs=4, scenario=scenario, max_steps=5)
-    td = env.reset()
-    td[ACTION] = torch.randint(9, (4, 3))
-    raw = env.base_env.step(td.clone())["next"]  # VMAS's own per-agent rewards
-    per_agent = raw["agents", "reward"]
-    assert torch.equal(per_agent, per_agent[:, :1].expand_as(per_agent))  # shared
-    team = env.transform._step(td, raw.clone())["reward"]
-    assert torch.allclose(team, per_agent[:, 0])
+@pytest.mark.parametrize("scenario", sorted(METRIC))
+def test_same_rollout_as_torchrl_vmas_env(scenario):
+    """Same scenario, seed and actions: the observations, dones and per-agent rewards of
+    TorchRL's own ``VmasEnv`` are ours, and the team reward is their (shared) value."""
+    def play(env, reset, step):
+        gen, out = torch.Generator().manual_seed(0), []
+        td = reset(env)
+        for _ in range(12):
+            td[ACTION] = torch.randint(9, (4, 3), generator=gen)
+            td = step(env, td)
+            out.append(td.clone())
+        return torch.stack(out, 1)
+
+    ours = play(VmasTask(num_envs=4, scenario=scenario, seed=5, max_steps=50),
+                lambda e: e.reset(), lambda e, td: e.step(td)["next"])
+    world, _, kwargs = scenario_setup(scenario, 3, True, 1, 2, True)
+    theirs = play(VmasEnv(world, num_envs=4, continuous_actions=False, seed=5,
+                          group_map=MarlGroupMapType.ALL_IN_ONE_GROUP, **kwargs),
+                  lambda e: e.reset(), lambda e, td: e.step(td)["next"])
+    assert torch.equal(ours[OBS], theirs[OBS])
+    assert torch.equal(ours["terminated"], theirs["terminated"])
+    per_agent = theirs["agents", "reward"]  # [E, T, n, 1]
+    assert torch.equal(per_agent, per_agent[:, :, :1].expand_as(per_agent))  # shared
+    assert torch.allclose(ours["reward"], per_agent[:, :, 0])
 
 
 def test_tag_prey_is_scripted_and_moves():
     env = VmasTask(num_envs=4, scenario="simple_tag", n_agents=2, n_prey=1, max_steps=10)
-    assert env.base_env.group_map == {"agents": ["adversary_0", "adversary_1"]}
+    assert [a.name for a in env.scenario.world.policy_agents] == ["adversary_0", "adversary_1"]
     assert env_info(env).n_agents == 2
-    prey = env.base_env.scenario.good_agents()[0]
+    prey = env.scenario.good_agents()[0]
     td = env.reset()
     start = prey.state.pos.clone()
     for _ in range(3):

@@ -1,7 +1,10 @@
-"""VMAS tasks through ``torchrl.envs.VmasEnv`` with discrete actions (docs/method.md §6.6).
+"""VMAS tasks with discrete actions behind the seqcomm key contract (docs/method.md §6.6).
 
-``VmasTask`` is a ``TransformedEnv`` over ``VmasEnv`` whose transforms turn VMAS's group
-keys into the seqcomm key contract (``seqcomm.envs.base``):
+``VmasTask`` is a batched ``EnvBase`` directly over ``vmas.make_env``, which writes VMAS's
+per-agent lists into the contract keys (``seqcomm.envs.base``) in one step. It does by hand
+what ``torchrl.envs.VmasEnv`` plus a transform would: that stack builds a TensorDict per agent
+and forwards two attribute reads through ``dir()`` at every step, which cost about as much as
+the simulator itself (issue 9, benchmarks/README.md).
 
 * ``("agents", "observation")``: VMAS's per-agent observation, unchanged.
 * ``("agents", "action_mask")``: all true (every VMAS discrete action is always legal).
@@ -17,26 +20,24 @@ keys into the seqcomm key contract (``seqcomm.envs.base``):
 Discrete actions are VMAS's 3 x 3 grid of forces per axis (9 actions, 0 = no force).
 VMAS keeps one random state for all its environments in a process (a class attribute),
 seeded by ``seed`` when a ``VmasTask`` is built; tasks built later reseed that shared state.
-Resetting only some copies (navigation, whose episodes end early) goes through
-``VmasEnv``, which calls VMAS's one-copy ``reset_at`` in a Python loop: VMAS 1.5 offers no
-batched partial reset. simple_spread and simple_tag only end by truncation, all copies at
-once, and reset in one batched call.
+Resetting only some copies (navigation, whose episodes end early) calls VMAS's one-copy
+``reset_at`` in a Python loop: VMAS 1.5 offers no batched partial reset. simple_spread and
+simple_tag only end by truncation, all copies at once, and reset in one batched call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
-from tensordict import TensorDictBase
-from torchrl.data import Binary, Composite, Unbounded
-from torchrl.envs import Transform, TransformedEnv, VmasEnv
-from torchrl.envs.utils import MarlGroupMapType
+from tensordict import TensorDict, TensorDictBase
+from vmas import make_env
 from vmas.scenarios import navigation
 from vmas.scenarios.mpe import simple_spread, simple_tag
+from vmas.simulator.scenario import BaseScenario
 
-from seqcomm.envs.base import AGENTS, INFO, MASK, OBS, STATE, ConfigurableEnv
+from seqcomm.envs.base import ACTION, AGENTS, INFO, OBS, STATE, MultiAgentEnv
 from seqcomm.envs.reference import random_policy
 
 Scenario = Literal["simple_spread", "simple_tag", "navigation"]
@@ -105,80 +106,27 @@ class _Navigation(navigation.Scenario):
         return {"success": self.done().float()}
 
 
-class TeamView(Transform):
-    """Adds the contract keys (state, action mask, team reward, truncated, info) to VmasEnv.
-
-    TorchRL has no transform for an agent-to-team reduction or an all-true action mask,
-    hence this one small transform. The group's reward and info are moved to the root
-    (not copied), so only the contract keys remain.
-
-    Args:
-        max_steps: steps after which an episode is truncated.
-        n_actions: discrete actions per agent (size of the action mask).
-        metrics: names of the scenario's team metrics in ``("agents", "info")``.
-    """
-
-    def __init__(self, max_steps: int, n_actions: int, metrics: tuple[str, ...]) -> None:
-        super().__init__()
-        self.max_steps = max_steps
-        self.n_actions = n_actions
-        self.metrics = metrics
-
-    def _contract(self, td: TensorDictBase) -> TensorDictBase:
-        obs = td[OBS]
-        td[STATE] = obs.flatten(-2)
-        td[MASK] = torch.ones(*obs.shape[:-1], self.n_actions, dtype=torch.bool,
-                              device=obs.device)
-        group_info = td[AGENTS].pop("info")
-        for m in self.metrics:
-            td[INFO, m] = group_info[m][..., 0, 0]  # the same team value for all agents
-        return td
-
-    def _truncated(self, shape: torch.Size) -> torch.Tensor:
-        # VMAS's own per-copy step counter, reset with the copy, reached through the
-        # wrapper's attribute forwarding (VMAS runs without max_steps, so done = terminated).
-        if getattr(self, "_sim", None) is None:  # attribute forwarding costs ~0.1 ms a call
-            self._sim = self.parent.base_env._env
-        steps = self._sim.steps  # read each time: VMAS reassigns it on a full reset
-        return (steps >= self.max_steps).reshape(shape)
-
-    def _reset(self, tensordict: TensorDictBase, tensordict_reset: TensorDictBase
-               ) -> TensorDictBase:
-        done = tensordict_reset["done"]
-        tensordict_reset["truncated"] = self._truncated(done.shape)
-        return self._contract(tensordict_reset)
-
-    def _step(self, tensordict: TensorDictBase, next_tensordict: TensorDictBase
-              ) -> TensorDictBase:
-        next_tensordict["reward"] = next_tensordict[AGENTS].pop("reward").mean(-2)
-        truncated = self._truncated(next_tensordict["done"].shape)
-        next_tensordict["truncated"] = truncated
-        next_tensordict["done"] = next_tensordict["done"] | truncated
-        return self._contract(next_tensordict)
-
-    def transform_observation_spec(self, observation_spec: Composite) -> Composite:
-        agents = observation_spec[AGENTS]
-        E, n, obs_dim = agents["observation"].shape
-        dev = agents["observation"].device
-        del agents["info"]
-        A = self.n_actions
-        agents["action_mask"] = Binary(n=A, shape=(E, n, A), dtype=torch.bool, device=dev)
-        observation_spec[STATE] = Unbounded((E, n * obs_dim), device=dev)
-        observation_spec[INFO] = Composite(
-            {m: Unbounded((E,), device=dev) for m in self.metrics}, shape=(E,))
-        return observation_spec
-
-    def transform_reward_spec(self, reward_spec: Composite) -> Composite:
-        E = reward_spec.shape[0]
-        return Composite(reward=Unbounded((E, 1), device=reward_spec[AGENTS, "reward"].device),
-                         shape=(E,))
-
-    def transform_done_spec(self, done_spec: Composite) -> Composite:
-        done_spec["truncated"] = done_spec["done"].clone()
-        return done_spec
+def scenario_setup(scenario: Scenario, n_agents: int, observe_teammates: bool, n_prey: int,
+                   n_obstacles: int, shaped_reward: bool
+                   ) -> tuple[BaseScenario, str, dict[str, Any]]:
+    """The scenario object, its team metric and its ``vmas.make_env`` keyword arguments
+    (``VmasTask``'s arguments of the same names)."""
+    if scenario == "simple_spread":
+        world, metric = _Spread(), "landmark_dist"
+        kwargs = {"n_agents": n_agents, "obs_agents": observe_teammates}
+    elif scenario == "simple_tag":
+        world, metric = _Tag(), "catches"
+        kwargs = {"num_adversaries": n_agents, "num_good_agents": n_prey,
+                  "num_landmarks": n_obstacles, "observe_same_team": observe_teammates,
+                  "shape_adversary_rew": shaped_reward, "adversaries_share_rew": True}
+    else:
+        world, metric = _Navigation(), "success"
+        kwargs = {"n_agents": n_agents, "shared_rew": True,
+                  "pos_shaping_factor": 1.0 if shaped_reward else 0.0}
+    return world, metric, kwargs
 
 
-class VmasTask(ConfigurableEnv, TransformedEnv):
+class VmasTask(MultiAgentEnv):
     """A VMAS scenario with discrete actions behind the seqcomm key contract.
 
     Scenarios and their team metric (``("info", ...)``, read at episode end):
@@ -230,29 +178,69 @@ class VmasTask(ConfigurableEnv, TransformedEnv):
         if scenario == "simple_tag" and (n_prey < 1 or n_obstacles < 0):
             raise ValueError(f"vmas: simple_tag needs n_prey >= 1 and n_obstacles >= 0, got "
                              f"n_prey={n_prey}, n_obstacles={n_obstacles}")
-        if scenario == "simple_spread":
-            world, metric = _Spread(), "landmark_dist"
-            kwargs = {"n_agents": n_agents, "obs_agents": observe_teammates}
-        elif scenario == "simple_tag":
-            world, metric = _Tag(), "catches"
-            kwargs = {"num_adversaries": n_agents, "num_good_agents": n_prey,
-                      "num_landmarks": n_obstacles, "observe_same_team": observe_teammates,
-                      "shape_adversary_rew": shaped_reward, "adversaries_share_rew": True}
-        else:
-            world, metric = _Navigation(), "success"
-            kwargs = {"n_agents": n_agents, "shared_rew": True,
-                      "pos_shaping_factor": 1.0 if shaped_reward else 0.0}
-        base = VmasEnv(world, num_envs=num_envs, continuous_actions=False,
-                       categorical_actions=True, max_steps=None, seed=seed, device=device,
-                       group_map=MarlGroupMapType.ALL_IN_ONE_GROUP, **kwargs)
-        n_actions = base.full_action_spec[AGENTS, "action"].n
-        super().__init__(base, TeamView(max_steps, n_actions, (metric,)))
+        world, metric, kwargs = scenario_setup(scenario, n_agents, observe_teammates, n_prey,
+                                               n_obstacles, shaped_reward)
+        sim = make_env(world, num_envs=num_envs, device=device, continuous_actions=False,
+                       max_steps=None, seed=seed, **kwargs)
+        self.n_agents, self.n_actions = sim.n_agents, sim.action_space[0].n
+        self.obs_dim = sim.observation_space[0].shape[0]
+        self.state_dim = self.n_agents * self.obs_dim
+        self.episode_limit, self.metrics = max_steps, (metric,)
+        super().__init__(num_envs, seed, device)
+        self._env = sim  # after the base class's seeding: VMAS was seeded by make_env
+        self._mask = torch.ones(num_envs, self.n_agents, self.n_actions, dtype=torch.bool,
+                                device=self.device)
         self.scenario_name = scenario
-        self.episode_limit = max_steps
         # where the prey's relative positions start in a predator's observation (simple_tag:
         # velocity, position, obstacles, then the other predators if observed, then prey)
         self._prey_at = 4 + 2 * n_obstacles + 2 * (n_agents - 1) * observe_teammates
         self._n_prey = n_prey
+
+    @property
+    def scenario(self):
+        """The VMAS scenario object (its world, agents and metrics)."""
+        return self._env.scenario
+
+    def _set_seed(self, seed: int | None) -> None:
+        super()._set_seed(seed)
+        if getattr(self, "_env", None) is not None:
+            self._env.seed(seed)
+
+    def _reset_where(self, mask: torch.Tensor) -> None:
+        if mask.all():
+            self._env.reset(return_observations=False)
+        else:  # VMAS 1.5 has no batched partial reset
+            for i in mask.nonzero().flatten().tolist():
+                self._env.reset_at(i, return_observations=False)
+
+    def _team_view(self, obs: list[torch.Tensor], infos: list[dict], dones: torch.Tensor
+                   ) -> TensorDictBase:
+        """The contract keys from VMAS's per-agent lists (the state: all observations)."""
+        obs = torch.stack(obs, dim=1)
+        terminated = dones.reshape(self.num_envs, 1)
+        truncated = (self._env.steps >= self.episode_limit).reshape(self.num_envs, 1)
+        metric = self.metrics[0]
+        return TensorDict({
+            AGENTS: TensorDict({"observation": obs, "action_mask": self._mask.clone()},
+                               batch_size=obs.shape[:2]),
+            STATE: obs.flatten(-2),
+            INFO: TensorDict({metric: infos[0][metric].to(torch.float32)},
+                             batch_size=self.batch_size),
+            "terminated": terminated, "truncated": truncated, "done": terminated | truncated,
+        }, batch_size=self.batch_size)
+
+    def _observe(self) -> TensorDictBase:
+        obs, dones, infos = self._env.get_from_scenario(
+            get_observations=True, get_rewards=False, get_infos=True, get_dones=True)
+        td = self._team_view(obs, infos, dones)
+        td["done"] = td["terminated"]  # as VMAS reports it at a reset
+        return td
+
+    def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
+        obs, rews, dones, infos = self._env.step(list(tensordict[ACTION].unbind(1)))
+        td = self._team_view(obs, infos, dones)
+        td["reward"] = torch.stack(rews, dim=1).mean(1, keepdim=True)
+        return td
 
     def greedy_chase_policy(self, td: TensorDictBase) -> torch.Tensor:
         """simple_tag: every predator pushes toward its nearest prey (no coordination)."""
