@@ -1,5 +1,6 @@
-"""Collection and replay (docs/method.md §7): a TorchRL ``Collector`` feeds a replay buffer
-of episode chunks, and an ``IterableDataset`` hands sampled TensorDict batches to Lightning.
+"""Collection and replay (docs/method.md §7): a ``ChunkCollector`` feeds a TorchRL replay
+buffer of episode chunks, and an ``IterableDataset`` hands sampled TensorDict batches to
+Lightning.
 
 Each collection resets every copy (``reset_at_each_iter``) and gathers ``episode_limit`` steps
 per copy, so every stored chunk starts at an episode start and holds a whole first episode
@@ -18,11 +19,11 @@ import lightning as L
 import torch
 from tensordict import TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
-from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.data.replay_buffers import RandomSampler
 from torchrl.envs import Compose, EnvBase, InitTracker, RewardSum, TensorDictPrimer, TransformedEnv
 
+from seqcomm.collector import ChunkCollector
 from seqcomm.distributed import gather_objects, own_entry
 from seqcomm.envs.base import INFO, EnvInfo, env_info
 from seqcomm.policy import HIDDEN, PREV_ACTION
@@ -119,8 +120,8 @@ class EpisodeData(L.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         policy = self.trainer.lightning_module.policy
-        if self.env is None and stage == "fit":
-            self.env = self.wrap(self.make_env(self.num_envs, self.seed(), self.device), policy)
+        if self.env is None and stage == "fit":  # collection wraps nothing (ChunkCollector)
+            self.env = self.make_env(self.num_envs, self.seed(), self.device)
             self.sample_rng.manual_seed(self.seed() + 2_000_003)
         if self.eval_env is None:
             raw = self.make_eval_env(self.eval_envs, self.seed() + 1_000_003, self.device)
@@ -141,15 +142,13 @@ class EpisodeData(L.LightningDataModule):
         if done.any():
             self.last_episodes = {k: v.float().mean().item() for k, v in episodes.items()}
         self.buffer.extend(data.exclude(HIDDEN, ("next", HIDDEN), PREV_ACTION,
-                                        ("next", PREV_ACTION), "collector"))
+                                        ("next", PREV_ACTION)))
 
     def start_collector(self) -> None:
         """Build the collector once (its construction resets, i.e. draws from, the envs)."""
         if self.collector is None:
-            self.collector = iter(Collector(
-                self.env, self.trainer.lightning_module.policy,
-                frames_per_batch=self.num_envs * self.info.episode_limit,
-                total_frames=-1, reset_at_each_iter=True, trust_policy=True))
+            self.collector = ChunkCollector(self.env, self.trainer.lightning_module.policy,
+                                            self.info.episode_limit)
 
     def batches(self) -> Iterator[TensorDictBase]:
         """Collect, then yield ``updates_per_collect`` samples; stop at the frame budget."""
@@ -176,8 +175,7 @@ class EpisodeData(L.LightningDataModule):
     # -- checkpointing ------------------------------------------------------------------
     def _generators(self) -> list[torch.Generator | None]:
         """The environments' own generators (None for tasks that draw from torch's global one)."""
-        return [getattr(e.base_env, "rng", None) if e is not None else None
-                for e in (self.env, self.eval_env)]
+        return [getattr(getattr(e, "base_env", e), "rng", None) for e in (self.env, self.eval_env)]
 
     def generator_states(self) -> dict[str, Any]:
         """This rank's random generator states: the environments', replay sampling's and

@@ -191,7 +191,7 @@ class RngProbe(L.Callback):
     def states(trainer, pl_module) -> dict:
         data = trainer.datamodule
         return {"policy": pl_module.policy.generator.get_state(),
-                "envs": [e.base_env.rng.get_state() for e in (data.env, data.eval_env)],
+                "envs": [g.get_state() for g in data._generators()],
                 "sample": data.buffer._rng.get_state(),  # what replay sampling draws from
                 "torch": torch.get_rng_state()}
 
