@@ -50,7 +50,7 @@ class ChunkCollector:
             td = self.env.reset(TensorDict({"_reset": done}, batch_size=[E]))
         td.set("is_init", done.clone())
         td.set("episode_reward", torch.zeros(E, 1, device=dev))
-        td.update(self.policy.primer_spec(E).zero())
+        td.update(self.policy.primer_spec(E, dev).zero())
         for key in DONE_KEYS:
             if key not in td.keys():
                 td.set(key, torch.zeros(E, 1, dtype=torch.bool, device=dev))

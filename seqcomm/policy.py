@@ -50,13 +50,14 @@ class EpsilonGreedyPolicy(TensorDictModuleBase):
         frac = min(max(frac, 0.0), 1.0)
         return self.eps_start + frac * (self.eps_end - self.eps_start)
 
-    def primer_spec(self, num_envs: int) -> Composite:
-        """Spec of the recurrent state, for ``TensorDictPrimer`` on the environment."""
+    def primer_spec(self, num_envs: int, device: torch.device | str | None = None
+                    ) -> Composite:
+        """Spec of the recurrent state (zero at an episode start) of ``num_envs`` copies."""
         n, H = self.net.info.n_agents, self.net.agent.hidden_dim
-        spec = {HIDDEN: Unbounded((num_envs, n, H))}
+        spec = {HIDDEN: Unbounded((num_envs, n, H), device=device)}
         if self.net.agent.last_action:
-            spec[PREV_ACTION] = Unbounded((num_envs, n, self.net.info.n_actions))
-        return Composite(spec, shape=(num_envs,))
+            spec[PREV_ACTION] = Unbounded((num_envs, n, self.net.info.n_actions), device=device)
+        return Composite(spec, shape=(num_envs,), device=device)
 
     @torch.no_grad()
     def forward(self, td: TensorDictBase) -> TensorDictBase:
