@@ -63,21 +63,18 @@ def test_seed_fixes_the_rollout():
 def test_same_rollout_as_torchrl_vmas_env(scenario):
     """Same scenario, seed and actions: the observations, dones and per-agent rewards of
     TorchRL's own ``VmasEnv`` are ours, and the team reward is their (shared) value."""
-    def play(env, reset, step):
-        gen, out = torch.Generator().manual_seed(0), []
-        td = reset(env)
+    def play(env):
+        gen, td, out = torch.Generator().manual_seed(0), env.reset(), []
         for _ in range(12):
             td[ACTION] = torch.randint(9, (4, 3), generator=gen)
-            td = step(env, td)
+            td = env.step(td)["next"]
             out.append(td.clone())
         return torch.stack(out, 1)
 
-    ours = play(VmasTask(num_envs=4, scenario=scenario, seed=5, max_steps=50),
-                lambda e: e.reset(), lambda e, td: e.step(td)["next"])
+    ours = play(VmasTask(num_envs=4, scenario=scenario, seed=5, max_steps=50))
     world, _, kwargs = scenario_setup(scenario, 3, True, 1, 2, True)
     theirs = play(VmasEnv(world, num_envs=4, continuous_actions=False, seed=5,
-                          group_map=MarlGroupMapType.ALL_IN_ONE_GROUP, **kwargs),
-                  lambda e: e.reset(), lambda e, td: e.step(td)["next"])
+                          group_map=MarlGroupMapType.ALL_IN_ONE_GROUP, **kwargs))
     assert torch.equal(ours[OBS], theirs[OBS])
     assert torch.equal(ours["terminated"], theirs["terminated"])
     per_agent = theirs["agents", "reward"]  # [E, T, n, 1]
