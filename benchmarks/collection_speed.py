@@ -12,25 +12,14 @@ import platform
 import time
 
 import torch
-import yaml
-from jsonargparse import ArgumentParser
 from torchrl.collectors import Collector
 
 from seqcomm.collector import ChunkCollector
-from seqcomm.data import EnvFactory, EpisodeData
+from seqcomm.commands import task_env
+from seqcomm.data import EpisodeData
 from seqcomm.envs.base import env_info
 from seqcomm.policy import EpsilonGreedyPolicy
 from seqcomm.team_q import TeamQ
-
-
-def task_env(task: str, num_envs: int):
-    """The task file's environment (``conf/<task>.yaml``, ``data.env``) with ``num_envs``."""
-    with open(f"conf/{task}.yaml") as f:
-        env_cfg = yaml.safe_load(f)["data"]["env"]
-    parser = ArgumentParser()
-    parser.add_argument("--env", type=EnvFactory)
-    cfg = parser.parse_object({"env": env_cfg})
-    return parser.instantiate(cfg).env(num_envs, 0, "cpu")
 
 
 def cpu_ms_per_1k(chunks, frames: int, repeats: int) -> float:
@@ -60,7 +49,7 @@ def main() -> None:
     for task in args.tasks:
         row = {}
         for kind in ("torchrl", "seqcomm"):
-            env = task_env(task, args.num_envs)
+            env = task_env(f"conf/{task}.yaml", args.num_envs)
             info = env_info(env)
             policy = EpsilonGreedyPolicy(TeamQ(info))
             frames = args.num_envs * info.episode_limit

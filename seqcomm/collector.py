@@ -17,8 +17,6 @@ from torchrl.envs import EnvBase
 
 from seqcomm.policy import EpsilonGreedyPolicy
 
-DONE_KEYS = ("done", "terminated", "truncated")
-
 
 class ChunkCollector:
     """Iterator of ``[num_envs, steps]`` chunks, each starting from a reset of every copy.
@@ -51,9 +49,6 @@ class ChunkCollector:
         td.set("is_init", done.clone())
         td.set("episode_reward", torch.zeros(E, 1, device=dev))
         td.update(self.policy.primer_spec(E, dev).zero())
-        for key in DONE_KEYS:
-            if key not in td.keys():
-                td.set(key, torch.zeros(E, 1, dtype=torch.bool, device=dev))
         return td
 
     def __iter__(self) -> ChunkCollector:

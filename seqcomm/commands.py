@@ -33,6 +33,22 @@ def _load_yaml(path: str) -> dict[str, Any]:
     return data
 
 
+def task_env(path: str, num_envs: int, seed: int = 0):
+    """The task of a config file (its ``data.env``) with ``num_envs`` copies on the CPU."""
+    env_cfg = _load_yaml(path).get("data", {}).get("env")
+    if not isinstance(env_cfg, dict) or "class_path" not in env_cfg:
+        raise ConfigError(f"{path}: no data.env.class_path to build the task from")
+    import importlib
+
+    module, _, name = env_cfg["class_path"].rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+        return cls(num_envs, seed, "cpu", **(env_cfg.get("init_args") or {}))
+    except (ImportError, AttributeError, TypeError, ValueError) as err:
+        raise ConfigError(f"{path}: cannot build {env_cfg['class_path']}: "
+                          f"{' '.join(str(err).split())}") from err
+
+
 def env_info_main(argv: list[str]) -> None:
     """``seqcomm env-info TASK`` where TASK is ``conf/<TASK>.yaml`` or a config path."""
     parser = argparse.ArgumentParser(prog="seqcomm env-info",
@@ -45,24 +61,13 @@ def env_info_main(argv: list[str]) -> None:
     if args.episodes < 1 or args.envs < 1:
         raise ConfigError("--episodes and --envs must be >= 1")
     path = args.task if args.task.endswith((".yaml", ".yml")) else f"conf/{args.task}.yaml"
-    env_cfg = _load_yaml(path).get("data", {}).get("env")
-    if not isinstance(env_cfg, dict) or "class_path" not in env_cfg:
-        raise ConfigError(f"{path}: no data.env.class_path to build the task from")
-    import importlib
-
     import torch
 
     from seqcomm.envs.base import env_info
     from seqcomm.envs.reference import evaluate_policy
 
     torch.set_num_threads(1)
-    module, _, name = env_cfg["class_path"].rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-        env = cls(args.envs, args.seed, "cpu", **(env_cfg.get("init_args") or {}))
-    except (ImportError, AttributeError, TypeError, ValueError) as err:
-        raise ConfigError(f"{path}: cannot build {env_cfg['class_path']}: "
-                          f"{' '.join(str(err).split())}") from err
+    env = task_env(path, args.envs, args.seed)
     print(f"{path}: {env_info(env)}")
     policies = env.reference_policies() if hasattr(env, "reference_policies") else {}
     print(f"| policy | episodes | {' | '.join(['return'])} | metrics |")
