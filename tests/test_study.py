@@ -173,6 +173,26 @@ def test_curves_keep_the_last_of_two_evaluations_at_one_env_step(tmp_path):
     assert list(steps) == [50, 100] and len(iqm) == 2
     assert iqm[1] == pytest.approx(1.0)  # the last evaluation at step 100 on every run
 
+def test_a_task_ranked_by_its_own_metric(tmp_path):
+    """A task's ``metric`` (e.g. combat's win rate) replaces the study's for that task only."""
+    _synthetic(tmp_path / "syn", {"a": [1.0] * 8, "b": [2.0] * 8})
+    data = yaml.safe_load((tmp_path / "syn" / "study.yaml").read_text())
+    data["tasks"]["t"]["metric"] = "win_rate"
+    (tmp_path / "syn" / "study.yaml").write_text(yaml.safe_dump(data))
+    for summary in (tmp_path / "syn").glob("t/*/s*/version_0/summary.json"):
+        found = json.loads(summary.read_text())
+        found["eval"]["win_rate"] = found["eval"]["return"] / 10
+        summary.write_text(json.dumps(found))
+    study, runs = read_study(tmp_path / "syn")
+    assert study.metric == "return" and study.metric_of("t") == "win_rate"
+    result = analyse(study, runs, reps=REPS)
+    assert result["tasks"]["t"]["b"]["iqm"].value == pytest.approx(0.2)
+    assert result["metrics"] == {"t": "win_rate"}
+    assert "t" not in result["curves"]  # metrics.csv logs no eval/win_rate: no curve, no guess
+    _, table = write_report(tmp_path / "syn", reps=REPS)
+    assert table.splitlines()[0].endswith("eval/return (t: eval/win_rate)")
+
+
 def test_wandb_sweep_is_a_grid_over_the_cells_that_the_cli_runs(smoke, tmp_path, capsys):
     study, study_dir, _, _ = smoke
     root = str(study_dir.parent)
@@ -235,6 +255,7 @@ def test_slurm_job_array_through_submitit_without_a_cluster(smoke, tmp_path, mon
     (["study", "{bad}", "--emit", "mpi"], "invalid choice: 'mpi'"),
     (["study", "{unknown_key}"], "unknown key 'budgets'"),
     (["study", "{unknown_task_key}"], "task 'matrix': unknown key 'config'"),
+    (["study", "{bad_task_metric}"], "task 'matrix' metric: must be a summary.json eval key"),
     (["study", "{missing_config}"], "config 'conf/methods/nope.yaml' does not exist"),
     (["study", "{bad_pair}"], "compare entry ['a', 'nope']"),
     (["study", SMOKE, "--cell", "matrix/nope/0"], "is not in study 'smoke'"),
@@ -249,6 +270,8 @@ def test_bad_input_is_one_line_and_exit_status_2(args, message, tmp_path, capsys
         "bad": base,
         "unknown_key": base | {"budgets": 3},
         "unknown_task_key": base | {"tasks": {"matrix": {"config": ["conf/matrix.yaml"]}}},
+        "bad_task_metric": base | {"tasks": {"matrix": {"configs": ["conf/matrix.yaml"],
+                                                        "metric": ["win_rate"]}}},
         "missing_config": base | {"methods": {"a": ["conf/methods/nope.yaml"]}},
         "bad_pair": base | {"methods": {"a": ["conf/methods/qmix.yaml"]},
                             "compare": [["a", "nope"]]},
@@ -284,3 +307,5 @@ def test_paper_study_covers_every_method_and_every_ablation_on_hospital():
                      if p.stem != "seqcomm_dfl_1bit")  # the matrix game's 1-bit setting
     assert sorted(s[0] for s in stacks if len(s) == 1) == methods
     assert study.seeds == [0, 1, 2] and study.tasks["hospital"].reference == (-154.4, -26.7)
+    assert study.metric_of("hospital") == "return"
+    assert study.metric_of("microcombat_3m_sight") == "win_rate"  # combat ranks by wins

@@ -18,9 +18,10 @@ def _colours(methods: list[str]) -> dict[str, str]:
     return {m: f"C{i % 10}" for i, m in enumerate(methods)}
 
 
-def curves_png(curves: dict[str, dict[str, Curve]], methods: list[str], metric: str,
-               path: Path) -> None:
-    """``curves[task][method] = (env steps, IQM, CI low, CI high)``: one panel per task."""
+def curves_png(curves: dict[str, dict[str, Curve]], methods: list[str],
+               metrics: dict[str, str], path: Path) -> None:
+    """``curves[task][method] = (env steps, IQM, CI low, CI high)``: one panel per task,
+    ``metrics[task]`` its eval key."""
     colour = _colours(methods)
     fig = Figure(figsize=(5.0 * max(len(curves), 1), 3.6), layout="constrained")
     for ax, (task, by_method) in zip(fig.subplots(1, max(len(curves), 1), squeeze=False)[0],
@@ -30,7 +31,7 @@ def curves_png(curves: dict[str, dict[str, Curve]], methods: list[str], metric: 
             ax.fill_between(steps, low, high, color=colour[method], alpha=0.2, linewidth=0)
         ax.set_title(task)
         ax.set_xlabel("env steps")
-        ax.set_ylabel(f"eval {metric} (IQM, 95% CI)")
+        ax.set_ylabel(f"eval {metrics[task]} (IQM, 95% CI)")
         ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)
 

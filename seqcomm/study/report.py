@@ -19,7 +19,7 @@ from seqcomm.study.spec import Stack, Study
 
 
 def _scores(runs: list[Run], study: Study, task: str, method: str) -> np.ndarray:
-    return np.array([r.score(study.metric) for r in runs if r.status == "done"
+    return np.array([r.score(study.metric_of(task)) for r in runs if r.status == "done"
                      and r.cell.task.name == task and r.cell.method.name == method])
 
 
@@ -55,12 +55,14 @@ def _verdict(e: Estimate, x: str, y: str) -> str:
 def analyse(study: Study, runs: list[Run], reps: int = 2000, seed: int = 0) -> dict:
     """Every estimate of the report as plain data (``Estimate`` objects inside)."""
     out: dict = {"study": study.name, "metric": study.metric, "seeds": study.seeds,
+                 "metrics": {task: study.metric_of(task) for task in study.tasks},
                  "tasks": {}, "normalised": {}, "improvement": [], "curves": {}}
     by_cell = {(r.cell.task.name, r.cell.method.name): [] for r in runs}
     for r in runs:
         by_cell[r.cell.task.name, r.cell.method.name].append(r)
     for (task, method), cell_runs in by_cell.items():
-        row = {"runs": {r.cell.seed: (r.score(study.metric) if r.status == "done" else r.status)
+        metric = study.metric_of(task)
+        row = {"runs": {r.cell.seed: (r.score(metric) if r.status == "done" else r.status)
                         for r in cell_runs}}
         scores = _scores(runs, study, task, method)
         if scores.size:
@@ -70,7 +72,7 @@ def analyse(study: Study, runs: list[Run], reps: int = 2000, seed: int = 0) -> d
                 row["normalised_iqm"] = intervals.aggregates({method: norm}, reps, seed)[
                     method]["iqm"]
         out["tasks"].setdefault(task, {})[method] = row
-        curve = _curve(cell_runs, study.metric)
+        curve = _curve(cell_runs, metric)
         if curve is not None:
             steps, values = curve
             iqm, low, high = intervals.iqm_curves({method: values}, reps, seed)[method]
@@ -110,7 +112,10 @@ def _cell(value: object) -> str:
 def markdown(study: Study, result: dict) -> str:
     """The report's tables."""
     seeds = study.seeds
-    lines = [f"# Study {study.name}: final greedy eval/{study.metric}", "",
+    own = [f"{t}: eval/{study.metric_of(t)}" for t in study.tasks
+           if study.metric_of(t) != study.metric]
+    lines = [f"# Study {study.name}: final greedy eval/{study.metric}"
+             + (f" ({', '.join(own)})" if own else ""), "",
              "Point estimates with 95% stratified bootstrap CIs (rliable). "
              "Normalised: (x - low) / (high - low) with the task's reference values.", "",
              "| task | method | runs | mean [95% CI] | IQM [95% CI] | normalised IQM [95% CI] | "
@@ -175,7 +180,7 @@ def write_report(study_dir: Path, out_dir: Path | None = None, reps: int = 2000,
         (tmp / "marl_eval.json").write_text(json.dumps(marl_eval(study, runs), indent=1))
         (tmp / "stats.json").write_text(json.dumps(_plain(result), indent=1))
         (tmp / "table.md").write_text(table)
-        plots.curves_png(result["curves"], methods, study.metric, tmp / "curves.png")
+        plots.curves_png(result["curves"], methods, result["metrics"], tmp / "curves.png")
         panels = {task: {m: row["iqm"] for m, row in by.items() if "iqm" in row}
                   for task, by in result["tasks"].items()}
         norm = {m: row["iqm"] for m, row in result["normalised"].items() if isinstance(row, dict)}

@@ -32,7 +32,8 @@ class Run:
         found = self.summary["eval"]
         if metric not in found:
             raise ConfigError(f"{self.cell.id}: summary.json has no eval key {metric!r} "
-                              f"(it has: {', '.join(found)}); set the study's 'metric'")
+                              f"(it has: {', '.join(found)}); set the study's or the task's "
+                              "'metric'")
         return float(found[metric])
 
 

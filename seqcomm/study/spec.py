@@ -10,6 +10,9 @@ A study file (YAML)::
       hospital:
         configs: [conf/hospital.yaml]
         reference: {low: -154.4, high: -26.7}   # normalised score = (x - low) / (high - low)
+      microcombat_3m:
+        configs: [conf/microcombat_3m.yaml]
+        metric: win_rate                        # this task's key instead of the study's
     methods:
       no_comm: [conf/methods/qmix.yaml]          # a list is short for {configs: [...]}
       tarmac: {configs: [conf/methods/tarmac.yaml], tasks: [hospital]}
@@ -29,7 +32,7 @@ from seqcomm.errors import ConfigError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 STUDY_KEYS = {"seeds", "budget", "metric", "overrides", "tasks", "methods", "compare", "slurm"}
-TASK_KEYS = {"configs", "overrides", "budget", "reference"}
+TASK_KEYS = {"configs", "overrides", "budget", "reference", "metric"}
 METHOD_KEYS = {"configs", "overrides", "tasks"}
 
 
@@ -43,6 +46,7 @@ class Stack:
     budget: int | None = None  # tasks only: data.total_frames instead of the study's
     reference: tuple[float, float] | None = None  # tasks only: (low, high) for normalising
     tasks: list[str] | None = None  # methods only: run on these tasks (default: all)
+    metric: str | None = None  # tasks only: the summary.json eval key instead of the study's
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,10 @@ class Study:
     compare: list[tuple[str, str]]
     slurm: dict[str, Any]
     source: dict[str, Any]  # the file's mapping, copied into the study directory
+
+    def metric_of(self, task: str) -> str:
+        """The summary.json ``eval`` key the report ranks ``task`` by."""
+        return self.tasks[task].metric or self.metric
 
     def cells(self) -> list[Cell]:
         """Every (task, method, seed), seeds outermost so early results cover the grid."""
@@ -150,14 +158,16 @@ def _stack(kind: str, name: Any, value: Any, check_paths: bool) -> Stack:
                 or reference["low"] == reference["high"]:
             raise ConfigError(f"{where} reference: needs numbers 'low' and 'high' that differ")
         reference = (float(reference["low"]), float(reference["high"]))
-    tasks = value.get("tasks")
+    tasks, metric = value.get("tasks"), value.get("metric")
+    if metric is not None and not isinstance(metric, str):
+        raise ConfigError(f"{where} metric: must be a summary.json eval key, e.g. win_rate")
     return Stack(
         name=name, configs=configs,
         overrides=_strings(f"{where} overrides", value.get("overrides", [])),
         budget=None if value.get("budget") is None
         else _positive_int(f"{where} budget", value["budget"]),
         reference=reference,
-        tasks=None if tasks is None else _strings(f"{where} tasks", tasks))
+        tasks=None if tasks is None else _strings(f"{where} tasks", tasks), metric=metric)
 
 
 def parse_study(data: Any, name: str, check_paths: bool = True) -> Study:
