@@ -77,6 +77,21 @@ def test_rerun_after_interruption_runs_only_the_missing_cell(smoke):
     assert lines[-1].endswith("4/4 done (3 skipped), 0 running, 0 failed, 0 queued; ETA 0:00:00")
 
 
+def test_only_runs_the_cells_its_patterns_match(smoke):
+    study, study_dir, _, _ = smoke
+    lost = [study.cell("matrix/full_obs/1"), study.cell("matrix/no_comm/0")]
+    for c in lost:
+        (cells.run_dir(study_dir, c) / "summary.json").unlink()
+    result = run_study(study, study_dir, ROOT, workers=2, out=io.StringIO(),
+                       only=["*/full_obs/*"])
+    assert result == {"matrix/full_obs/0": "skipped", "matrix/full_obs/1": "done"}
+    assert cells.status(study_dir, lost[1]) == "missing"  # not matched: left alone
+    assert [c.id for c in study.selected(["matrix/no_comm/0", "*/1"])] == [
+        "matrix/no_comm/0", "matrix/no_comm/1", "matrix/full_obs/1"]
+    run_study(study, study_dir, ROOT, workers=2, out=io.StringIO())  # the fixture's state back
+    assert all(cells.status(study_dir, c) == "done" for c in study.cells())
+
+
 def test_a_failed_cell_is_recorded_with_its_log_and_reported_as_failed(smoke, tmp_path,
                                                                        monkeypatch):
     study, study_dir, _, _ = smoke
@@ -203,6 +218,9 @@ def test_wandb_sweep_is_a_grid_over_the_cells_that_the_cli_runs(smoke, tmp_path,
     assert config["method"] == "grid" and config["program"] == "seqcomm"
     assert config["metric"] == {"name": "eval/return", "goal": "maximize"}
     assert config["parameters"] == {"cell": {"values": [c.id for c in study.cells()]}}
+    subset = write_wandb_sweep(study, SMOKE, root, tmp_path / "subset", only=["*/no_comm/*"])
+    assert load_sweep_config(str(subset))["parameters"]["cell"]["values"] == [
+        "matrix/no_comm/0", "matrix/no_comm/1"]
     from seqcomm.commands import sweep_commands  # W&B's own helpers build the agent's commands
 
     commands = sweep_commands(str(path))
@@ -259,6 +277,7 @@ def test_slurm_job_array_through_submitit_without_a_cluster(smoke, tmp_path, mon
     (["study", "{missing_config}"], "config 'conf/methods/nope.yaml' does not exist"),
     (["study", "{bad_pair}"], "compare entry ['a', 'nope']"),
     (["study", SMOKE, "--cell", "matrix/nope/0"], "is not in study 'smoke'"),
+    (["study", SMOKE, "--only", "matrix/*/0", "hospital/*"], "--only 'hospital/*' matches no"),
     (["study", SMOKE, "--emit", "slurm"], "SLURM login node"),
     (["report", "{empty_study}"], "no finished runs yet"),
     (["report", "{tmp}"], "not a study directory"),

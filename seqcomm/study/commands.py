@@ -32,6 +32,9 @@ def study_main(argv: list[str]) -> None:
     parser.add_argument("--emit", choices=["wandb", "slurm"],
                         help="instead of running: write a W&B sweep, or submit a SLURM array")
     parser.add_argument("--cell", help="run one cell, task/method/seed (what cluster jobs run)")
+    parser.add_argument("--only", nargs="+", metavar="PATTERN",
+                        help="run (or emit) only the cells whose task/method/seed id matches "
+                             "one of these shell patterns, e.g. 'hospital/*/0'")
     args = parser.parse_args(argv)
     if args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
@@ -39,6 +42,7 @@ def study_main(argv: list[str]) -> None:
     from seqcomm.study.spec import load_study
 
     study = load_study(args.study_file)
+    study.selected(args.only)  # a pattern that matches nothing is bad input
     study_dir = Path(args.root).resolve() / study.name
     workdir = Path.cwd()
     if args.cell is not None:
@@ -52,8 +56,8 @@ def study_main(argv: list[str]) -> None:
     if args.emit == "wandb":
         from seqcomm.study.emit import write_wandb_sweep
 
-        path = write_wandb_sweep(study, args.study_file, args.root, study_dir)
-        print(f"seqcomm study: {len(study.cells())} cells -> {path}\n"
+        path = write_wandb_sweep(study, args.study_file, args.root, study_dir, args.only)
+        print(f"seqcomm study: {len(study.selected(args.only))} cells -> {path}\n"
               f"  wandb sweep {shlex.quote(str(path))}   # prints a sweep id\n"
               f"  wandb agent <entity/project/sweep id>   # on each machine, from {workdir}\n"
               f"  seqcomm report {shlex.quote(str(study_dir))}")
@@ -62,14 +66,14 @@ def study_main(argv: list[str]) -> None:
         from seqcomm.study.emit import slurm_executor, submit_slurm
 
         jobs = submit_slurm(slurm_executor(study, study_dir), study, args.study_file,
-                            study_dir, workdir)
+                            study_dir, workdir, args.only)
         first = jobs[0].job_id.split("_")[0] if jobs else "none (every cell is done)"
         print(f"seqcomm study: {len(jobs)} cells submitted as SLURM array {first}; logs under "
               f"{study_dir / 'slurm'}\n  seqcomm report {shlex.quote(str(study_dir))}")
         return
     from seqcomm.study.runner import run_study
 
-    result = run_study(study, study_dir, workdir, args.workers)
+    result = run_study(study, study_dir, workdir, args.workers, only=args.only)
     failed = [c for c, s in result.items() if s == "failed"]
     print(f"seqcomm study: report with: seqcomm report {shlex.quote(str(study_dir))}")
     if failed:

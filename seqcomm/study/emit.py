@@ -18,23 +18,25 @@ SLURM_DEFAULTS: dict[str, Any] = {"cpus_per_task": 1, "timeout_min": 240, "nodes
                                   "tasks_per_node": 1, "slurm_array_parallelism": 64}
 
 
-def wandb_sweep(study: Study, study_file: str, root: str) -> dict[str, Any]:
+def wandb_sweep(study: Study, study_file: str, root: str,
+                only: list[str] | None = None) -> dict[str, Any]:
     """A W&B grid sweep over the study's cells (one parameter, ``cell``)."""
     return {
         "program": "seqcomm",
         "method": "grid",
         "metric": {"name": f"eval/{study.metric}", "goal": "maximize"},
         "command": ["${env}", "${program}", "study", study_file, "--root", root, "${args}"],
-        "parameters": {"cell": {"values": [c.id for c in study.cells()]}},
+        "parameters": {"cell": {"values": [c.id for c in study.selected(only)]}},
     }
 
 
-def write_wandb_sweep(study: Study, study_file: str, root: str, study_dir: Path) -> Path:
+def write_wandb_sweep(study: Study, study_file: str, root: str, study_dir: Path,
+                      only: list[str] | None = None) -> Path:
     """Write ``<study dir>/sweep.yaml`` (and the study copy the report reads)."""
     import yaml
 
     text = f"# seqcomm study {study_file}: wandb sweep this file, then wandb agent <sweep id>\n"
-    text += yaml.safe_dump(wandb_sweep(study, study_file, root), sort_keys=False)
+    text += yaml.safe_dump(wandb_sweep(study, study_file, root, only), sort_keys=False)
     cells.save_study(study, study_dir)
     path = study_dir / "sweep.yaml"
     path.write_text(text)
@@ -58,10 +60,11 @@ def slurm_executor(study: Study, study_dir: Path, cluster: str = "slurm"):
 
 
 def submit_slurm(executor, study: Study, study_file: str, study_dir: Path,
-                 workdir: Path) -> list:
-    """Submit every cell that is not done as one job array; return submitit's jobs."""
+                 workdir: Path, only: list[str] | None = None) -> list:
+    """Submit every cell (of those matching ``only``) that is not done as one job array;
+    return submitit's jobs."""
     cells.save_study(study, study_dir)
-    todo = [c for c in study.cells() if cells.status(study_dir, c) != "done"]
+    todo = [c for c in study.selected(only) if cells.status(study_dir, c) != "done"]
     if not todo:
         return []
     n = len(todo)

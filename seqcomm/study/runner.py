@@ -42,10 +42,12 @@ class Progress:
 
 
 def run_study(study: Study, study_dir: Path, workdir: Path, workers: int,
-              out: TextIO = sys.stdout, heartbeat: float = 60.0) -> dict[str, str]:
-    """Run every cell that is not done; return ``{cell id: skipped | done | failed}``."""
+              out: TextIO = sys.stdout, heartbeat: float = 60.0,
+              only: list[str] | None = None) -> dict[str, str]:
+    """Run every cell (of those matching ``only``) that is not done; return
+    ``{cell id: skipped | done | failed}``."""
     cells.save_study(study, study_dir)
-    grid = study.cells()
+    grid = study.selected(only)
     result = {c.id: "skipped" for c in grid if cells.status(study_dir, c) == "done"}
     queue = [c for c in grid if c.id not in result]
     progress = Progress(len(grid), len(result), workers)

@@ -22,6 +22,7 @@ A study file (YAML)::
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from dataclasses import dataclass, field
@@ -92,6 +93,18 @@ class Study:
         return [Cell(task, method, seed) for seed in self.seeds
                 for task in self.tasks.values() for method in self.methods.values()
                 if method.tasks is None or task.name in method.tasks]
+
+    def selected(self, only: list[str] | None = None) -> list[Cell]:
+        """The cells whose id matches one of the ``only`` patterns (shell-style, e.g.
+        ``hospital/*/0``), in grid order; every cell without patterns."""
+        grid = self.cells()
+        if not only:
+            return grid
+        for pattern in only:
+            if not any(fnmatch.fnmatchcase(c.id, pattern) for c in grid):
+                raise ConfigError(f"--only {pattern!r} matches no cell of study {self.name!r}; "
+                                  f"cells look like {grid[0].id!r} (task/method/seed)")
+        return [c for c in grid if any(fnmatch.fnmatchcase(c.id, p) for p in only)]
 
     def cell(self, cell_id: str) -> Cell:
         """The cell named ``task/method/seed``."""
