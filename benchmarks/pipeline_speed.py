@@ -131,7 +131,7 @@ def seqcomm_config(args: argparse.Namespace, scenario: str, root: str, out: str)
         },
         "model": {"class_path": "seqcomm.learner.QLearner",
                   "init_args": {"hidden_dim": args.hidden, "mixer_embed_dim": args.mixer_embed,
-                                "target_tau": args.tau}},
+                                "target_tau": args.tau, "agent_body": args.agent_body}},
     }
 
 
@@ -227,6 +227,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--buffer-chunks", type=int, default=5000, help="replay capacity in chunks")
     p.add_argument("--updates-per-collect", type=int, default=1)
     p.add_argument("--hidden", type=int, default=64, help="agent width (GRU / MLP cells)")
+    p.add_argument("--agent-body", choices=["gru", "mlp"], default="gru",
+                   help="seqcomm's agent: recurrent (the default) or feed-forward like the "
+                        "reference's (model.init_args.agent_body)")
     p.add_argument("--mixer-embed", type=int, default=32)
     p.add_argument("--tau", type=float, default=0.005, help="target Polyak rate (both)")
     p.add_argument("--warmup-updates", type=int, default=10)
@@ -259,7 +262,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f"steps = {args.num_envs * args.max_steps} frames per collection, "
                 f"{args.updates_per_collect} update(s) per collection, batch {args.batch_size} "
                 f"chunks = {args.batch_size * args.max_steps} transitions, hidden "
-                f"{args.hidden}, mixer {args.mixer_embed}, tau {args.tau}, window "
+                f"{args.hidden}, seqcomm agent {args.agent_body}, mixer {args.mixer_embed}, tau "
+                f"{args.tau}, window "
                 f"{args.window_updates} updates after {args.warmup_updates} warm-up")
     print(f"machine: {machine(args)}\n{settings}\n\n{table(rows)}")
     if args.json:

@@ -1,9 +1,10 @@
-"""The recurrent agent network of the QMIX backbone (docs/method.md §1.2).
+"""The agent network of the QMIX backbone (docs/method.md §1.2).
 
-One GRU shared by all agents (agent id one-hot appended to the input; optionally PyMARL's
-one-hot of the agent's previous action, zero at an episode start). ``encode`` advances the
-recurrent state, ``q`` reads the per-agent utilities ``Q_i(h_i, ctx_i, .)`` where ``ctx_i`` is
-the message context a ``Communication`` module produced for receiver ``i``.
+One GRU (or, with ``body="mlp"``, one feed-forward layer) shared by all agents (agent id
+one-hot appended to the input; optionally PyMARL's one-hot of the agent's previous action,
+zero at an episode start). ``encode`` advances the state, ``q`` reads the per-agent utilities
+``Q_i(h_i, ctx_i, .)`` where ``ctx_i`` is the message context a ``Communication`` module
+produced for receiver ``i``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from torch.func import functional_call
 
 Receiver = Literal["mlp", "linear"]
 RECEIVERS: tuple[str, ...] = get_args(Receiver)
+Body = Literal["gru", "mlp"]
+BODIES: tuple[str, ...] = get_args(Body)
 
 
 class RNNAgent(nn.Module):
@@ -33,6 +36,9 @@ class RNNAgent(nn.Module):
             message only adds a per-action offset). Without a context the head is linear.
         last_action: also input the one-hot of the agent's previous action (PyMARL's
             ``obs_last_action``); ``encode`` / ``unroll`` then need ``prev_action``.
+        body: ``"gru"`` (PyMARL's recurrent agent) or ``"mlp"`` (a feed-forward
+            ``relu(Linear)`` layer in its place, as TorchRL's and BenchMARL's QMIX default: the
+            state is a function of this step's input alone and ``h`` is ignored).
     """
 
     def __init__(
@@ -44,19 +50,31 @@ class RNNAgent(nn.Module):
         ctx_dim: int = 0,
         receiver: Receiver = "mlp",
         last_action: bool = False,
+        body: Body = "gru",
     ) -> None:
         super().__init__()
         self.n_agents, self.hidden_dim, self.last_action = n_agents, hidden_dim, last_action
-        self.fc = nn.Linear(obs_dim + n_agents + (n_actions if last_action else 0), hidden_dim)
-        self.rnn = nn.GRUCell(hidden_dim, hidden_dim)
         if receiver not in RECEIVERS:
             raise ValueError(f"receiver={receiver!r}; choose one of {RECEIVERS}")
+        if body not in BODIES:
+            raise ValueError(f"body={body!r}; choose one of {BODIES}")
+        self.body = body
+        self.fc = nn.Linear(obs_dim + n_agents + (n_actions if last_action else 0), hidden_dim)
+        if body == "gru":
+            self.rnn = nn.GRUCell(hidden_dim, hidden_dim)
+        else:
+            self.mlp = nn.Linear(hidden_dim, hidden_dim)
         if ctx_dim > 0 and receiver == "mlp":
             self.head = nn.Sequential(nn.Linear(hidden_dim + ctx_dim, hidden_dim), nn.ReLU(),
                                       nn.Linear(hidden_dim, n_actions))
         else:
             self.head = nn.Linear(hidden_dim + ctx_dim, n_actions)
         self.register_buffer("agent_ids", torch.eye(n_agents), persistent=False)
+
+    @property
+    def encoder(self) -> tuple[nn.Module, ...]:
+        """The modules that compute the state ``h``: the input layer and the body."""
+        return (self.fc, self.rnn if self.body == "gru" else self.mlp)
 
     def features(self, obs: torch.Tensor,
                  prev_action: torch.Tensor | None = None) -> torch.Tensor:
@@ -76,6 +94,8 @@ class RNNAgent(nn.Module):
         """One recurrent step: ``obs [*B, n, D]``, ``h [*B, n, H]`` -> new ``h [*B, n, H]``;
         ``prev_action [*B, n, A]`` (one-hot, zero at an episode start) under ``last_action``."""
         x = self.features(obs, prev_action)
+        if self.body == "mlp":
+            return torch.relu(self.mlp(x))
         flat = self.rnn(x.reshape(-1, x.shape[-1]), h.reshape(-1, self.hidden_dim))
         return flat.reshape(h.shape)
 
@@ -85,6 +105,8 @@ class RNNAgent(nn.Module):
         (and ``prev_action [B, T, n, A]`` under ``last_action``): the same as ``encode`` step
         by step from a zero state, reset to zero wherever an episode starts (``is_init``).
         """
+        if self.body == "mlp":  # no recurrence: every step in one pass, [B, T, n, H]
+            return torch.relu(self.mlp(self.features(obs, prev_action)))
         # Hand-written GRU recursion (the same gates as nn.GRUCell): nn.GRU cannot reset the
         # state mid-sequence and GRUCell recomputes fc and W_ih x every step; here those two
         # are one matmul over all steps and only the W_hh half is stepped (issue 9, measured:

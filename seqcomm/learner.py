@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from tensordict import TensorDictBase
 
-from seqcomm.agent import Receiver
+from seqcomm.agent import Body, Receiver
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE, EnvInfo, metric_name
 from seqcomm.envs.reference import evaluate_policy
 from seqcomm.errors import NonFiniteError
@@ -35,7 +35,7 @@ class QLearner(L.LightningModule):
     Args:
         env_info: environment sizes; linked from ``data.info`` by the CLI, never typed.
         comm: message generator (``class_path`` of a ``seqcomm.comm`` class); none = QMIX.
-        hidden_dim: agent GRU size (PyMARL 64).
+        hidden_dim: agent width, the GRU state size (PyMARL 64).
         mixer_embed_dim: mixing network width (PyMARL 32).
         full_obs: every agent also observes the global state (the upper reference).
         oracle_obs: every agent also observes all agents' observations (an oracle channel).
@@ -43,6 +43,8 @@ class QLearner(L.LightningModule):
             interactions) or ``linear`` (a per-action offset); see ``RNNAgent``.
         last_action: agents also input their previous action's one-hot (PyMARL's SMAC default);
             acting and training unrolls both feed it.
+        agent_body: ``gru`` (recurrent, PyMARL) or ``mlp`` (feed-forward, as TorchRL's and
+            BenchMARL's QMIX: each step's utilities from that step's input alone).
         lr: Adam learning rate (PyMARL 5e-4).
         gamma: discount.
         grad_clip: gradient-norm clip (PyMARL 10).
@@ -77,6 +79,7 @@ class QLearner(L.LightningModule):
         eps_end: float = 0.05,
         eps_anneal_frames: int = 50_000,
         last_action: bool = False,
+        agent_body: Body = "gru",
     ) -> None:
         super().__init__()
         if env_info is None:
@@ -88,7 +91,7 @@ class QLearner(L.LightningModule):
         self.automatic_optimization = False
         self.info = env_info
         self.net = TeamQ(env_info, comm, hidden_dim, mixer_embed_dim, full_obs, oracle_obs,
-                         receiver, last_action)
+                         receiver, last_action, agent_body)
         self.target = copy.deepcopy(self.net).requires_grad_(False)
         self.policy = EpsilonGreedyPolicy(self.net, eps_start, eps_end, eps_anneal_frames)
 

@@ -132,7 +132,7 @@ class RGMCommLearner(QLearner):
 
     def freeze_labels(self) -> None:
         """Staged schedule: the label function and the recurrent encoder it reads stop."""
-        for module in (self.net.comm.label_head, self.net.agent.fc, self.net.agent.rnn):
+        for module in (self.net.comm.label_head, *self.net.agent.encoder):
             module.requires_grad_(False)
 
     def restart_receivers(self) -> None:

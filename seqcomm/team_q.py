@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from seqcomm.agent import Receiver, RNNAgent
+from seqcomm.agent import Body, Receiver, RNNAgent
 from seqcomm.comm.base import Communication, MessageOutput, NoComm
 from seqcomm.envs.base import EnvInfo
 from seqcomm.mixer import MonotonicMixer
@@ -27,13 +27,14 @@ class TeamQ(nn.Module):
     Args:
         info: environment sizes (read from the specs).
         comm: message generator factory (``None`` = no communication).
-        hidden_dim: agent GRU size.
+        hidden_dim: agent width (GRU state size).
         mixer_embed_dim: QMIX mixing width.
         full_obs: every agent also observes the global state (the upper reference).
         oracle_obs: every agent also observes all agents' observations (the oracle channel
             of the diagnostic ladder: a perfect, free message of each sender's raw input).
         receiver: how utilities read the message context (see ``RNNAgent``).
         last_action: agents also input their previous action's one-hot (see ``RNNAgent``).
+        agent_body: ``gru`` or ``mlp`` (feed-forward; see ``RNNAgent``).
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class TeamQ(nn.Module):
         oracle_obs: bool = False,
         receiver: Receiver = "mlp",
         last_action: bool = False,
+        agent_body: Body = "gru",
     ) -> None:
         super().__init__()
         self.info, self.full_obs, self.oracle_obs = info, full_obs, oracle_obs
@@ -54,7 +56,7 @@ class TeamQ(nn.Module):
         in_dim = (info.obs_dim + (info.state_dim if full_obs else 0)
                   + (info.n_agents * info.obs_dim if oracle_obs else 0))
         self.agent = RNNAgent(in_dim, info.n_agents, info.n_actions, hidden_dim,
-                              self.comm.ctx_dim, receiver, last_action)
+                              self.comm.ctx_dim, receiver, last_action, agent_body)
         self.mixer = MonotonicMixer(info.state_dim, info.n_agents, mixer_embed_dim)
 
     def inputs(self, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:

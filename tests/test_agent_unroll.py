@@ -41,12 +41,13 @@ def _chunk(B: int, T: int, n: int, D: int, A: int, seed: int):
     return obs, is_init, prev
 
 
+@pytest.mark.parametrize("body", ["gru", "mlp"])
 @pytest.mark.parametrize("last_action", [False, True])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_unroll_matches_step_loop(last_action: bool, seed: int) -> None:
+def test_unroll_matches_step_loop(last_action: bool, seed: int, body: str) -> None:
     B, T, n, D, A, H = 6, 11, 3, 5, 4, 16
     torch.manual_seed(seed)
-    agent = RNNAgent(D, n, A, hidden_dim=H, last_action=last_action)
+    agent = RNNAgent(D, n, A, hidden_dim=H, last_action=last_action, body=body)
     obs, is_init, prev = _chunk(B, T, n, D, A, seed)
     prev = prev if last_action else None
     named = [(k, p) for k, p in sorted(agent.named_parameters()) if not k.startswith("head")]
@@ -66,16 +67,38 @@ def test_unroll_state_dict_keys() -> None:
     keys = set(RNNAgent(5, 3, 4, hidden_dim=8).state_dict())
     assert {"fc.weight", "fc.bias", "rnn.weight_ih", "rnn.weight_hh", "rnn.bias_ih",
             "rnn.bias_hh", "head.weight", "head.bias"} == keys
+    keys = set(RNNAgent(5, 3, 4, hidden_dim=8, body="mlp").state_dict())
+    assert {"fc.weight", "fc.bias", "mlp.weight", "mlp.bias", "head.weight", "head.bias"} == keys
 
 
+def test_mlp_body_has_no_memory() -> None:
+    """Feed-forward agents: a step's state depends on that step's input only (the GRU's
+    depends on earlier steps), whatever state ``encode`` is handed."""
+    obs, is_init = torch.randn(4, 7, 3, 5), torch.zeros(4, 7, dtype=torch.bool)
+    changed = obs.clone()
+    changed[:, 2] += 1.0  # step 2's input only
+    for body, later_moves in (("mlp", False), ("gru", True)):
+        torch.manual_seed(0)
+        agent = RNNAgent(5, 3, 4, hidden_dim=8, body=body)
+        diff = (agent.unroll(changed, is_init) - agent.unroll(obs, is_init)).abs().amax((0, 2, 3))
+        assert diff[2] > 0 and bool(diff[3:].gt(0).all()) == later_moves, (body, diff)
+        assert diff[:2].eq(0).all()
+        h = torch.randn(4, 3, 8)  # the state handed to one step matters to the GRU only
+        moved = (agent.encode(obs[:, 0], h) - agent.encode(obs[:, 0], 0 * h)).abs().amax()
+        assert bool(moved > 0) == later_moves
+    with pytest.raises(ValueError, match="body='lstm'"):
+        RNNAgent(5, 3, 4, body="lstm")
+
+
+@pytest.mark.parametrize("body", ["gru", "mlp"])
 @pytest.mark.parametrize("last_action", [False, True])
-def test_recurrent_states_match_definition(last_action: bool) -> None:
+def test_recurrent_states_match_definition(last_action: bool, body: str) -> None:
     """``h_next`` taken from the unroll where the next step continues the episode equals one
     ``encode`` step from every state on its next observation (including a stored next
     observation that differs from the following step's, which must be recomputed)."""
     B, T, n, D, A, H = 6, 9, 3, 5, 4, 16
     torch.manual_seed(0)
-    agent = RNNAgent(D + 2, n, A, hidden_dim=H, last_action=last_action)
+    agent = RNNAgent(D + 2, n, A, hidden_dim=H, last_action=last_action, body=body)
     obs, is_init, _ = _chunk(B, T, n, D, A, 3)
     state = torch.randn(B, T, 2)
     next_obs, next_state = torch.randn(B, T, n, D), torch.randn(B, T, 2)

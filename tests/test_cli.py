@@ -85,6 +85,7 @@ DFL = ["--config", str(MATRIX_CONF.parent / "methods" / "seqcomm_dfl.yaml")]
         (["--data.env.class_path=seqcomm.envs.nope.Nope"], "nope"),
         (["--data.num_envs=0"], "num_envs"),
         (["--model.init_args.gamma=2"], "gamma"),
+        (["--model.init_args.agent_body=lstm"], "agent_body"),
         (["--trainer.nope=1"], "nope"),
         (["--ckpt_path", "missing.ckpt"], "missing.ckpt"),
         (["--ckpt_path", "last"], "last"),
