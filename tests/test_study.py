@@ -198,6 +198,21 @@ def test_curves_keep_the_last_of_two_evaluations_at_one_env_step(tmp_path):
     assert list(steps) == [50, 100] and len(iqm) == 2
     assert iqm[1] == pytest.approx(1.0)  # the last evaluation at step 100 on every run
 
+def test_one_run_has_no_interval_and_no_verdict(tmp_path):
+    """A bootstrap of one run has zero width: the report says so instead of printing it."""
+    _synthetic(tmp_path / "syn", {"a": [1.0] + [None] * 7, "b": [2.0, 3.0] + [None] * 6})
+    study, runs = read_study(tmp_path / "syn")
+    result = analyse(study, runs, reps=REPS)
+    ra, rb = result["tasks"]["t"]["a"], result["tasks"]["t"]["b"]
+    assert ra["iqm"].value == 1.0 and ra["iqm"].text() == "1 (1 run: no CI)"
+    assert ra["normalised_iqm"].as_dict() == {"value": 0.1, "ci_low": None, "ci_high": None}
+    assert rb["mean"].low < rb["mean"].high  # two runs: an interval
+    assert result["improvement"] == [{"task": "t", "x": "a", "y": "b", "p": "1 run: no test",
+                                      "verdict": "too few runs"}]
+    _, table = write_report(tmp_path / "syn", reps=REPS)
+    assert "| t | a | b | 1 run: no test | too few runs |" in table
+
+
 def test_a_task_ranked_by_its_own_metric(tmp_path):
     """A task's ``metric`` (e.g. combat's win rate) replaces the study's for that task only."""
     _synthetic(tmp_path / "syn", {"a": [1.0] * 8, "b": [2.0] * 8})

@@ -15,17 +15,24 @@ from rliable import metrics
 
 @dataclass(frozen=True)
 class Estimate:
-    """A point estimate and its 95% confidence interval."""
+    """A point estimate and its 95% confidence interval (NaN bounds: one run, no interval)."""
 
     value: float
     low: float
     high: float
 
     def text(self, digits: int = 4) -> str:
+        if np.isnan(self.low):
+            return f"{self.value:.{digits}g} (1 run: no CI)"
         return f"{self.value:.{digits}g} [{self.low:.{digits}g}, {self.high:.{digits}g}]"
 
-    def as_dict(self) -> dict[str, float]:
-        return {"value": self.value, "ci_low": self.low, "ci_high": self.high}
+    def as_dict(self) -> dict[str, float | None]:
+        bounds = [None if np.isnan(b) else b for b in (self.low, self.high)]
+        return {"value": self.value, "ci_low": bounds[0], "ci_high": bounds[1]}
+
+    def alone(self) -> Estimate:
+        """The same value without an interval (a bootstrap of one run has none)."""
+        return Estimate(self.value, float("nan"), float("nan"))
 
 
 def _estimates(scores: dict, func: Callable[..., np.ndarray], reps: int, seed: int):

@@ -71,6 +71,8 @@ def analyse(study: Study, runs: list[Run], reps: int = 2000, seed: int = 0) -> d
                 norm = _normalise(scores, study.tasks[task])[:, None]
                 row["normalised_iqm"] = intervals.aggregates({method: norm}, reps, seed)[
                     method]["iqm"]
+            if scores.size == 1:
+                row |= {k: v.alone() for k, v in row.items() if isinstance(v, Estimate)}
         out["tasks"].setdefault(task, {})[method] = row
         curve = _curve(cell_runs, metric)
         if curve is not None:
@@ -95,7 +97,9 @@ def analyse(study: Study, runs: list[Run], reps: int = 2000, seed: int = 0) -> d
                 continue
             sx, sy = _scores(runs, study, task, x), _scores(runs, study, task, y)
             entry = {"task": task, "x": x, "y": y}
-            if sx.size and sy.size:
+            if min(sx.size, sy.size) == 1:
+                entry |= {"p": "1 run: no test", "verdict": "too few runs"}
+            elif sx.size and sy.size:
                 p = intervals.improvement({"p": (sx[:, None], sy[:, None])}, reps, seed)["p"]
                 entry |= {"p": p, "verdict": _verdict(p, x, y)}
             else:
