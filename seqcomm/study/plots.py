@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter
 
 from seqcomm.study.intervals import Estimate
 
@@ -31,6 +32,7 @@ def curves_png(curves: dict[str, dict[str, Curve]], methods: list[str],
             ax.fill_between(steps, low, high, color=colour[method], alpha=0.2, linewidth=0)
         ax.set_title(task)
         ax.set_xlabel("env steps")
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 400k, not 400000 run together
         ax.set_ylabel(f"eval {metrics[task]} (IQM, 95% CI)")
         ax.legend(fontsize="small")
     fig.savefig(path, dpi=120)
