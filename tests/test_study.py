@@ -24,6 +24,7 @@ from seqcomm.study.report import analyse, write_report
 from seqcomm.study.results import read_study
 from seqcomm.study.runner import run_study
 from seqcomm.study.spec import Study, load_study
+from seqcomm.study.twins import same_as
 
 SMOKE = "studies/smoke.yaml"
 REPS = 200  # bootstrap replications: enough for the checks, fast
@@ -100,6 +101,47 @@ def test_only_runs_the_cells_its_patterns_match(smoke, tmp_path, monkeypatch):
     assert cells.status(copy, lost[1]) == "missing"  # not matched: left alone
     assert [c.id for c in study.selected(["matrix/no_comm/0", "*/1"])] == [
         "matrix/no_comm/0", "matrix/no_comm/1", "matrix/full_obs/1"]
+
+
+def test_a_cell_that_repeats_a_finished_one_copies_its_results(smoke, tmp_path, monkeypatch):
+    """A method restating a default (gamma 0.99) resolves to no_comm's configuration: copied,
+    not run; one that changes it (gamma 0.9) runs; the report marks the copies."""
+    study, study_dir, _, _ = smoke
+    source = dict(study.source, methods={
+        "no_comm": ["conf/methods/qmix.yaml"],
+        "restated": {"configs": ["conf/methods/qmix.yaml"],
+                     "overrides": ["--model.init_args.gamma=0.99"]},
+        "changed": {"configs": ["conf/methods/qmix.yaml"],
+                    "overrides": ["--model.init_args.gamma=0.9"]}},
+        compare=[["restated", "no_comm"]])
+    twin_dir = tmp_path / "twins"
+    for seed in (0, 1):
+        shutil.copytree(study_dir / "matrix" / "no_comm" / f"s{seed}",
+                        twin_dir / "matrix" / "no_comm" / f"s{seed}")
+    (tmp_path / "twins.yaml").write_text(yaml.safe_dump(source))
+    twins = load_study(tmp_path / "twins.yaml")
+    started = []
+    real = Study.command
+
+    def recorded(self, cell, d, py):
+        started.append(cell.id)
+        return real(self, cell, d, py)
+
+    monkeypatch.setattr(Study, "command", recorded)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    result = run_study(twins, twin_dir, ROOT, workers=2, out=io.StringIO())
+    assert result == {"matrix/restated/0": "copied", "matrix/restated/1": "copied",
+                      "matrix/changed/0": "done", "matrix/changed/1": "done",
+                      "matrix/no_comm/0": "skipped", "matrix/no_comm/1": "skipped"}
+    assert sorted(started) == ["matrix/changed/0", "matrix/changed/1"]
+    for seed in (0, 1):
+        copied = cells.run_dir(twin_dir, twins.cell(f"matrix/restated/{seed}"))
+        original = cells.run_dir(twin_dir, twins.cell(f"matrix/no_comm/{seed}"))
+        assert same_as(copied) == f"matrix/no_comm/{seed}"
+        assert (copied / "summary.json").read_text() == (original / "summary.json").read_text()
+    _, table = write_report(twin_dir, tmp_path / "report", reps=REPS)
+    assert "| matrix | restated (= no_comm) |" in table
+    assert "| matrix | restated | no_comm | the same runs | the same configuration |" in table
 
 
 def test_a_failed_cell_is_recorded_with_its_log_and_reported_as_failed(smoke, tmp_path,

@@ -103,8 +103,15 @@ def finish(running: Running, study_dir: Path) -> Status:
 
 
 def run_cell(study: Study, cell: Cell, study_dir: Path, workdir: Path) -> Status:
-    """Run one cell to the end in the foreground (skipped when already done)."""
+    """Run one cell to the end in the foreground (skipped when already done, copied when a
+    finished cell has its configuration)."""
+    from seqcomm.study.twins import Twins, copy_twin
+
     if status(study_dir, cell) == "done":
+        return "done"
+    twin = Twins(study, study_dir, workdir).of(cell) if study.dedupe else None
+    if twin is not None:
+        copy_twin(study_dir, cell, twin)
         return "done"
     running = start(study, cell, study_dir, workdir)
     running.process.wait()

@@ -44,6 +44,13 @@ def _curve(runs: list[Run], metric: str) -> tuple[np.ndarray, np.ndarray] | None
     return steps, np.array(rows)
 
 
+def _copied_from(cell_runs: list[Run]) -> str | None:
+    """The method whose runs a cell's finished runs all are (study/twins.py), if one is."""
+    sources = {r.same_as.split("/")[1] if r.same_as else None
+               for r in cell_runs if r.status == "done"}
+    return sources.pop() if len(sources) == 1 else None
+
+
 def _verdict(e: Estimate, x: str, y: str) -> str:
     if e.low > 0.5:
         return f"{x} better"
@@ -63,7 +70,7 @@ def analyse(study: Study, runs: list[Run], reps: int = 2000, seed: int = 0) -> d
     for (task, method), cell_runs in by_cell.items():
         metric = study.metric_of(task)
         row = {"runs": {r.cell.seed: (r.score(metric) if r.status == "done" else r.status)
-                        for r in cell_runs}}
+                        for r in cell_runs}, "same_as": _copied_from(cell_runs)}
         scores = _scores(runs, study, task, method)
         if scores.size:
             row |= intervals.aggregates({method: scores[:, None]}, reps, seed)[method]
@@ -97,7 +104,10 @@ def analyse(study: Study, runs: list[Run], reps: int = 2000, seed: int = 0) -> d
                 continue
             sx, sy = _scores(runs, study, task, x), _scores(runs, study, task, y)
             entry = {"task": task, "x": x, "y": y}
-            if min(sx.size, sy.size) == 1:
+            copies = {out["tasks"][task][x]["same_as"], out["tasks"][task][y]["same_as"]}
+            if x in copies or y in copies:
+                entry |= {"p": "the same runs", "verdict": "the same configuration"}
+            elif min(sx.size, sy.size) == 1:
                 entry |= {"p": "1 run: no test", "verdict": "too few runs"}
             elif sx.size and sy.size:
                 p = intervals.improvement({"p": (sx[:, None], sy[:, None])}, reps, seed)["p"]
@@ -121,7 +131,8 @@ def markdown(study: Study, result: dict) -> str:
     lines = [f"# Study {study.name}: final greedy eval/{study.metric}"
              + (f" ({', '.join(own)})" if own else ""), "",
              "Point estimates with 95% stratified bootstrap CIs (rliable). "
-             "Normalised: (x - low) / (high - low) with the task's reference values.", "",
+             "Normalised: (x - low) / (high - low) with the task's reference values. "
+             "\"X (= Y)\": X resolves to Y's configuration, and its runs are Y's.", "",
              "| task | method | runs | mean [95% CI] | IQM [95% CI] | normalised IQM [95% CI] | "
              + " | ".join(f"seed {s}" for s in seeds) + " |",
              "| --- | --- | ---: | --- | --- | --- |" + " ---: |" * len(seeds)]
@@ -129,7 +140,8 @@ def markdown(study: Study, result: dict) -> str:
         for method, row in by_method.items():
             done = sum(isinstance(v, float) for v in row["runs"].values())
             per_seed = [_cell(row["runs"].get(s, "")) for s in seeds]
-            lines.append(f"| {task} | {method} | {done}/{len(row['runs'])} | "
+            name = method + (f" (= {row['same_as']})" if row["same_as"] else "")
+            lines.append(f"| {task} | {name} | {done}/{len(row['runs'])} | "
                          f"{_cell(row.get('mean', 'missing'))} | "
                          f"{_cell(row.get('iqm', 'missing'))} | "
                          f"{_cell(row.get('normalised_iqm', ''))} | " + " | ".join(per_seed)

@@ -14,6 +14,7 @@ import numpy as np
 from seqcomm.errors import ConfigError
 from seqcomm.study import cell as cells
 from seqcomm.study.spec import Cell, Study, load_study
+from seqcomm.study.twins import same_as
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class Run:
     summary: dict | None = None
     steps: np.ndarray | None = None  # env steps of each evaluation
     evals: dict[str, np.ndarray] | None = None  # eval metric -> value at each evaluation
+    same_as: str | None = None  # the cell its results were copied from (study/twins.py)
 
     def score(self, metric: str) -> float:
         """The final greedy evaluation of ``metric`` (summary.json)."""
@@ -64,7 +66,7 @@ def read_run(study_dir: Path, cell: Cell) -> Run:
     run_dir = cells.run_dir(study_dir, cell)
     summary = json.loads((run_dir / "summary.json").read_text())
     steps, evals = read_curve(run_dir, summary)
-    return Run(cell, state, summary, steps, evals)
+    return Run(cell, state, summary, steps, evals, same_as(run_dir))
 
 
 def read_study(study_dir: Path) -> tuple[Study, list[Run]]:

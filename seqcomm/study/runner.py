@@ -1,5 +1,6 @@
 """Run a study's cells locally: ``workers`` ``seqcomm fit`` processes at a time (one torch
-thread each), done cells skipped, progress and an ETA printed as cells start and end."""
+thread each), done cells skipped, a cell that repeats a finished one copied (study/twins.py),
+progress and an ETA printed as cells start and end."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 from typing import TextIO
 
 from seqcomm.study import cell as cells
-from seqcomm.study.spec import Study
+from seqcomm.study.spec import Cell, Study
+from seqcomm.study.twins import Twins, copy_twin
 
 
 class Progress:
@@ -21,10 +23,12 @@ class Progress:
         self.done, self.failed = skipped, 0
         self.durations: list[float] = []
 
-    def finished(self, ok: bool, seconds: float) -> None:
+    def finished(self, ok: bool, seconds: float | None) -> None:
+        """A cell ended; ``seconds`` is None for a copied one (no run to time)."""
         self.done += ok
         self.failed += not ok
-        self.durations.append(seconds)
+        if seconds is not None:
+            self.durations.append(seconds)
 
     def eta(self, queued: int, elapsed: list[float]) -> float | None:
         """Seconds left: queued cells and the rest of running ones at the mean cell time."""
@@ -45,13 +49,14 @@ def run_study(study: Study, study_dir: Path, workdir: Path, workers: int,
               out: TextIO = sys.stdout, heartbeat: float = 60.0,
               only: list[str] | None = None) -> dict[str, str]:
     """Run every cell (of those matching ``only``) that is not done; return
-    ``{cell id: skipped | done | failed}``."""
+    ``{cell id: skipped | done | copied | failed}``."""
     cells.save_study(study, study_dir)
     grid = study.selected(only)
     result = {c.id: "skipped" for c in grid if cells.status(study_dir, c) == "done"}
     queue = [c for c in grid if c.id not in result]
     progress = Progress(len(grid), len(result), workers)
     running: list[cells.Running] = []
+    twins = Twins(study, study_dir, workdir) if study.dedupe else None
 
     def say(text: str) -> None:
         now = time.monotonic()
@@ -62,9 +67,16 @@ def run_study(study: Study, study_dir: Path, workdir: Path, workers: int,
     last = time.monotonic()
     try:
         while queue or running:
-            while queue and len(running) < workers:
-                running.append(cells.start(study, queue.pop(0), study_dir, workdir))
-                say(f"started {running[-1].cell.id}")
+            while len(running) < workers and (cell := _next(queue, running, twins)):
+                twin = twins.of(cell) if twins else None
+                if twin is not None:  # finished meanwhile, or before this runner started
+                    copy_twin(study_dir, cell, twin)
+                    result[cell.id] = "copied"
+                    progress.finished(True, None)
+                    say(f"copied {cell.id} from {twin.id} (the same configuration)")
+                    continue
+                running.append(cells.start(study, cell, study_dir, workdir))
+                say(f"started {cell.id}")
             time.sleep(0.2)
             for r in [r for r in running if r.process.poll() is not None]:
                 running.remove(r)
@@ -86,3 +98,13 @@ def run_study(study: Study, study_dir: Path, workdir: Path, workers: int,
         raise SystemExit(f"study {study.name}: interrupted; run the same command again to "
                          "finish the missing cells") from None
     return result
+
+
+def _next(queue: list[Cell], running: list[cells.Running], twins: Twins | None) -> Cell | None:
+    """Take the first queued cell that does not repeat a running one (it waits for it)."""
+    busy = [r.cell for r in running]
+    for i, cell in enumerate(queue):
+        twin = twins.of(cell, busy) if twins and busy else None
+        if twin is None or twin.id not in {c.id for c in busy}:
+            return queue.pop(i)
+    return None

@@ -18,6 +18,7 @@ A study file (YAML)::
       tarmac: {configs: [conf/methods/tarmac.yaml], tasks: [hospital]}
     compare: [[tarmac, no_comm]]                 # probability of improvement, X over Y
     slurm: {timeout_min: 120, slurm_partition: cpu}   # submitit parameters (--emit slurm)
+    dedupe: true       # a cell resolving to a finished cell's configuration copies its results
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from typing import Any
 from seqcomm.errors import ConfigError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-STUDY_KEYS = {"seeds", "budget", "metric", "overrides", "tasks", "methods", "compare", "slurm"}
+STUDY_KEYS = {"seeds", "budget", "metric", "overrides", "tasks", "methods", "compare", "slurm",
+              "dedupe"}
 TASK_KEYS = {"configs", "overrides", "budget", "reference", "metric"}
 METHOD_KEYS = {"configs", "overrides", "tasks"}
 
@@ -83,6 +85,7 @@ class Study:
     compare: list[tuple[str, str]]
     slurm: dict[str, Any]
     source: dict[str, Any]  # the file's mapping, copied into the study directory
+    dedupe: bool = True  # copy a finished twin's results instead of rerunning (study/twins.py)
 
     def metric_of(self, task: str) -> str:
         """The summary.json ``eval`` key the report ranks ``task`` by."""
@@ -116,7 +119,11 @@ class Study:
 
     def command(self, cell: Cell, study_dir: Path, python: str) -> list[str]:
         """The ``seqcomm fit`` command of a cell (run from the study file's working dir)."""
-        cmd = [python, "-m", "seqcomm.cli", "fit"]
+        return [python, "-m", "seqcomm.cli", *self.fit_args(cell, study_dir)]
+
+    def fit_args(self, cell: Cell, study_dir: Path) -> list[str]:
+        """``fit`` and its arguments for a cell."""
+        cmd = ["fit"]
         for path in cell.task.configs + cell.method.configs:
             cmd += ["--config", path]
         budget = cell.task.budget or self.budget
@@ -215,12 +222,16 @@ def parse_study(data: Any, name: str, check_paths: bool = True) -> Study:
     slurm = data.get("slurm") or {}
     if not isinstance(slurm, dict):
         raise ConfigError(f"study {name!r}: 'slurm' must be a mapping of submitit parameters")
+    dedupe = data.get("dedupe", True)
+    if not isinstance(dedupe, bool):
+        raise ConfigError(f"study {name!r}: 'dedupe' must be true or false")
     return Study(
         name=name, seeds=seeds,
         budget=None if data.get("budget") is None
         else _positive_int(f"study {name!r} budget", data["budget"]),
         metric=metric, overrides=_strings(f"study {name!r} overrides", data.get("overrides", [])),
-        tasks=tasks, methods=methods, compare=compare, slurm=slurm, source=data)
+        tasks=tasks, methods=methods, compare=compare, slurm=slurm, source=data,
+        dedupe=dedupe)
 
 
 def load_study(path: str | Path, check_paths: bool = True, name: str | None = None) -> Study:
