@@ -172,6 +172,10 @@ class SeqCommDFL(QLearner):
             more than two agents). r < n: r drawn uniformly, independently of the senders, so
             the critic's switch values run for r receivers, not n; unbiased (the gains' sum over
             its expected pair count; ``va_normalize``'s spread comes from those receivers).
+        dfl_every: the decision-focused update (message losses, world model, the w step on
+            every term) runs on every k-th update; the k - 1 between are plain TD steps of
+            the value networks and messenger (and the critic's regression), at about a QMIX
+            update's cost with the messenger (1 = every update, exact).
     """
 
     def __init__(
@@ -210,6 +214,7 @@ class SeqCommDFL(QLearner):
         va_confidence: bool = False,
         counterfactual_senders: int = 0,
         counterfactual_receivers: int = 0,
+        dfl_every: int = 1,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -240,8 +245,9 @@ class SeqCommDFL(QLearner):
             raise ValueError(f"model.counterfactual_senders={counterfactual_senders} and "
                              f"model.counterfactual_receivers={counterfactual_receivers} must "
                              "be >= 0 (0 = all)")
-        if k_inner < 1:
-            raise ValueError("model.k_inner must be >= 1")
+        if k_inner < 1 or dfl_every < 1:
+            raise ValueError(f"model.k_inner={k_inner} and model.dfl_every={dfl_every} must "
+                             "be >= 1")
         self.save_hyperparameters(ignore=["comm", "world_model", "implicit", "critic"])
         info = self.info
         self.implicit = implicit()
@@ -260,6 +266,8 @@ class SeqCommDFL(QLearner):
         batch, _, _ = next(dataloader_iter)
         opt_w, opt_critic, *opt_theta = self.optimizers()
         opt_theta = opt_theta[0] if opt_theta else None
+        if self.global_step % self.hparams.dfl_every:  # between decision-focused updates
+            return self.td_step(batch, opt_w, opt_critic)
         # 1. Stackelberg messages and the real-data QMIX TD loss (docs/method.md §2.1-2.3)
         td, cache = self.td_loss(batch)
         # 2. value-aware message objectives and the order's guidance potential (2.2, 2.4)
@@ -285,10 +293,22 @@ class SeqCommDFL(QLearner):
         # 7. the team critic, in its own step: its loss reaches only its own parameters
         self.step_critic(opt_critic, msg["critic"])
         logs.update({f"loss/{name}": losses[name] for name in (*weights, "critic")})
-        logs.update({"comm/va_beta": msg["va_beta"], "comm/va_confidence": msg["va_confidence"],
+        logs.update({"dfl/decision_focused": 1.0, "comm/va_beta": msg["va_beta"],
+                     "comm/va_confidence": msg["va_confidence"],
                      "comm/guidance_potential": msg["gp_mean"],
                      "comm/order_entropy": msg["order_entropy"]})
         self.log_training(logs)
+
+    def td_step(self, batch: TensorDictBase, opt_w, opt_critic) -> None:
+        """An update between decision-focused ones (``dfl_every``): the real TD loss on the
+        value networks and messenger, and the team critic's regression."""
+        td, cache = self.td_loss(batch)
+        weight = self.loss_weights(imagined=self.world_model is not None)["td"]
+        self.step_w(opt_w, weight * td, [p for p in self.net.parameters() if p.requires_grad])
+        self.update_targets()
+        critic = self.critic_loss(batch, cache)
+        self.step_critic(opt_critic, critic)
+        self.log_training({"loss/td": td, "loss/critic": critic, "dfl/decision_focused": 0.0})
 
     def loss_weights(self, imagined: bool = True) -> dict[str, float]:
         """The w step's weight of each named loss (logged as ``loss/<name>``), in the order

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import ROOT, read_metrics
 from tensordict import TensorDict
 from torch import nn
 
@@ -391,3 +392,20 @@ def test_value_aware_losses_are_weighed_by_the_critics_resolution_of_actions():
     model = learner(va_confidence=False)
     model.critic = TableCritic(table)
     assert model.evaluator_confidence(batch, {}, 99 * spread.pow(2), cf).item() == 1.0
+
+
+def test_dfl_every_runs_the_decision_focused_update_on_every_kth_step(fit_matrix):
+    """``dfl_every: 3``: updates 0, 3, 6, ... are decision-focused (the world model's loss
+    moves), the two between are TD steps (the value loss moves, the world model's stays)."""
+    run = fit_matrix("--config", str(ROOT / "conf/methods/seqcomm_dfl.yaml"),
+                     "--model.init_args.dfl_every=3", "--trainer.log_every_n_steps=1",
+                     "--data.total_frames=2560")
+    metrics = read_metrics(run)
+    flags = metrics["dfl/decision_focused"]
+    steps = sorted(flags)[:-1]  # the last row: the end of fit's flush repeats the last values
+    assert len(steps) >= 9 and steps == list(range(len(steps)))
+    assert [flags[s] for s in steps] == [float(s % 3 == 0) for s in steps]
+    model_td, td = metrics["loss/model_td"], metrics["loss/td"]
+    for s in steps[1:]:
+        assert (model_td[s] != model_td[s - 1]) == (s % 3 == 0), s
+        assert td[s] != td[s - 1], s
