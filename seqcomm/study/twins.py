@@ -3,7 +3,8 @@ sets (``ablations/value_aware/on.yaml`` under ``seqcomm_dfl.yaml``) resolves to 
 configuration, and a run is deterministic given its configuration and seed, so a study copies
 the finished twin's results instead of training again; ``same_as.json`` in the run directory
 names the cell they came from. Configurations are compared as ``seqcomm fit --print_config``
-resolves them (every default filled in), less the keys that only say where a run is written.
+resolves both cells' stacks with the code at hand (every default filled in; a finished run's
+saved config.yaml may predate an option), less the keys that only say where a run is written.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ class Twins:
     def __init__(self, study: Study, study_dir: Path, workdir: Path) -> None:
         self.study, self.study_dir, self.workdir = study, study_dir, workdir
         self._resolved: dict[str, dict | None] = {}
-        self._finished: dict[str, dict | None] = {}
 
     def resolved(self, cell: Cell) -> dict | None:
         """The cell's configuration as its run would resolve it; None if it does not parse
@@ -62,14 +62,6 @@ class Twins:
             self._resolved[cell.id] = None if config is None else _comparable(config)
         return self._resolved[cell.id]
 
-    def _saved(self, cell: Cell) -> dict | None:
-        """A finished cell's configuration as its run saved it."""
-        if cell.id not in self._finished:
-            path = cells.run_dir(self.study_dir, cell) / "config.yaml"
-            self._finished[cell.id] = _comparable(yaml.safe_load(path.read_text())) \
-                if path.is_file() else None
-        return self._finished[cell.id]
-
     def of(self, cell: Cell, running: list[Cell] = ()) -> Cell | None:
         """A finished cell, or one of ``running``, with the same seed, task and resolved
         configuration as ``cell`` (finished ones first); None if there is none."""
@@ -83,10 +75,7 @@ class Twins:
         mine = self.resolved(cell)
         if mine is None:
             return None
-        for other in done:
-            if self._saved(other) == mine:
-                return other
-        return next((c for c in busy if self.resolved(c) == mine), None)
+        return next((c for c in done + busy if self.resolved(c) == mine), None)
 
 
 def copy_twin(study_dir: Path, cell: Cell, twin: Cell) -> None:
