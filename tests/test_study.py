@@ -22,7 +22,7 @@ from seqcomm.study import cell as cells
 from seqcomm.study.emit import SLURM_DEFAULTS, slurm_executor, submit_slurm, write_wandb_sweep
 from seqcomm.study.report import analyse, write_report
 from seqcomm.study.results import read_study
-from seqcomm.study.runner import run_study
+from seqcomm.study.runner import next_cell, run_study
 from seqcomm.study.spec import Study, load_study
 from seqcomm.study.twins import same_as
 
@@ -142,6 +142,24 @@ def test_a_cell_that_repeats_a_finished_one_copies_its_results(smoke, tmp_path, 
     _, table = write_report(twin_dir, tmp_path / "report", reps=REPS)
     assert "| matrix | restated (= no_comm) |" in table
     assert "| matrix | restated | no_comm | the same runs | the same configuration |" in table
+
+
+def test_a_twin_of_a_running_cell_waits_for_it(smoke):
+    """The runner starts the first queued cell that does not repeat a running one; the
+    repeat stays queued (to be copied when its twin finishes)."""
+    study = smoke[0]
+    running, twin, other = (study.cell(i) for i in ("matrix/no_comm/0", "matrix/full_obs/0",
+                                                     "matrix/no_comm/1"))
+
+    class Repeats:  # full_obs/0 repeats no_comm/0; nothing else repeats anything
+        def of(self, cell, busy=()):
+            return running if cell == twin and running in busy else None
+
+    queue = [twin, other]
+    started = cells.Running(running, process=None, log=None, started=0.0)
+    assert next_cell(queue, [started], Repeats()) == other and queue == [twin]
+    assert next_cell(queue, [started], Repeats()) is None and queue == [twin]
+    assert next_cell(queue, [], Repeats()) == twin and queue == []
 
 
 def test_a_failed_cell_is_recorded_with_its_log_and_reported_as_failed(smoke, tmp_path,

@@ -67,7 +67,7 @@ def run_study(study: Study, study_dir: Path, workdir: Path, workers: int,
     last = time.monotonic()
     try:
         while queue or running:
-            while len(running) < workers and (cell := _next(queue, running, twins)):
+            while len(running) < workers and (cell := next_cell(queue, running, twins)):
                 twin = twins.of(cell) if twins else None
                 if twin is not None:  # finished meanwhile, or before this runner started
                     copy_twin(study_dir, cell, twin)
@@ -100,7 +100,7 @@ def run_study(study: Study, study_dir: Path, workdir: Path, workers: int,
     return result
 
 
-def _next(queue: list[Cell], running: list[cells.Running], twins: Twins | None) -> Cell | None:
+def next_cell(queue: list[Cell], running: list[cells.Running], twins: Twins | None) -> Cell | None:
     """Take the first queued cell that does not repeat a running one (it waits for it)."""
     busy = [r.cell for r in running]
     for i, cell in enumerate(queue):
