@@ -174,8 +174,8 @@ class SeqCommDFL(QLearner):
             its expected pair count; ``va_normalize``'s spread comes from those receivers).
         dfl_every: the decision-focused update (message losses, world model, the w step on
             every term) runs on every k-th update; the k - 1 between are plain TD steps of
-            the value networks and messenger (and the critic's regression), at about a QMIX
-            update's cost with the messenger (1 = every update, exact).
+            the value networks and messenger (and the critic's regression); one of those costs
+            about a quarter of a full update on hospital (1 = every update, exact).
     """
 
     def __init__(
