@@ -399,7 +399,7 @@ def test_dfl_every_runs_the_decision_focused_update_on_every_kth_step(fit_matrix
     moves), the two between are TD steps (the value loss moves, the world model's stays)."""
     run = fit_matrix("--config", str(ROOT / "conf/methods/seqcomm_dfl.yaml"),
                      "--model.init_args.dfl_every=3", "--trainer.log_every_n_steps=1",
-                     "--data.total_frames=2560")
+                     "--data.total_frames=1280")
     metrics = read_metrics(run)
     flags = metrics["dfl/decision_focused"]
     steps = sorted(flags)[:-1]  # the last row: the end of fit's flush repeats the last values
