@@ -293,7 +293,7 @@ class SeqCommDFL(QLearner):
         # 7. the team critic, in its own step: its loss reaches only its own parameters
         self.step_critic(opt_critic, msg["critic"])
         logs.update({f"loss/{name}": losses[name] for name in (*weights, "critic")})
-        logs.update({"dfl/decision_focused": 1.0, "comm/va_beta": msg["va_beta"],
+        logs.update({"train/decision_focused": 1.0, "comm/va_beta": msg["va_beta"],
                      "comm/va_confidence": msg["va_confidence"],
                      "comm/guidance_potential": msg["gp_mean"],
                      "comm/order_entropy": msg["order_entropy"]})
@@ -308,7 +308,7 @@ class SeqCommDFL(QLearner):
         self.update_targets()
         critic = self.critic_loss(batch, cache)
         self.step_critic(opt_critic, critic)
-        self.log_training({"loss/td": td, "loss/critic": critic, "dfl/decision_focused": 0.0})
+        self.log_training({"loss/td": td, "loss/critic": critic, "train/decision_focused": 0.0})
 
     def loss_weights(self, imagined: bool = True) -> dict[str, float]:
         """The w step's weight of each named loss (logged as ``loss/<name>``), in the order

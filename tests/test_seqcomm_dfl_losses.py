@@ -401,7 +401,7 @@ def test_dfl_every_runs_the_decision_focused_update_on_every_kth_step(fit_matrix
                      "--model.init_args.dfl_every=3", "--trainer.log_every_n_steps=1",
                      "--data.total_frames=1280")
     metrics = read_metrics(run)
-    flags = metrics["dfl/decision_focused"]
+    flags = metrics["train/decision_focused"]
     steps = sorted(flags)[:-1]  # the last row: the end of fit's flush repeats the last values
     assert len(steps) >= 9 and steps == list(range(len(steps)))
     assert [flags[s] for s in steps] == [float(s % 3 == 0) for s in steps]
