@@ -361,6 +361,7 @@ def test_slurm_job_array_through_submitit_without_a_cluster(smoke, tmp_path, mon
     (["study", "{bad_task_metric}"], "task 'matrix' metric: must be a summary.json eval key"),
     (["study", "{missing_config}"], "config 'conf/methods/nope.yaml' does not exist"),
     (["study", "{bad_pair}"], "compare entry ['a', 'nope']"),
+    (["study", "{bad_dedupe}"], "'dedupe' must be true or false"),
     (["study", SMOKE, "--cell", "matrix/nope/0"], "is not in study 'smoke'"),
     (["study", SMOKE, "--only", "matrix/*/0", "hospital/*"], "--only 'hospital/*' matches no"),
     (["study", SMOKE, "--emit", "slurm"], "SLURM login node"),
@@ -379,6 +380,7 @@ def test_bad_input_is_one_line_and_exit_status_2(args, message, tmp_path, capsys
         "missing_config": base | {"methods": {"a": ["conf/methods/nope.yaml"]}},
         "bad_pair": base | {"methods": {"a": ["conf/methods/qmix.yaml"]},
                             "compare": [["a", "nope"]]},
+        "bad_dedupe": base | {"dedupe": "yes"},
     }
     for name, data in files.items():
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(data))
