@@ -141,6 +141,7 @@ def test_a_cell_that_repeats_a_finished_one_copies_its_results(smoke, tmp_path, 
         assert (copied / "summary.json").read_text() == (original / "summary.json").read_text()
     _, table = write_report(twin_dir, tmp_path / "report", reps=REPS)
     assert "| matrix | restated (= no_comm) |" in table
+    assert "Cells: 6 of 6 finished (2 of them copied from a twin), 0 failed" in table
     assert "| matrix | restated | no_comm | the same runs | the same configuration |" in table
 
 

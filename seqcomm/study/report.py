@@ -51,6 +51,16 @@ def _copied_from(cell_runs: list[Run]) -> str | None:
     return sources.pop() if len(sources) == 1 else None
 
 
+def _cells(runs: list[Run]) -> dict[str, float]:
+    """How far the study is: cells finished (copies among them), failed, planned, and the
+    hours its trained runs took (``summary.json``'s ``wall_seconds``; copies not counted)."""
+    done = [r for r in runs if r.status == "done"]
+    trained = [r for r in done if r.same_as is None]
+    return {"done": len(done), "copied": len(done) - len(trained),
+            "failed": sum(r.status == "failed" for r in runs), "planned": len(runs),
+            "run_hours": sum(r.summary.get("wall_seconds", 0.0) for r in trained) / 3600}
+
+
 def _verdict(e: Estimate, x: str, y: str) -> str:
     if e.low > 0.5:
         return f"{x} better"
@@ -63,7 +73,8 @@ def analyse(study: Study, runs: list[Run], reps: int = 2000, seed: int = 0) -> d
     """Every estimate of the report as plain data (``Estimate`` objects inside)."""
     out: dict = {"study": study.name, "metric": study.metric, "seeds": study.seeds,
                  "metrics": {task: study.metric_of(task) for task in study.tasks},
-                 "tasks": {}, "normalised": {}, "improvement": [], "curves": {}}
+                 "tasks": {}, "normalised": {}, "improvement": [], "curves": {},
+                 "cells": _cells(runs)}
     by_cell = {(r.cell.task.name, r.cell.method.name): [] for r in runs}
     for r in runs:
         by_cell[r.cell.task.name, r.cell.method.name].append(r)
@@ -133,6 +144,9 @@ def markdown(study: Study, result: dict) -> str:
              "Point estimates with 95% stratified bootstrap CIs (rliable). "
              "Normalised: (x - low) / (high - low) with the task's reference values. "
              "\"X (= Y)\": X resolves to Y's configuration, and its runs are Y's.", "",
+             "Cells: {done} of {planned} finished ({copied} of them copied from a twin), "
+             "{failed} failed; the trained runs took {run_hours:.1f} hours of wall time "
+             "summed (divide by the workers for the study's).".format(**result["cells"]), "",
              "| task | method | runs | mean [95% CI] | IQM [95% CI] | normalised IQM [95% CI] | "
              + " | ".join(f"seed {s}" for s in seeds) + " |",
              "| --- | --- | ---: | --- | --- | --- |" + " ---: |" * len(seeds)]
