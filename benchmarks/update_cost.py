@@ -188,15 +188,15 @@ def measure_row(name: str, args: argparse.Namespace) -> dict:
     if 1 < every <= args.updates:  # decision-focused update + (every - 1) TD steps: whole cycles
         whole = args.warmup + args.updates - (args.updates // every) * every
         wall, cpu, timed = wall[whole:], cpu[whole:], slice(None)
-        median = statistics.fmean  # a cycle's mean, not its typical (TD) step
+        summarise = statistics.fmean  # a cycle's mean, not its typical (TD) step
     else:
-        median = statistics.median
+        summarise = statistics.median
     return {
         "row": name, "group": group, "n_agents": info.n_agents, "obs_dim": info.obs_dim,
         "state_dim": info.state_dim, "n_actions": info.n_actions,
         "steps": data.info.episode_limit, "batch": BATCH,
-        "wall_ms": 1e3 * median(wall[timed]),
-        "cpu_ms": 1e3 * median(cpu[timed]),
+        "wall_ms": 1e3 * summarise(wall[timed]),
+        "cpu_ms": 1e3 * summarise(cpu[timed]),
         "wall_ms_min": 1e3 * min(wall[timed]), "peak_mib": peak / 2**20,
         "updates": args.updates,
     }
