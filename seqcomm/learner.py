@@ -192,11 +192,16 @@ class QLearner(L.LightningModule):
     def update_targets(self) -> None:
         """Polyak averaging, or a hard copy every ``target_update_interval`` updates."""
         tau = self.hparams.target_tau
-        if tau > 0:
-            for p_t, p in zip(self.target.parameters(), self.net.parameters(), strict=True):
-                p_t.lerp_(p, tau)
-        elif self.global_step % self.hparams.target_update_interval == 0:
-            self.target.load_state_dict(self.net.state_dict())
+        for target, online in self.target_pairs():
+            if tau > 0:
+                for p_t, p in zip(target.parameters(), online.parameters(), strict=True):
+                    p_t.lerp_(p, tau)
+            elif self.global_step % self.hparams.target_update_interval == 0:
+                target.load_state_dict(online.state_dict())
+
+    def target_pairs(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+        """``(target, online)`` networks that ``update_targets`` keeps in step."""
+        return [(self.target, self.net)]
 
     def training_step(self, dataloader_iter) -> None:
         batch, _, _ = next(dataloader_iter)  # no prefetch: collection stays in step with updates

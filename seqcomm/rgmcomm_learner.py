@@ -45,10 +45,13 @@ from seqcomm.dfl.label_lookahead import pool_best_actions, sender_group_ids
 from seqcomm.dfl.value_aware import action_spread, masked_log_softmax
 from seqcomm.distributed import broadcast_module
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE
-from seqcomm.learner import QLearner
+from seqcomm.learner import NEXT, QLearner
 
 Schedule = Literal["online", "staged"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
+CriticTarget = Literal["policy", "optimal"]
+CRITIC_TARGETS: tuple[str, ...] = get_args(CriticTarget)
+MAX_JOINT_ACTIONS = 4096  # critic_target optimal scores every joint action of a next state
 
 
 class RGMCommLearner(QLearner):
@@ -78,6 +81,14 @@ class RGMCommLearner(QLearner):
             ``seqcomm.dfl.critic.TeamCritic`` with its ``hidden_dim``, ``normalize``,
             ``norm_rate``); the learner passes the joint observation's size as its state size.
         critic_lr: its Adam rate.
+        critic_target: what the critic's values are of. ``policy``: the team's own policy
+            (regressed on ``Q_tot``'s TD targets). ``optimal``: the ideal policy with full
+            observability that Eq. 5 names, ``Q*`` (centralised Q-learning on joint
+            observations, ``r + gamma max_a' Q_c^-(o', a')`` over every available joint
+            action, with a Polyak target critic); a team that has settled without messages
+            makes ``Q_policy``'s vectors blind to what a message could change
+            (docs/results.md section 19). The MLP critic scores every joint action (at most
+            4096); the factored critic maximises per agent.
         receiver_weight: weight of ``receiver_loss``, the paper's actor trained against its
             centralised critic, on the QMIX backbone (0: TD alone trains the receivers).
         label_map: write ``labels.json`` / ``labels.png`` into the run directory at the end.
@@ -103,6 +114,7 @@ class RGMCommLearner(QLearner):
         refine: bool = True,
         critic: CriticFactory = TeamCritic,
         critic_lr: float = 1e-3,
+        critic_target: CriticTarget = "policy",
         receiver_weight: float = 0.0,
         label_map: bool = True,
         **kwargs,
@@ -114,9 +126,21 @@ class RGMCommLearner(QLearner):
             raise ValueError(f"schedule={schedule!r}; choose one of {SCHEDULES}")
         if min(cluster_every, cluster_steps, cluster_samples, top_pairs) < 1:
             raise ValueError("cluster_every, cluster_steps, cluster_samples, top_pairs >= 1")
+        if critic_target not in CRITIC_TARGETS:
+            raise ValueError(f"critic_target={critic_target!r}; choose one of {CRITIC_TARGETS}")
         self.save_hyperparameters(ignore=["comm", "critic"])
         info = self.info
         self.critic = critic(info.n_agents * info.obs_dim, info.n_agents, info.n_actions)
+        self.target_critic = None
+        if critic_target == "optimal":
+            joints = info.n_actions ** info.n_agents
+            if self.critic.enumerates_joint_actions and joints > MAX_JOINT_ACTIONS:
+                raise ValueError(
+                    f"critic_target=optimal with this critic scores all {info.n_actions}^"
+                    f"{info.n_agents} joint actions per next state, more than "
+                    f"{MAX_JOINT_ACTIONS}; use critic_target=policy or the factored critic "
+                    "(class_path seqcomm.dfl.factored_critic.FactoredCritic)")
+            self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         # staged: 1 once the labels are clustered and frozen (a buffer, so it resumes)
         self.register_buffer("clustered", torch.zeros((), dtype=torch.bool))
         # staged: this rank's env steps when it clustered (where epsilon's anneal restarts)
@@ -247,7 +271,8 @@ class RGMCommLearner(QLearner):
         loss = td + self.hparams.receiver_weight * receiver
         grad_norm = self.step_optimizer(opt, loss, self.value_parameters())
         joint = F.one_hot(batch[ACTION], self.info.n_actions).to(cache["target"].dtype)
-        critic_loss = self.critic.loss(batch[OBS].flatten(-2), joint, cache["target"])
+        critic_loss = self.critic.loss(batch[OBS].flatten(-2), joint,
+                                       self.critic_regression_target(batch, cache))
         critic_opt.zero_grad()
         self.manual_backward(critic_loss)
         torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.hparams.grad_clip)
@@ -255,6 +280,21 @@ class RGMCommLearner(QLearner):
         self.update_targets()
         self.log_training({"loss/td": td, "loss/receiver": receiver, "loss/critic": critic_loss,
                            "train/grad_norm": grad_norm, **self.cluster_logs})
+
+    @torch.no_grad()
+    def critic_regression_target(self, batch: TensorDictBase, cache: dict) -> torch.Tensor:
+        """``critic_target``: ``Q_tot``'s TD target (``policy``) or ``r + gamma (1 - term)
+        max_a' Q_c^-(o', a')`` over the available joint actions (``optimal``)."""
+        if self.target_critic is None:
+            return cache["target"]
+        best = self.target_critic.best_joint_score(batch[NEXT, *OBS].flatten(-2),
+                                                   batch[NEXT, *MASK])
+        return self.bootstrap(batch[NEXT, "reward"], batch[NEXT, "terminated"],
+                              self.critic.unscale(best))
+
+    def target_pairs(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+        pairs = super().target_pairs()
+        return pairs if self.target_critic is None else [*pairs, (self.target_critic, self.critic)]
 
     def receiver_loss(self, batch: TensorDictBase, cache: dict) -> torch.Tensor:
         """Each receiver's cross-entropy of ``softmax(Q_j)`` against the best action of its

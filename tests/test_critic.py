@@ -1,5 +1,7 @@
 """The full-information team critics' batched "agent j switches to action a" evaluation."""
 
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -67,3 +69,23 @@ def test_standardised_targets_and_outputs_in_target_units(critic_cls):
     assert torch.allclose(taken, critic(state, joint).expand(-1, 2), atol=1e-4)
     raw = critic_cls(4, 2, 3, 16, normalize=False)
     assert raw.loss(state, joint, target).item() > 1e3  # raw units
+
+
+@CRITICS
+def test_best_joint_score_is_the_max_over_available_joint_actions(critic_cls):
+    """What ``critic_target: optimal`` bootstraps from: the brute-force maximum of ``score``
+    over every joint action whose actions are all available (blocks of samples included)."""
+    torch.manual_seed(0)
+    n, A = 3, 4
+    critic = critic_cls(state_dim=6, n_agents=n, n_actions=A, hidden_dim=16)
+    state = torch.randn(5, 2, 6)
+    mask = torch.rand(5, 2, n, A) > 0.4
+    mask[..., 0] = True  # one action always available
+    best = critic.best_joint_score(state, mask, max_elements=3 * A**n * 16)  # 4 blocks of 3
+    expected = torch.full((5, 2, 1), float("-inf"))
+    for joint in itertools.product(range(A), repeat=n):
+        action = torch.tensor(joint)
+        available = mask[..., torch.arange(n), action].all(-1, keepdim=True)
+        value = critic.score(state, F.one_hot(action, A).float().expand(5, 2, n, A))
+        expected = torch.where(available, torch.maximum(expected, value), expected)
+    torch.testing.assert_close(best, expected)

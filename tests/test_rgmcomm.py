@@ -1,5 +1,6 @@
 """RGMComm as its paper defines it (seqcomm.comm.rgmcomm, q_vectors, rgmcomm_learner)."""
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -400,3 +401,41 @@ def test_the_critic_is_a_component_on_the_joint_observation():
     assert "critic" not in model.hparams and "critic_hidden" not in model.hparams
     model = _learner(critic=functools.partial(TeamCritic, hidden_dim=24, normalize=False))
     assert not model.critic.normalize and model.critic.net[0].out_features == 24
+
+
+def test_optimal_critic_target_bootstraps_from_the_best_joint_action():
+    """``critic_target: optimal`` regresses the critic on ``r + gamma max_a' Q_c^-(o', a')``
+    (the paper's ``Q*``), not on ``Q_tot``'s TD target; its target critic follows by Polyak
+    averaging; bad choices and too many joint actions fail at construction."""
+    torch.manual_seed(0)
+    model = _learner(critic_target="optimal", target_tau=0.5)
+    batch = _batch()
+    batch["next", "terminated"] = torch.zeros_like(batch["next", "terminated"])
+    _, cache = model.td_loss(batch)
+    target = model.critic_regression_target(batch, cache)
+    nxt = batch["next", *OBS].flatten(-2)
+    mask = batch["next", *MASK]
+    values = []
+    for joint in torch.cartesian_prod(torch.arange(2), torch.arange(2)):
+        value = model.target_critic(nxt, F.one_hot(joint, 2).float().expand(*mask.shape))
+        available = mask[..., torch.arange(2), joint].all(-1, keepdim=True)
+        values.append(value.masked_fill(~available, float("-inf")))
+    best = torch.stack(values).amax(0)
+    torch.testing.assert_close(target, batch["next", "reward"] + model.hparams.gamma * best)
+    assert not torch.allclose(target, cache["target"])
+    assert torch.equal(_learner().critic_regression_target(batch, cache), cache["target"])
+    with torch.no_grad():
+        for p in model.critic.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in model.target_critic.parameters()]
+    model.update_targets()
+    for p_t, p0, p in zip(model.target_critic.parameters(), before, model.critic.parameters(),
+                          strict=True):
+        torch.testing.assert_close(p_t, (p0 + p) / 2)
+    with pytest.raises(ValueError, match="critic_target"):
+        _learner(critic_target="best")
+    info = env_info(MatrixGame(1))
+    with pytest.raises(ValueError, match="joint actions"):
+        RGMCommLearner(env_info=dataclasses.replace(info, n_actions=65),
+                       comm=lambda H, n: RGMComm(H, n, n_labels=2), hidden_dim=16,
+                       critic_target="optimal")

@@ -34,6 +34,8 @@ class TeamCritic(nn.Module):
             ``1 / norm_rate`` batches, which are averaged with equal weights).
     """
 
+    enumerates_joint_actions = True  # best_joint_score scores all A^n joint actions
+
     def __init__(self, state_dim: int, n_agents: int, n_actions: int, hidden_dim: int = 128,
                  normalize: bool = True, norm_rate: float = 0.01):
         super().__init__()
@@ -76,6 +78,28 @@ class TeamCritic(nn.Module):
                 self.target_std.lerp_(std, rate)
         pred = self.score(state, joint)
         return (pred - (target - self.target_mean) / self.target_std).pow(2).mean()
+
+    def best_joint_score(self, state: torch.Tensor, mask: torch.Tensor,
+                         max_elements: int = 2**24) -> torch.Tensor:
+        """``max_a score(state, a)`` over the joint actions available under ``mask [*B, n, A]``,
+        ``[*B, 1]`` in standardised units; every one of the ``A^n`` joint actions is scored,
+        through the first layer's additive split as in ``switch_values`` (blocks of samples
+        bound the ``[block, A^n, hidden]`` activations by ``max_elements``). Subclasses whose
+        maximum needs no enumeration set ``enumerates_joint_actions = False``."""
+        n, A = self.n_agents, self.n_actions
+        first = self.net[0]
+        w_state, w_act = first.weight[:, : -n * A], first.weight[:, -n * A :]
+        joints = torch.cartesian_prod(*[torch.arange(A, device=state.device)] * n).view(-1, n)
+        cols = w_act.T.reshape(n, A, -1)[torch.arange(n, device=state.device), joints]
+        joint_z = cols.sum(-2)  # [J, H]: each joint action's share of the first layer
+        flat_s, flat_m = state.reshape(-1, state.shape[-1]), mask.reshape(-1, n, A).bool()
+        avail = flat_m[:, torch.arange(n, device=state.device), joints].all(-1)  # [N, J]
+        block = max(1, max_elements // (joints.shape[0] * joint_z.shape[-1]))
+        best = torch.cat([
+            self.net[1:]((flat_s[s : s + block] @ w_state.T + first.bias).unsqueeze(-2) + joint_z)
+            .squeeze(-1).masked_fill(~avail[s : s + block], float("-inf")).amax(-1)
+            for s in range(0, flat_s.shape[0], block)])
+        return best.view(*state.shape[:-1], 1)
 
     def switch_values(self, state: torch.Tensor, action: torch.Tensor,
                       agents: torch.Tensor | None = None) -> torch.Tensor:

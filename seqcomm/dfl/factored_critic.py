@@ -33,6 +33,8 @@ class FactoredCritic(TeamCritic):
         norm_rate: update rate of those statistics.
     """
 
+    enumerates_joint_actions = False  # the best joint action is each agent's own best
+
     def __init__(self, state_dim: int, n_agents: int, n_actions: int, hidden_dim: int = 128,
                  embed_dim: int = 32, normalize: bool = True, norm_rate: float = 0.01):
         self.embed_dim = embed_dim
@@ -68,3 +70,10 @@ class FactoredCritic(TeamCritic):
         own = u[..., js, :].unsqueeze(-1)  # [*B, k, A, 1]: j's utility of each a
         joint = torch.where(switched, own, chosen[..., None, None, :])  # [*B, k, A, n]
         return self.unscale(self.net["mixer"](joint, state[..., None, None, :]).squeeze(-1))
+
+    def best_joint_score(self, state: torch.Tensor, mask: torch.Tensor,
+                         max_elements: int = 2**24) -> torch.Tensor:
+        """``max_a score(state, a)`` over available joint actions, ``[*B, 1]``: the mixer is
+        monotonic, so it is each agent's own best available utility, mixed."""
+        u = self.utilities(state).masked_fill(~mask.bool(), float("-inf"))
+        return self.net["mixer"](u.amax(-1), state)
