@@ -37,6 +37,7 @@ from seqcomm.comm.rgmcomm import (
     activate_q,
     average_cosine_distance,
     clustering_loss,
+    receiver_conditional,
     refine_labelling,
     return_gap_bound,
 )
@@ -50,6 +51,8 @@ from seqcomm.learner import NEXT, QLearner
 Schedule = Literal["online", "staged"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 CriticTarget = Literal["policy", "optimal"]
+InformationGiven = Literal["nothing", "receivers"]
+INFORMATION_GIVEN: tuple[str, ...] = get_args(InformationGiven)
 CRITIC_TARGETS: tuple[str, ...] = get_args(CriticTarget)
 MAX_JOINT_ACTIONS = 4096  # critic_target optimal scores every joint action of a next state
 
@@ -74,6 +77,11 @@ class RGMCommLearner(QLearner):
         top_pairs: ``K2``, receivers' (observation, action) pairs per Eq. 5 vector.
         pair_prior: pseudo-count of the marginal in ``d(o_-i | o_i)``.
         mi_weight: ``lambda`` of Eq. 13 (see ``clustering_loss``).
+        mi_given: ``nothing``: the paper's information term ``I(o; m)``. ``receivers``:
+            ``I(o; m | o_-i)``, the information the labels add to what the receivers observe
+            (``label_information``; ``pair_prior`` pseudo-samples of the pooled marginal): a
+            label that repeats what receivers see (the maze's step counter) earns nothing
+            (docs/results.md section 19).
         refine: after the gradient steps, Hartigan's local search on the hard labels (the
             same Eq. 13, exact moves of one group of identical sender states at a time): soft
             labels stall at saddles, e.g. two clusters where four labels score lower.
@@ -111,6 +119,7 @@ class RGMCommLearner(QLearner):
         top_pairs: int = 16,
         pair_prior: float = 1.0,
         mi_weight: float = 1.0,
+        mi_given: InformationGiven = "nothing",
         refine: bool = True,
         critic: CriticFactory = TeamCritic,
         critic_lr: float = 1e-3,
@@ -126,6 +135,8 @@ class RGMCommLearner(QLearner):
             raise ValueError(f"schedule={schedule!r}; choose one of {SCHEDULES}")
         if min(cluster_every, cluster_steps, cluster_samples, top_pairs) < 1:
             raise ValueError("cluster_every, cluster_steps, cluster_samples, top_pairs >= 1")
+        if mi_given not in INFORMATION_GIVEN:
+            raise ValueError(f"mi_given={mi_given!r}; choose one of {INFORMATION_GIVEN}")
         if critic_target not in CRITIC_TARGETS:
             raise ValueError(f"critic_target={critic_target!r}; choose one of {CRITIC_TARGETS}")
         self.save_hyperparameters(ignore=["comm", "critic"])
@@ -223,8 +234,10 @@ class RGMCommLearner(QLearner):
         h = sample["h"].detach()  # [N, n, H]
         head = self.net.comm.label_head
         opt = self.optimizers()[2].optimizer  # raw: Lightning counts one step per update
+        given = (receiver_conditional(qv.same_receivers, hp.pair_prior)
+                 if hp.mi_given == "receivers" else None)
         best = cluster_labels(head, opt, h, x, hp.cluster_steps, hp.cluster_lr,
-                              hp.cluster_restarts, hp.mi_weight, hp.refine)
+                              hp.cluster_restarts, hp.mi_weight, hp.refine, given)
         with torch.no_grad():
             labels = head(h).argmax(-1)
         return self.gap_quantities(qv.values, x, labels.T, best.mean().item())
@@ -353,24 +366,27 @@ class RGMCommLearner(QLearner):
 
 
 def fit_labels(head: LabelHeads, opt: torch.optim.Optimizer, h: torch.Tensor,
-               x: torch.Tensor, steps: int, mi_weight: float) -> torch.Tensor:
+               x: torch.Tensor, steps: int, mi_weight: float,
+               given: torch.Tensor | None = None) -> torch.Tensor:
     """``steps`` Adam steps of Eq. 13 on ``head`` (states ``h [N, n, H]``, activated vectors
-    ``x [n, N, D]``); returns the loss of its hard labels per sender ``[n]``."""
+    ``x [n, N, D]``, ``given`` as in ``clustering_loss``); returns the loss of its hard
+    labels per sender ``[n]``."""
     with torch.enable_grad():
         for _ in range(steps):
             loss = clustering_loss(torch.softmax(head(h), -1).transpose(0, 1), x,
-                                   mi_weight=mi_weight)
+                                   mi_weight=mi_weight, given=given)
             opt.zero_grad()
             loss.sum().backward()
             opt.step()
     with torch.no_grad():
         hard = F.one_hot(head(h).argmax(-1), head.b2.shape[-1]).to(x.dtype)
-        return clustering_loss(hard.transpose(0, 1), x, mi_weight=mi_weight)
+        return clustering_loss(hard.transpose(0, 1), x, mi_weight=mi_weight, given=given)
 
 
 def cluster_labels(head: LabelHeads, opt: torch.optim.Optimizer, h: torch.Tensor,
                    x: torch.Tensor, steps: int, lr: float, restarts: int,
-                   mi_weight: float, refine: bool = False) -> torch.Tensor:
+                   mi_weight: float, refine: bool = False,
+                   given: torch.Tensor | None = None) -> torch.Tensor:
     """Fit ``head`` warm-started and from ``restarts`` fresh initialisations; per sender the
     lowest hard-label loss wins (Eq. 13 has local minima, e.g. a 3-1 split of the matrix
     game's four observations); with ``refine``, Hartigan's local search on the hard labels
@@ -378,33 +394,34 @@ def cluster_labels(head: LabelHeads, opt: torch.optim.Optimizer, h: torch.Tensor
     Returns the winning losses ``[n]``."""
     with torch.no_grad():
         old = head(h).argmax(-1)
-    best = fit_labels(head, opt, h, x, steps, mi_weight)
+    best = fit_labels(head, opt, h, x, steps, mi_weight, given)
     for _ in range(restarts):
         fresh = copy.deepcopy(head)
         fresh.reset_parameters()
         loss = fit_labels(fresh, torch.optim.Adam(fresh.parameters(), lr), h, x, steps,
-                          mi_weight)
+                          mi_weight, given)
         better = loss < best - 1e-6
         if better.any():
             head.take(fresh, better)
             opt.state.clear()
             best = torch.where(better, loss, best)
     if refine:
-        best = refine_head(head, opt, h, x, best, steps, mi_weight)
+        best = refine_head(head, opt, h, x, best, steps, mi_weight, given)
     with torch.no_grad():
         head.permute_labels(label_renaming(old, head(h).argmax(-1), head.b2.shape[-1]))
     return best
 
 
 def refine_head(head: LabelHeads, opt: torch.optim.Optimizer, h: torch.Tensor, x: torch.Tensor,
-                best: torch.Tensor, steps: int, mi_weight: float) -> torch.Tensor:
+                best: torch.Tensor, steps: int, mi_weight: float,
+                given: torch.Tensor | None = None) -> torch.Tensor:
     """Hartigan's local search from the head's hard labels (``refine_labelling``; groups are
     identical sender states), then ``steps`` cross-entropy steps of the head towards the
     refined labels; a sender keeps them only where its hard-label loss falls."""
     n_labels = head.b2.shape[-1]
     with torch.no_grad():
         target = refine_labelling(head(h).argmax(-1).T, x, sender_group_ids(h), n_labels,
-                                  mi_weight)
+                                  mi_weight, given=given)
     trial = copy.deepcopy(head)
     trial_opt = torch.optim.Adam(trial.parameters(), opt.param_groups[0]["lr"])
     with torch.enable_grad():
@@ -415,7 +432,7 @@ def refine_head(head: LabelHeads, opt: torch.optim.Optimizer, h: torch.Tensor, x
             trial_opt.step()
     with torch.no_grad():
         hard = F.one_hot(trial(h).argmax(-1), n_labels).to(x.dtype)
-        loss = clustering_loss(hard.transpose(0, 1), x, mi_weight=mi_weight)
+        loss = clustering_loss(hard.transpose(0, 1), x, mi_weight=mi_weight, given=given)
     better = loss < best - 1e-6
     if better.any():
         head.take(trial, better)

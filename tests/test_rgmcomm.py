@@ -19,6 +19,9 @@ from seqcomm.comm.rgmcomm import (
     activate_q,
     average_cosine_distance,
     clustering_loss,
+    conditional_information_change,
+    label_information,
+    receiver_conditional,
     refine_labelling,
     return_gap_bound,
 )
@@ -286,12 +289,15 @@ def test_staged_restart_gives_the_frozen_labels_new_receivers(monkeypatch):
     assert int(model.stage_frames) == 6000
 
 
-@pytest.mark.parametrize("schedule", ["online", "staged"])
-def test_fit_logs_return_gap_and_writes_label_map(fit_matrix, schedule):
+@pytest.mark.parametrize("schedule, options", [
+    ("online", []), ("staged", []),
+    ("online", ["--model.init_args.mi_given=receivers", "--model.init_args.critic_target=optimal"]),
+])
+def test_fit_logs_return_gap_and_writes_label_map(fit_matrix, schedule, options):
     run = fit_matrix("--config", METHOD, f"--data.total_frames={matrix_frames(3)}",
-                     f"--model.init_args.schedule={schedule}",
+                     f"--model.init_args.schedule={schedule}", *options,
                      "--model.init_args.stage_fraction=0.0", "--model.init_args.cluster_steps=5",
-                     "--trainer.log_every_n_steps=1", run_name=schedule)
+                     "--trainer.log_every_n_steps=1", run_name=f"{schedule}{len(options)}")
     metrics = read_metrics(run)
     for key in ("loss/cluster", "comm/epsilon", "comm/q_max", "comm/return_gap_bound"):
         assert key in metrics and all(math.isfinite(v) for v in metrics[key].values())
@@ -439,3 +445,45 @@ def test_optimal_critic_target_bootstraps_from_the_best_joint_action():
         RGMCommLearner(env_info=dataclasses.replace(info, n_actions=65),
                        comm=lambda H, n: RGMComm(H, n, n_labels=2), hidden_dim=16,
                        critic_target="optimal")
+
+
+def test_information_given_the_receivers_credits_only_what_they_do_not_see():
+    """Senders see (step, bit), receivers the step: a label that names the step has the
+    paper's ``I(o; m) = log 2`` and no information given the receivers; the bit keeps
+    ``log 2`` both ways. Hartigan's move deltas under ``given`` are the exact changes."""
+    step = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    bit = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    same = step.unsqueeze(-1) == step.unsqueeze(-2)
+    given = receiver_conditional(same, prior=0.0)
+    for labels, conditional in ((step, 0.0), (bit, math.log(2))):
+        probs = F.one_hot(labels, 2).float()
+        assert label_information(probs).item() == pytest.approx(math.log(2))
+        assert label_information(probs, given=given).item() == pytest.approx(conditional,
+                                                                             abs=1e-6)
+    # exact move deltas on a random problem
+    torch.manual_seed(0)
+    n, N, M, G = 2, 12, 3, 6
+    groups = torch.randint(0, G, (n, N))
+    groups[:, :G] = torch.arange(G)
+    recv = torch.randint(0, 3, (n, N))
+    given = receiver_conditional(recv.unsqueeze(-1) == recv.unsqueeze(-2), prior=1.0)
+    glab = torch.randint(0, M, (n, G))
+    delta = conditional_information_change(given, F.one_hot(groups, G).float(),
+                                           F.one_hot(glab, M).float(), glab)
+    before = label_information(F.one_hot(glab.gather(-1, groups), M).float(), given=given)
+    for i, g, b in itertools.product(range(n), range(G), range(M)):
+        if b != glab[i, g]:
+            moved = glab.clone()
+            moved[i, g] = b
+            after = label_information(F.one_hot(moved.gather(-1, groups), M).float(),
+                                      given=given)
+            assert (after - before)[i].item() == pytest.approx(delta[i, g, b].item(), abs=1e-5)
+    # the search ends where no single move of a group lowers the conditional loss
+    x = torch.randn(n, N, 5)
+    found = refine_labelling(glab.gather(-1, groups), x, groups, M, given=given)
+    loss = clustering_loss(F.one_hot(found, M).float(), x, given=given)
+    for i, g, b in itertools.product(range(n), range(G), range(M)):
+        moved = found[i].masked_fill(groups[i] == g, b)
+        assert clustering_loss(F.one_hot(moved, M).float(), x[i], given=given[i]) >= loss[i] - 1e-6
+    with pytest.raises(ValueError, match="mi_given"):
+        _learner(mi_given="sender")

@@ -29,12 +29,14 @@ class QVectors:
         valid: ``[n, N, K2 * A]`` available sender action and an existing pair.
         pairs: ``[n, K2]`` sample index of each sender's top receivers' pairs.
         same_obs: ``[n, N, N]`` whether two samples share the sender's observation.
+        same_receivers: ``[n, N, N]`` whether two samples share the receivers' observations.
     """
 
     values: torch.Tensor
     valid: torch.Tensor
     pairs: torch.Tensor
     same_obs: torch.Tensor
+    same_receivers: torch.Tensor
 
 
 def others_index(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -107,4 +109,4 @@ def eq5_vectors(critic: TeamCritic, obs: torch.Tensor, action: torch.Tensor,
 
     valid = exists[:, None, :, None] & mask.transpose(0, 1)[:, :, None, :]
     values = (q * weight.unsqueeze(-1)).masked_fill(~valid, 0.0)
-    return QVectors(values.flatten(-2), valid.flatten(-2), pairs, same_obs)
+    return QVectors(values.flatten(-2), valid.flatten(-2), pairs, same_obs, same_recv)

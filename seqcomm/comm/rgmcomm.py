@@ -44,13 +44,31 @@ def activate_q(q: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tens
     return out.masked_fill(~valid, 0.0)
 
 
-def label_information(probs: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+def label_information(probs: torch.Tensor, weight: torch.Tensor | None = None,
+                      given: torch.Tensor | None = None) -> torch.Tensor:
     """RIM's ``I(o; m) = H(E_p m^p) - E_p H(m^p)`` of label distributions ``[*, N, M]``
-    (Krause et al. 2010), expectations under sample weights ``[*, N]`` (default uniform)."""
+    (Krause et al. 2010), expectations under sample weights ``[*, N]`` (default uniform).
+
+    ``given [*, N, N]`` (rows summing to 1, ``receiver_conditional``) makes it the information
+    the labels add to what the receivers observe, ``I(o; m | o_-i) = E_p H(m | o_-i^p) -
+    E_p H(m^p)``, with ``p(m | o_-i^p) = sum_q given[p, q] m^q``: labels that only repeat
+    what the receivers see (a shared step counter) earn nothing."""
     if weight is None:
         weight = probs.new_full(probs.shape[:-1], 1.0 / probs.shape[-2])
-    marginal = (weight.unsqueeze(-1) * probs).sum(-2)
-    return entropy(marginal) - (weight * entropy(probs)).sum(-1)
+    if given is None:
+        heard = entropy((weight.unsqueeze(-1) * probs).sum(-2))
+    else:
+        heard = (weight * entropy(given @ probs)).sum(-1)
+    return heard - (weight * entropy(probs)).sum(-1)
+
+
+def receiver_conditional(same: torch.Tensor, prior: float = 1.0) -> torch.Tensor:
+    """``[*, N, N]`` row-stochastic weights of ``p(m | o_-i)`` from ``same [*, N, N]``
+    (samples whose receivers observe the same): sample p's group, plus ``prior``
+    pseudo-samples of the pooled marginal (continuous observations form groups of one)."""
+    same = same.to(torch.get_default_dtype())
+    N = same.shape[-1]
+    return (same + prior / N) / (same.sum(-1, keepdim=True) + prior)
 
 
 def clustering_loss(
@@ -58,6 +76,7 @@ def clustering_loss(
     q_vectors: torch.Tensor,
     weight: torch.Tensor | None = None,
     mi_weight: float = 1.0,
+    given: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """RGMComm's Eq. 13, ``L = L_CD - lambda L_MI``, for one sender (or a batch of senders).
 
@@ -71,6 +90,8 @@ def clustering_loss(
         mi_weight: ``lambda``. With the kernel below ``L_CD`` lies in ``[-2, 2]`` and
             ``L_MI`` in ``[0, log M]``; ``lambda = 1`` makes a balanced split of
             dissimilar vectors (similarity < ``log 2 / 2``) beat one label.
+        given: ``[*, N, N]``: ``L_MI`` conditioned on the receivers' observations
+            (``label_information``); None: the paper's ``I(o; m)``.
 
     Our reading: an all-pairs locality-preserving loss over distinct observations,
     ``L_CD = sum_{p,q} d(o^p) d(o^q) S_pq ||m^p - m^q||^2`` with ``S = 1 - D_cos``, the
@@ -89,12 +110,12 @@ def clustering_loss(
     sq = norm.unsqueeze(-1) + norm.unsqueeze(-2) - 2 * probs @ probs.transpose(-1, -2)  # grad
     pair = weight.unsqueeze(-1) * weight.unsqueeze(-2)
     l_cd = (pair * sim * sq).sum((-1, -2))
-    return l_cd - mi_weight * label_information(probs, weight)
+    return l_cd - mi_weight * label_information(probs, weight, given)
 
 
 def refine_labelling(labels: torch.Tensor, q_vectors: torch.Tensor, groups: torch.Tensor,
-                     n_labels: int, mi_weight: float = 1.0,
-                     max_moves: int = 64) -> torch.Tensor:
+                     n_labels: int, mi_weight: float = 1.0, max_moves: int = 64,
+                     given: torch.Tensor | None = None) -> torch.Tensor:
     """Hartigan's local search on Eq. 13 with hard labels, per sender (batched over senders).
 
     Gradient descent on soft labels stops at saddles of Eq. 13 (e.g. two confident clusters
@@ -113,6 +134,9 @@ def refine_labelling(labels: torch.Tensor, q_vectors: torch.Tensor, groups: torc
         n_labels: ``M``.
         mi_weight: ``lambda`` of Eq. 13.
         max_moves: most moves per sender.
+        given: ``[n, N, N]``, the information term conditioned on the receivers'
+            observations (``label_information``); a move of g from a to b shifts each
+            sample's conditional label distribution by g's weight in it, from a to b.
     Returns the refined labels ``[n, N]``.
     """
     N = labels.shape[-1]
@@ -128,10 +152,14 @@ def refine_labelling(labels: torch.Tensor, q_vectors: torch.Tensor, groups: torc
         own = F.one_hot(glab, n_labels).to(sim.dtype)  # [n, G, M]
         a_mass = s_group @ own - torch.diagonal(s_group, dim1=-2, dim2=-1).unsqueeze(-1) * own
         d_cd = 4 * ((a_mass * own).sum(-1, keepdim=True) - a_mass)  # [n, G, M]
-        marginal = (mass_g.unsqueeze(-1) * own).sum(-2)  # [n, M]
-        moved = (marginal[:, None, None, :] - (mass_g.unsqueeze(-1) * own).unsqueeze(-2)
-                 + mass_g[..., None, None] * torch.eye(n_labels, device=sim.device))
-        delta = d_cd - mi_weight * (entropy(moved) - entropy(marginal).view(-1, 1, 1))
+        if given is None:
+            marginal = (mass_g.unsqueeze(-1) * own).sum(-2)  # [n, M]
+            moved = (marginal[:, None, None, :] - (mass_g.unsqueeze(-1) * own).unsqueeze(-2)
+                     + mass_g[..., None, None] * torch.eye(n_labels, device=sim.device))
+            d_mi = entropy(moved) - entropy(marginal).view(-1, 1, 1)
+        else:
+            d_mi = conditional_information_change(given, member, own, glab)
+        delta = d_cd - mi_weight * d_mi
         delta = delta.masked_fill((own > 0) | ~present.unsqueeze(-1), float("inf"))
         best = delta.flatten(1).min(-1)
         improve = best.values < -1e-9
@@ -140,6 +168,23 @@ def refine_labelling(labels: torch.Tensor, q_vectors: torch.Tensor, groups: torc
         g, k = best.indices // n_labels, best.indices % n_labels
         glab[idx[improve], g[improve]] = k[improve]
     return glab.gather(-1, groups)
+
+
+def conditional_information_change(given: torch.Tensor, member: torch.Tensor,
+                                   own: torch.Tensor, glab: torch.Tensor) -> torch.Tensor:
+    """``[n, G, M]``: the change of ``I(o; m | o_-i)`` (hard labels, uniform samples) when
+    group g moves from its label to label b: each sample's conditional distribution
+    ``given @ labels`` loses g's weight in it at the old label and gains it at b."""
+    def plogp(p: torch.Tensor) -> torch.Tensor:
+        return -(p * p.clamp_min(1e-12).log())
+
+    labels = member @ own  # [n, N, M]: each sample's one-hot label
+    cond = given @ labels  # [n, N, M]
+    share = given @ member  # [n, N, G]: g's weight in each sample's distribution
+    at_old = cond.gather(-1, glab.unsqueeze(1).expand_as(share))  # [n, N, G]
+    old = plogp(at_old - share) - plogp(at_old)  # [n, N, G]
+    new = plogp(cond.unsqueeze(-2) + share.unsqueeze(-1)) - plogp(cond).unsqueeze(-2)
+    return (old.unsqueeze(-1) + new).mean(1)  # [n, G, M]; b = a is masked by the caller
 
 
 def average_cosine_distance(q_vectors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
