@@ -51,9 +51,9 @@ from seqcomm.learner import NEXT, QLearner
 Schedule = Literal["online", "staged"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 CriticTarget = Literal["policy", "optimal"]
+CRITIC_TARGETS: tuple[str, ...] = get_args(CriticTarget)
 InformationGiven = Literal["nothing", "receivers"]
 INFORMATION_GIVEN: tuple[str, ...] = get_args(InformationGiven)
-CRITIC_TARGETS: tuple[str, ...] = get_args(CriticTarget)
 MAX_JOINT_ACTIONS = 4096  # critic_target optimal scores every joint action of a next state
 
 
