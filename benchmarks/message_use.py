@@ -2,7 +2,7 @@
 every message masked (``deliver = 0``: each receiver's context is the empty one).
 
 Works for any run whose messenger honours ``deliver`` (CommNet, TarMAC, the SeqComm-DFL
-messenger, RGMComm, the oracle channel); its evaluation copies and episodes are the run's.
+messenger, RGMComm). The oracle channel is an input (``oracle_obs``), not messages.
 
     python benchmarks/message_use.py RUN_DIR [RUN_DIR ...] [--episodes 128]
 """
@@ -45,8 +45,9 @@ def main() -> None:
     rows = []
     for run in args.runs:
         model, data = load_run(run)
-        if getattr(model.net, "comm", None) is None:
-            raise SystemExit(f"{run}: the run has no messenger (model.comm unset)")
+        if getattr(model.net.comm, "ctx_dim", 0) == 0:
+            raise SystemExit(f"{run}: the run sends no messages (model.comm unset; the oracle "
+                             "channel is an input, oracle_obs)")
         heard = greedy_metrics(model, data, args.episodes, silent=False)
         masked = greedy_metrics(model, data, args.episodes, silent=True)
         rows.append((run, heard, masked))
