@@ -79,6 +79,12 @@ class TeamCritic(nn.Module):
         pred = self.score(state, joint)
         return (pred - (target - self.target_mean) / self.target_std).pow(2).mean()
 
+    def first_layer_split(self) -> tuple[nn.Linear, torch.Tensor, torch.Tensor]:
+        """The first layer, its state columns ``[H, S]`` and its one-hot action columns as
+        ``[n, A, H]`` (column of agent j's action a): the layer is linear in the actions."""
+        first, n, A = self.net[0], self.n_agents, self.n_actions
+        return first, first.weight[:, : -n * A], first.weight[:, -n * A :].T.reshape(n, A, -1)
+
     def best_joint_score(self, state: torch.Tensor, mask: torch.Tensor,
                          max_elements: int = 2**24) -> torch.Tensor:
         """``max_a score(state, a)`` over the joint actions available under ``mask [*B, n, A]``,
@@ -87,10 +93,9 @@ class TeamCritic(nn.Module):
         bound the ``[block, A^n, hidden]`` activations by ``max_elements``). Subclasses whose
         maximum needs no enumeration set ``enumerates_joint_actions = False``."""
         n, A = self.n_agents, self.n_actions
-        first = self.net[0]
-        w_state, w_act = first.weight[:, : -n * A], first.weight[:, -n * A :]
+        first, w_state, w_act = self.first_layer_split()
         joints = torch.cartesian_prod(*[torch.arange(A, device=state.device)] * n).view(-1, n)
-        cols = w_act.T.reshape(n, A, -1)[torch.arange(n, device=state.device), joints]
+        cols = w_act[torch.arange(n, device=state.device), joints]
         joint_z = cols.sum(-2)  # [J, H]: each joint action's share of the first layer
         flat_s, flat_m = state.reshape(-1, state.shape[-1]), mask.reshape(-1, n, A).bool()
         avail = flat_m[:, torch.arange(n, device=state.device), joints].all(-1)  # [N, J]
@@ -111,10 +116,8 @@ class TeamCritic(nn.Module):
         switch is the taken joint's plus one column difference: ``O(n A hidden)`` memory per
         sample instead of materialising ``n A`` joint one-hots of size ``n A`` each.
         """
-        n, A = self.n_agents, self.n_actions
-        first = self.net[0]
-        w_state, w_act = first.weight[:, : -n * A], first.weight[:, -n * A :]
-        w_act = w_act.T.reshape(n, A, -1)  # [n, A, H]: column of (agent j, action a)
+        n = self.n_agents
+        first, w_state, w_act = self.first_layer_split()
         taken = w_act[torch.arange(n, device=action.device), action]  # [*B, n, H]
         z = state @ w_state.T + first.bias + taken.sum(-2)  # [*B, H]: the taken joint
         if agents is not None:
