@@ -1,0 +1,151 @@
+"""What do a trained run's messages tell each receiver about the state it cannot see?
+
+Rolls out the run's final greedy policy (fresh copies, the run's evaluation seed + 1,000,003,
+as ``message_use.py``) and records at every step the global state, each agent's recurrent
+state ``h_j`` (its own history only: the receiver head reads the context, the recurrent
+input does not) and its context ``ctx_j`` (what the messages delivered). Then, per receiver,
+probes regress the state on ``h_j`` alone and on ``[h_j, ctx_j]`` (ridge, and a small MLP),
+trained on three quarters of the copies and scored on the rest: the held-out R^2 gain is what
+the messages add about the state beyond what the receiver already knew.
+
+    python benchmarks/message_content.py RUN_DIR [RUN_DIR ...] [--copies 64] [--steps 120]
+
+``--features a:b c:d`` probes state columns a..b-1 and c..d-1 separately; ``others:a:b``
+splits columns a..b into one equal block per agent and drops the receiver's own (microcombat
+3m: allies ``others:0:12``, enemies ``12:21``, last actions ``others:21:48``). Scores are
+averaged over receivers.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from hospital_decisions import load_run
+from torch import nn
+
+from seqcomm.envs.base import STATE
+
+
+@torch.no_grad()
+def rollout(model, data, copies: int, steps: int) -> tuple[torch.Tensor, ...]:
+    """``state [T*E, S]``, ``h [T*E, n, H]``, ``ctx [T*E, n, C]``, ``copy [T*E]``."""
+    net, seen = model.net, {}
+    utilities = net.utilities
+
+    def recording(h, deliver=None):
+        q, out = utilities(h, deliver)
+        seen["h"], seen["ctx"] = h, out.ctx
+        return q, out
+
+    net.utilities = recording
+    try:
+        env = data.wrap(data.make_eval_env(copies, data.seed() + 1_000_003, "cpu"), model.policy)
+        model.policy.greedy = True
+        td = env.reset()
+        states, hs, ctxs = [], [], []
+        for _ in range(steps):
+            states.append(td[STATE].clone())
+            td = model.policy(td)
+            hs.append(seen["h"])
+            ctxs.append(seen["ctx"])
+            td, root = env.step_and_maybe_reset(td)
+            td = root
+    finally:
+        net.__dict__.pop("utilities", None)
+    copy = torch.arange(copies).repeat(steps)
+    return torch.cat(states), torch.cat(hs), torch.cat(ctxs), copy
+
+
+def standardise(x: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
+    mean, std = x[train].mean(0), x[train].std(0)
+    return (x - mean) / torch.where(std > 1e-6, std, torch.ones_like(std))
+
+
+def r2(pred: torch.Tensor, y: torch.Tensor, test: torch.Tensor, keep: torch.Tensor) -> float:
+    """Held-out R^2 averaged over the target columns that vary."""
+    resid = ((pred[test] - y[test]) ** 2).mean(0)
+    var = y[test].var(0, unbiased=False)
+    return (1 - resid[keep] / var[keep]).mean().item()
+
+
+def ridge(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, alpha: float = 1.0):
+    x = torch.cat([x, torch.ones(len(x), 1)], -1)
+    xt = x[train]
+    w = torch.linalg.solve(xt.T @ xt + alpha * torch.eye(x.shape[1]), xt.T @ y[train])
+    return x @ w
+
+
+def mlp(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, updates: int = 600):
+    torch.manual_seed(0)
+    probe = nn.Sequential(nn.Linear(x.shape[1], 128), nn.ReLU(), nn.Linear(128, y.shape[1]))
+    opt = torch.optim.Adam(probe.parameters(), lr=3e-3)
+    xt, yt = x[train], y[train]
+    for _ in range(updates):
+        idx = torch.randint(len(xt), (1024,))
+        loss = ((probe(xt[idx]) - yt[idx]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return probe(x)
+
+
+def columns(spec: str) -> slice:
+    """``"a:b"`` -> ``slice(a, b)`` (either end may be empty)."""
+    lo, _, hi = spec.partition(":")
+    return slice(int(lo) if lo else None, int(hi) if hi else None)
+
+
+def probe_run(run: Path, copies: int, steps: int, features: list[str],
+              probes: list[str]) -> list[tuple[str, float, float]]:
+    """``(row name, R^2 from h_j, R^2 from [h_j, ctx_j])``, averaged over receivers j."""
+    model, data = load_run(run)
+    state, h, ctx, copy = rollout(model, data, copies, steps)
+    train = copy < (3 * copies) // 4
+    test = ~train
+    fits = {"ridge": ridge, "mlp": mlp}
+    rows = []
+    n = h.shape[1]
+    for spec in features:
+        others = spec.startswith("others:")
+        target = state[:, columns(spec.removeprefix("others:"))]
+        for name in probes:
+            scores = torch.zeros(2)
+            for j in range(n):
+                y = target
+                if others:  # one equal block per agent: drop the receiver's own
+                    y = torch.cat([b for i, b in enumerate(y.chunk(n, -1)) if i != j], -1)
+                y = standardise(y, train)
+                keep = (y[train].std(0) > 1e-6) & (y[test].std(0) > 1e-6)
+                own = standardise(h[:, j], train)
+                both = torch.cat([own, standardise(ctx[:, j], train)], -1)
+                scores += torch.tensor([r2(fits[name](x, y, train), y, test, keep)
+                                        for x in (own, both)])
+            alone, heard = (scores / h.shape[1]).tolist()
+            rows.append((f"state[{spec}], {name}", alone, heard))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--copies", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--features", nargs="+", default=[":"],
+                        help="state column ranges a:b, one probe target each (default: all)")
+    parser.add_argument("--probes", nargs="+", default=["ridge", "mlp"],
+                        choices=["ridge", "mlp"])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print("| run | target, probe | R^2 from h_j | from [h_j, ctx_j] | gain |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for run in args.runs:
+        for name, alone, heard in probe_run(run, args.copies, args.steps, args.features,
+                                            args.probes):
+            print(f"| {run} | {name} | {alone:.3f} | {heard:.3f} | {heard - alone:+.3f} |")
+
+
+if __name__ == "__main__":
+    main()
