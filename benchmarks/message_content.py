@@ -6,7 +6,8 @@ state ``h_j`` (its own history only: the receiver head reads the context, the re
 input does not) and its context ``ctx_j`` (what the messages delivered). Then, per receiver,
 probes regress the state on ``h_j`` alone and on ``[h_j, ctx_j]`` (ridge, and a small MLP),
 trained on three quarters of the copies and scored on the rest: the held-out R^2 gain is what
-the messages add about the state beyond what the receiver already knew.
+the messages add about the state beyond what the receiver already knew. The same probe on
+``[h_j, h_-j]`` (the senders' own recurrent states) is what they could have added.
 
     python benchmarks/message_content.py RUN_DIR [RUN_DIR ...] [--copies 64] [--steps 120]
 
@@ -99,8 +100,9 @@ def columns(spec: str) -> slice:
 
 
 def probe_run(run: Path, copies: int, steps: int, features: list[str],
-              probes: list[str]) -> list[tuple[str, float, float]]:
-    """``(row name, R^2 from h_j, R^2 from [h_j, ctx_j])``, averaged over receivers j."""
+              probes: list[str]) -> list[tuple[str, float, float, float]]:
+    """``(row name, R^2 from h_j, from [h_j, ctx_j], from [h_j, h_-j])``, averaged over
+    receivers j; the last is what the senders' own states would add (what they knew)."""
     model, data = load_run(run)
     state, h, ctx, copy = rollout(model, data, copies, steps)
     train = copy < (3 * copies) // 4
@@ -112,7 +114,7 @@ def probe_run(run: Path, copies: int, steps: int, features: list[str],
         others = spec.startswith("others:")
         target = state[:, columns(spec.removeprefix("others:"))]
         for name in probes:
-            scores = torch.zeros(2)
+            scores = torch.zeros(3)
             for j in range(n):
                 y = target
                 if others:  # one equal block per agent: drop the receiver's own
@@ -120,11 +122,11 @@ def probe_run(run: Path, copies: int, steps: int, features: list[str],
                 y = standardise(y, train)
                 keep = (y[train].std(0) > 1e-6) & (y[test].std(0) > 1e-6)
                 own = standardise(h[:, j], train)
-                both = torch.cat([own, standardise(ctx[:, j], train)], -1)
+                heard = torch.cat([own, standardise(ctx[:, j], train)], -1)
+                senders = standardise(torch.cat([h[:, i] for i in range(n) if i != j], -1), train)
                 scores += torch.tensor([r2(fits[name](x, y, train), y, test, keep)
-                                        for x in (own, both)])
-            alone, heard = (scores / h.shape[1]).tolist()
-            rows.append((f"state[{spec}], {name}", alone, heard))
+                                        for x in (own, heard, torch.cat([own, senders], -1))])
+            rows.append((f"state[{spec}], {name}", *(scores / n).tolist()))
     return rows
 
 
@@ -139,12 +141,14 @@ def main() -> None:
                         choices=["ridge", "mlp"])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print("| run | target, probe | R^2 from h_j | from [h_j, ctx_j] | gain |")
-    print("| --- | --- | ---: | ---: | ---: |")
+    print("| run | target, probe | R^2 from h_j | from [h_j, ctx_j] | from [h_j, h_-j] "
+          "| gain: context / senders' states |")
+    print("| --- | --- | ---: | ---: | ---: | --- |")
     for run in args.runs:
-        for name, alone, heard in probe_run(run, args.copies, args.steps, args.features,
-                                            args.probes):
-            print(f"| {run} | {name} | {alone:.3f} | {heard:.3f} | {heard - alone:+.3f} |")
+        for name, alone, heard, full in probe_run(run, args.copies, args.steps, args.features,
+                                                  args.probes):
+            print(f"| {run} | {name} | {alone:.3f} | {heard:.3f} | {full:.3f} "
+                  f"| {heard - alone:+.3f} / {full - alone:+.3f} |")
 
 
 if __name__ == "__main__":
