@@ -72,6 +72,8 @@ def r2(pred: torch.Tensor, y: torch.Tensor, test: torch.Tensor, keep: torch.Tens
 
 
 def ridge(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, alpha: float = 1.0):
+    """Closed-form ridge fit on the ``train`` rows, predictions for all rows (a few lines of
+    torch; scikit-learn is not a dependency of the package)."""
     x = torch.cat([x, torch.ones(len(x), 1)], -1)
     xt = x[train]
     w = torch.linalg.solve(xt.T @ xt + alpha * torch.eye(x.shape[1]), xt.T @ y[train])
@@ -108,8 +110,14 @@ def probe_run(run: Path, copies: int, steps: int, features: list[str],
     train = copy < (3 * copies) // 4
     test = ~train
     fits = {"ridge": ridge, "mlp": mlp}
-    rows = []
     n = h.shape[1]
+    inputs = []  # per receiver: h_j; [h_j, ctx_j]; [h_j, h_-j]
+    for j in range(n):
+        own = standardise(h[:, j], train)
+        senders = standardise(torch.cat([h[:, i] for i in range(n) if i != j], -1), train)
+        inputs.append((own, torch.cat([own, standardise(ctx[:, j], train)], -1),
+                       torch.cat([own, senders], -1)))
+    rows = []
     for spec in features:
         others = spec.startswith("others:")
         target = state[:, columns(spec.removeprefix("others:"))]
@@ -121,11 +129,8 @@ def probe_run(run: Path, copies: int, steps: int, features: list[str],
                     y = torch.cat([b for i, b in enumerate(y.chunk(n, -1)) if i != j], -1)
                 y = standardise(y, train)
                 keep = (y[train].std(0) > 1e-6) & (y[test].std(0) > 1e-6)
-                own = standardise(h[:, j], train)
-                heard = torch.cat([own, standardise(ctx[:, j], train)], -1)
-                senders = standardise(torch.cat([h[:, i] for i in range(n) if i != j], -1), train)
                 scores += torch.tensor([r2(fits[name](x, y, train), y, test, keep)
-                                        for x in (own, heard, torch.cat([own, senders], -1))])
+                                        for x in inputs[j]])
             rows.append((f"state[{spec}], {name}", *(scores / n).tolist()))
     return rows
 
