@@ -23,6 +23,27 @@ def test_continuous_message_shapes_and_bits():
     assert enc.bits_per_step() == 32 * 5
 
 
+def test_norm_bound_is_linear_inside_the_ball_and_projects_outside():
+    enc = MessageEncoder(8, "continuous", msg_dim=4, bound="norm")
+    small = torch.full((2, 4), 0.5)
+    assert torch.equal(enc.emit(small)[0], small)  # rms 0.5: untouched
+    big = torch.randn(100, 4) * 10
+    msg = enc.emit(big)[0]
+    assert torch.allclose(msg.pow(2).mean(-1), torch.ones(100))  # on the sphere, rms 1
+    assert torch.allclose(F.cosine_similarity(msg, big, dim=-1), torch.ones(100))
+    # no coordinate saturates: at three times the bound a coordinate still passes a third
+    # of the gradient, while the tanh's passes 1% at the same size
+    x = torch.tensor([[6.0, 0.0, 0.0, 0.0]], requires_grad=True)  # rms 3
+    enc.emit(x)[0][0, 1].backward()
+    assert x.grad[0, 1] > 0.1
+    tanh = MessageEncoder(8, "continuous", msg_dim=4)
+    y = torch.tensor([[3.0, 3.0, 3.0, 3.0]], requires_grad=True)
+    tanh.emit(y)[0][0, 1].backward()
+    assert y.grad[0, 1] < 0.01
+    with pytest.raises(ValueError, match="bound must be one of"):
+        MessageEncoder(8, bound="clip")
+
+
 @pytest.mark.parametrize("train", [True, False])
 def test_discrete_forward_exactly_one_hot_with_straight_through_gradient(train):
     torch.manual_seed(0)

@@ -1,6 +1,7 @@
 """Base messages ``m_i = phi(h_i)`` and their masked aggregation (docs/method.md §2.1).
 
-A message is either a continuous vector in ``(-1, 1)^msg_dim`` or one of ``n_labels`` discrete
+A message is either a bounded continuous vector (``tanh``: in ``(-1, 1)^msg_dim``; ``norm``: in
+the ball of radius ``sqrt(msg_dim)``) or one of ``n_labels`` discrete
 labels (straight-through Gumbel-softmax, RGMComm-style few-bit messages) embedded into
 ``R^msg_dim`` so that both kinds feed the same code path downstream.
 """
@@ -16,6 +17,8 @@ from torch.nn import functional as F
 
 MessageKind = Literal["continuous", "discrete"]
 MESSAGE_KINDS: tuple[str, ...] = get_args(MessageKind)
+MessageBound = Literal["tanh", "norm"]
+MESSAGE_BOUNDS: tuple[str, ...] = get_args(MessageBound)
 
 
 def straight_through_gumbel(
@@ -105,9 +108,12 @@ class MessageEncoder(nn.Module):
 
     Args:
         hidden_dim: size of the agent's recurrent state ``h_i``.
-        kind: ``"continuous"`` (a tanh-bounded vector) or ``"discrete"`` (one of
+        kind: ``"continuous"`` (a bounded vector) or ``"discrete"`` (one of
             ``n_labels`` labels, straight-through Gumbel-softmax, embedded to ``msg_dim``).
         msg_dim: size of the message vector (both kinds).
+        bound: how a continuous message is bounded: ``"tanh"`` per coordinate, or ``"norm"``,
+            scaled into the ball of radius ``sqrt(msg_dim)`` (root-mean-square at most 1, the
+            tanh's scale); linear inside the ball, so no coordinate saturates.
         n_labels: alphabet size ``|M|`` of discrete messages.
         tau: Gumbel-softmax temperature of discrete messages.
         gumbel_noise: sample labels with Gumbel noise in training; ``False`` uses the
@@ -131,10 +137,13 @@ class MessageEncoder(nn.Module):
         gumbel_noise: bool = True,
         logit_bound: float = 0.0,
         straight_through: bool = True,
+        bound: MessageBound = "tanh",
     ) -> None:
         super().__init__()
         if kind not in MESSAGE_KINDS:
             raise ValueError(f"message kind must be one of {MESSAGE_KINDS}, got {kind!r}")
+        if bound not in MESSAGE_BOUNDS:
+            raise ValueError(f"message bound must be one of {MESSAGE_BOUNDS}, got {bound!r}")
         if msg_dim < 1:
             raise ValueError(f"model.comm msg_dim must be >= 1, got {msg_dim}; for no messages "
                              "leave model.comm unset (QMIX)")
@@ -144,7 +153,7 @@ class MessageEncoder(nn.Module):
             raise ValueError(f"tau must be positive, got {tau}")
         self.kind, self.msg_dim, self.n_labels, self.tau = kind, msg_dim, n_labels, tau
         self.gumbel_noise, self.logit_bound = gumbel_noise, logit_bound
-        self.straight_through = straight_through
+        self.straight_through, self.bound = straight_through, bound
         #: size of the pre-message (the vector itself, or the label logits)
         self.raw_dim = msg_dim if kind == "continuous" else n_labels
         self.head = nn.Linear(hidden_dim, self.raw_dim)
@@ -166,7 +175,10 @@ class MessageEncoder(nn.Module):
         """
         # bounded (docs/method.md §2.1): no loss can win by inflating the scale
         if self.embed is None:
-            return torch.tanh(raw), None
+            if self.bound == "tanh":
+                return torch.tanh(raw), None
+            rms = raw.pow(2).mean(dim=-1, keepdim=True).sqrt()
+            return raw / rms.clamp(min=1.0), None
         labels, _ = straight_through_gumbel(self.logits(raw), self.tau,
                                             sample=self.training and self.gumbel_noise)
         if not self.straight_through:

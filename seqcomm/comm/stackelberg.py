@@ -16,6 +16,7 @@ from torch import nn
 
 from seqcomm.comm.base import Communication, MessageOutput
 from seqcomm.comm.messages import (
+    MessageBound,
     MessageEncoder,
     MessageKind,
     expand_to_deliver,
@@ -35,6 +36,8 @@ class SeqCommMessenger(Communication):
         n_agents: number of agents.
         message: ``"continuous"`` or ``"discrete"`` (see ``MessageEncoder``).
         msg_dim: message size ``d_m``.
+        bound: ``"tanh"`` or ``"norm"``, how continuous messages are bounded (see
+            ``MessageEncoder``).
         n_labels: alphabet size ``|M|`` of discrete messages.
         ordering: ``"prosocial"``, ``"fixed"`` or ``"random"`` (see ``Ordering``).
         fixed_order: leader-first agent order of ``"fixed"`` (default: index order).
@@ -65,6 +68,7 @@ class SeqCommMessenger(Communication):
         logit_bound: float = 0.0,
         straight_through: bool = True,
         base_round: bool = True,
+        bound: MessageBound = "tanh",
     ) -> None:
         super().__init__(hidden_dim, n_agents)
         if message == "discrete" and not straight_through and base_round:
@@ -72,7 +76,7 @@ class SeqCommMessenger(Communication):
                              "exact label scoring, which needs base_round: false; set "
                              "straight_through: true or base_round: false")
         self.encoder = MessageEncoder(hidden_dim, message, msg_dim, n_labels, tau, gumbel_noise,
-                                      logit_bound, straight_through)
+                                      logit_bound, straight_through, bound)
         self.ordering = Ordering(hidden_dim, ordering, tau, fixed_order)
         self.base_round = base_round
         self.ctx_dim = 2 * msg_dim if base_round else msg_dim
