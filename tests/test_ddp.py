@@ -12,12 +12,18 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 from conftest import MATRIX_CONF, matrix_frames, read_summary
 
 from seqcomm.envs.base import OBS
 
 HERE = Path(__file__).resolve().parent
+UPDATES = 60
+#: ``seqcomm fit`` arguments of the plain (QMIX) DDP run the fixture makes and a test resumes
+DDP_ARGS = ["--config", str(MATRIX_CONF), "--wandb", "false", "--trainer.enable_progress_bar",
+            "false", "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
+            f"--data.total_frames={matrix_frames(UPDATES)}", "--trainer.val_check_interval=25"]
 
 
 class RankProbe(L.Callback):
@@ -44,35 +50,39 @@ class RankProbe(L.Callback):
         path.write_text(json.dumps(report))
 
 
-def test_ddp_two_cpu_processes(tmp_path):
-    updates = 60
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One ``seqcomm fit`` (the console script) of conf/matrix.yaml on 2 CPU processes with
+    ``RankProbe`` and ``RngProbe``: ``(its root directory, the finished process)``."""
+    root = tmp_path_factory.mktemp("ddp")
     exe = shutil.which("seqcomm") or os.path.join(os.path.dirname(sys.executable), "seqcomm")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=os.pathsep.join(
         [str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]))
     proc = subprocess.run(
-        [exe, "fit", "--config", str(MATRIX_CONF), "--wandb", "false",
-         "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path),
-         "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
-         f"--data.total_frames={matrix_frames(updates)}", "--trainer.val_check_interval=25",
-         "--trainer.callbacks+=test_ddp.RankProbe"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+        [exe, "fit", *DDP_ARGS, "--trainer.default_root_dir", str(root),
+         "--trainer.callbacks+=test_ddp.RankProbe", "--trainer.callbacks+=test_ddp.RngProbe"],
+        capture_output=True, text=True, timeout=300, cwd=root, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, proc
 
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+def test_ddp_two_cpu_processes(ddp_run):
+    root, proc = ddp_run
+    ranks = [json.loads((root / f"rank{r}.json").read_text()) for r in (0, 1)]
     for r in ranks:  # the same number of optimiser steps on every rank
-        assert r["global_step"] == r["optimizer_steps"] == updates
-        assert r["frames"] == matrix_frames(updates)
+        assert r["global_step"] == r["optimizer_steps"] == UPDATES
+        assert r["frames"] == matrix_frames(UPDATES)
     assert ranks[0]["env_seed"] != ranks[1]["env_seed"]  # EpisodeData.seed offsets by rank
     assert ranks[0]["observed"] != ranks[1]["observed"]  # so the ranks saw other episodes
     # ... yet hold the same parameters: the gradients were averaged across the ranks
     torch.testing.assert_close(ranks[0]["params"], ranks[1]["params"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ranks[0]["target"], ranks[1]["target"], rtol=1e-5, atol=1e-6)
 
-    runs = list(tmp_path.glob("matrix/version_*"))
+    runs = list(root.glob("matrix/version_*"))
     assert [p.name for p in runs] == ["version_0"]  # one run directory, from rank 0
     summary = read_summary(runs[0])
-    assert summary["world_size"] == 2 and summary["updates"] == updates
-    assert summary["env_steps"] == 2 * matrix_frames(updates)
+    assert summary["world_size"] == 2 and summary["updates"] == UPDATES
+    assert summary["env_steps"] == 2 * matrix_frames(UPDATES)
     assert proc.stdout.count("seqcomm: summary") == 1  # written once
 
 
@@ -212,26 +222,19 @@ class RngProbe(L.Callback):
             torch.save(self.states(trainer, pl_module), root / f"saved{trainer.global_rank}.pt")
 
 
-def test_ddp_resume_restores_each_ranks_generators(tmp_path):
-    """Lightning writes a DDP checkpoint on rank 0 only, yet a resumed run puts back each
-    rank's own generators (not rank 0's on every rank)."""
+def test_ddp_resume_restores_each_ranks_generators(ddp_run, tmp_path):
+    """Lightning writes a DDP checkpoint on rank 0 only, yet a run resumed from the fixture's
+    checkpoint at update 3 puts back each rank's own generators (not rank 0's on every
+    rank)."""
+    shutil.copytree(ddp_run[0], tmp_path, dirs_exist_ok=True)  # the fixture's run stays as is
     env = dict(os.environ, WANDB_MODE="offline",
                PYTHONPATH=os.pathsep.join([str(HERE), str(HERE.parent)]))
-
-    def fit(*args: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run(
-            [sys.executable, "-m", "seqcomm.cli", "fit", "--config", str(MATRIX_CONF),
-             "--wandb", "false", "--trainer.enable_progress_bar", "false",
-             "--trainer.default_root_dir", str(tmp_path), "--trainer.strategy=ddp",
-             "--trainer.devices=2", "--trainer.accelerator=cpu",
-             f"--data.total_frames={matrix_frames(5)}", "--trainer.val_check_interval=5",
-             "--trainer.callbacks+=test_ddp.RngProbe", *args],
-            capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return proc
-
-    fit()
-    fit("--ckpt_path", str(tmp_path / "probe.ckpt"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "seqcomm.cli", "fit", *DDP_ARGS,
+         "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps=4",
+         "--trainer.callbacks+=test_ddp.RngProbe", "--ckpt_path", str(tmp_path / "probe.ckpt")],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     saved = [torch.load(tmp_path / f"saved{r}.pt") for r in (0, 1)]
     restored = [torch.load(tmp_path / f"restored{r}.pt") for r in (0, 1)]
     for rank in (0, 1):

@@ -21,7 +21,8 @@ from seqcomm.envs.matrix import RGMCOMM_TABLE, MatrixGame, best_message_value, r
 from seqcomm.seqcomm_dfl import SeqCommDFL
 
 BEST_1BIT, NO_COMM = 38.05, 33.325
-SEEDS = range(2)  # the default suite's share; seeds 2-9 behaved the same (below)
+#: seed 0 in the default suite, seed 1 under ``slow``; seeds 2-9 behaved the same (below)
+SEEDS = [0, pytest.param(1, marks=pytest.mark.slow)]
 #: every one of seeds 0-9 reached 38.05 by update 500 (and kept it to 1250, conf/matrix.yaml's
 #: budget, on seeds 0-3); 600 leaves a margin at about 17-30 s per seed
 UPDATES = 600
@@ -55,23 +56,19 @@ def test_soft_receiver_needs_the_critic_evaluator():
                    va_evaluator="target")
 
 
-def test_seqcomm_dfl_one_bit_reaches_the_best_message_on_2_seeds(fit_matrix):
+@pytest.mark.parametrize("seed", SEEDS)
+def test_seqcomm_dfl_one_bit_reaches_the_best_message(fit_matrix, seed):
     """``seqcomm fit --config conf/matrix.yaml --config conf/methods/seqcomm_dfl.yaml --config
-    conf/methods/seqcomm_dfl_1bit.yaml``, model-free (no world model), 2 seeds (the slow test
+    conf/methods/seqcomm_dfl_1bit.yaml``, model-free (no world model), per seed (the slow test
     below covers random tables)."""
-    returns = []
-    for seed in SEEDS:
-        run = fit_matrix(
-            "--config", str(METHODS / "seqcomm_dfl.yaml"),
-            "--config", str(METHODS / "seqcomm_dfl_1bit.yaml"),
-            "--model.init_args.world_model_gradient=none", f"--seed_everything={seed}",
-            f"--data.total_frames={matrix_frames(UPDATES)}",
-            f"--trainer.val_check_interval={UPDATES}", run_name=f"seed{seed}")
-        returns.append(read_summary(run)["eval"]["return"])
-    hits = [abs(r - BEST_1BIT) < 0.05 for r in returns]
-    assert all(hits), f"eval returns per seed {returns}; best 1-bit message {BEST_1BIT}"
-    # a message never makes things worse than no communication
-    assert min(returns) >= NO_COMM - 0.05, returns
+    run = fit_matrix(
+        "--config", str(METHODS / "seqcomm_dfl.yaml"),
+        "--config", str(METHODS / "seqcomm_dfl_1bit.yaml"),
+        "--model.init_args.world_model_gradient=none", f"--seed_everything={seed}",
+        f"--data.total_frames={matrix_frames(UPDATES)}",
+        f"--trainer.val_check_interval={UPDATES}", run_name=f"seed{seed}")
+    value = read_summary(run)["eval"]["return"]
+    assert abs(value - BEST_1BIT) < 0.05, f"eval return {value}; best 1-bit message {BEST_1BIT}"
 
 
 @pytest.mark.slow
