@@ -15,6 +15,11 @@ the messages add about the state beyond what the receiver already knew. The same
 splits columns a..b into one equal block per agent and drops the receiver's own (microcombat
 3m: allies ``others:0:12``, enemies ``12:21``, last actions ``others:21:48``). Scores are
 averaged over receivers.
+
+``--senders a:b`` (messengers that report base messages, SeqComm-DFL's): per sender, what its
+own message keeps of state columns a..b-1, by ridge R^2 from ``h_i``, from the pre-message
+``raw_i``, from the bounded base message ``m_i`` and from the refined message; and the share
+of messages at their bound (tanh: coordinates beyond 0.95; norm: messages on the sphere).
 """
 
 from __future__ import annotations
@@ -31,13 +36,15 @@ from seqcomm.envs.base import STATE
 
 @torch.no_grad()
 def rollout(model, data, copies: int, steps: int) -> tuple[torch.Tensor, ...]:
-    """``state [T*E, S]``, ``h [T*E, n, H]``, ``ctx [T*E, n, C]``, ``copy [T*E]``."""
-    net, seen = model.net, {}
+    """``state [T*E, S]``, ``h [T*E, n, H]``, ``ctx [T*E, n, C]``, ``copy [T*E]``, and
+    ``out`` (the messenger's ``MessageOutput`` fields, concatenated over steps)."""
+    net, seen, outs = model.net, {}, []
     utilities = net.utilities
 
     def recording(h, deliver=None):
         q, out = utilities(h, deliver)
         seen["h"], seen["ctx"] = h, out.ctx
+        outs.append(out)
         return q, out
 
     net.utilities = recording
@@ -56,7 +63,9 @@ def rollout(model, data, copies: int, steps: int) -> tuple[torch.Tensor, ...]:
     finally:
         net.__dict__.pop("utilities", None)
     copy = torch.arange(copies).repeat(steps)
-    return torch.cat(states), torch.cat(hs), torch.cat(ctxs), copy
+    out = {k: torch.cat([getattr(o, k) for o in outs]) for k in outs[0]._fields
+           if getattr(outs[0], k) is not None}
+    return torch.cat(states), torch.cat(hs), torch.cat(ctxs), copy, out
 
 
 def standardise(x: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
@@ -106,7 +115,7 @@ def probe_run(run: Path, copies: int, steps: int, features: list[str],
     """``(row name, R^2 from h_j, from [h_j, ctx_j], from [h_j, h_-j])``, averaged over
     receivers j; the last is what the senders' own states would add (what they knew)."""
     model, data = load_run(run)
-    state, h, ctx, copy = rollout(model, data, copies, steps)
+    state, h, ctx, copy, _ = rollout(model, data, copies, steps)
     train = copy < (3 * copies) // 4
     test = ~train
     fits = {"ridge": ridge, "mlp": mlp}
@@ -135,6 +144,31 @@ def probe_run(run: Path, copies: int, steps: int, features: list[str],
     return rows
 
 
+def probe_senders(run: Path, copies: int, steps: int, spec: str) -> list[list[float]]:
+    """Per sender ``[R^2 from h_i, raw_i, m_i, refined_i, share at the bound]`` of state
+    columns ``spec`` (ridge, held out as ``probe_run``)."""
+    model, data = load_run(run)
+    state, h, _, copy, out = rollout(model, data, copies, steps)
+    if "base_messages" not in out:
+        raise SystemExit(f"{run}: its messenger reports no base messages (SeqComm-DFL's do)")
+    encoder = model.net.comm.encoder
+    with torch.no_grad():
+        raw = encoder.raw(h)
+    train = copy < (3 * copies) // 4
+    test = ~train
+    y = standardise(state[:, columns(spec)], train)
+    keep = (y[train].std(0) > 1e-6) & (y[test].std(0) > 1e-6)
+    base = out["base_messages"]
+    at_bound = ((base.abs() > 0.95).float().mean((0, 2)) if encoder.bound == "tanh" else
+                (base.pow(2).mean(-1) > 0.99).float().mean(0))
+    rows = []
+    for i in range(h.shape[1]):
+        scores = [r2(ridge(standardise(x[:, i], train), y, train), y, test, keep)
+                  for x in (h, raw, base, out["messages"])]
+        rows.append([*scores, at_bound[i].item()])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -144,8 +178,18 @@ def main() -> None:
                         help="state column ranges a:b, one probe target each (default: all)")
     parser.add_argument("--probes", nargs="+", default=["ridge", "mlp"],
                         choices=["ridge", "mlp"])
+    parser.add_argument("--senders", metavar="A:B", default=None,
+                        help="instead: what each sender's own message keeps of columns A:B")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.senders is not None:
+        print(f"| run | sender | state[{args.senders}] R^2 from h_i | raw_i | m_i | refined_i "
+              "| share at the bound |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for run in args.runs:
+            for i, row in enumerate(probe_senders(run, args.copies, args.steps, args.senders)):
+                print(f"| {run} | {i} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+        return
     print("| run | target, probe | R^2 from h_j | from [h_j, ctx_j] | from [h_j, h_-j] "
           "| gain: context / senders' states |")
     print("| --- | --- | ---: | ---: | ---: | --- |")
