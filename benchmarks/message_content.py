@@ -159,13 +159,11 @@ def probe_senders(run: Path, copies: int, steps: int, spec: str) -> list[list[fl
     y = standardise(state[:, columns(spec)], train)
     keep = (y[train].std(0) > 1e-6) & (y[test].std(0) > 1e-6)
     base = out["base_messages"]
-    at_bound = ((base.abs() > 0.95).float().mean((0, 2)) if encoder.bound == "tanh" else
-                (base.pow(2).mean(-1) > 0.99).float().mean(0))
     rows = []
     for i in range(h.shape[1]):
         scores = [r2(ridge(standardise(x[:, i], train), y, train), y, test, keep)
                   for x in (h, raw, base, out["messages"])]
-        rows.append([*scores, at_bound[i].item()])
+        rows.append([*scores, encoder.at_bound(base[:, i]).item()])
     return rows
 
 

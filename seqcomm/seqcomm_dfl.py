@@ -296,7 +296,8 @@ class SeqCommDFL(QLearner):
         logs.update({"train/decision_focused": 1.0, "comm/va_beta": msg["va_beta"],
                      "comm/va_confidence": msg["va_confidence"],
                      "comm/guidance_potential": msg["gp_mean"],
-                     "comm/order_entropy": msg["order_entropy"]})
+                     "comm/order_entropy": msg["order_entropy"],
+                     "comm/messages_at_bound": msg["at_bound"]})
         self.log_training(logs)
 
     def td_step(self, batch: TensorDictBase, opt_w, opt_critic) -> None:
@@ -322,14 +323,17 @@ class SeqCommDFL(QLearner):
     # -- messages -----------------------------------------------------------------------
     def message_losses(self, batch: TensorDictBase, cache: dict) -> dict[str, torch.Tensor]:
         """The message losses by name (``MESSAGE_LOSSES``, zero where off) and the logged
-        ``va_beta``, ``gp_mean`` and ``order_entropy``. ``L_VA``, ``L_inf`` and the
+        ``va_beta``, ``gp_mean``, ``order_entropy`` and ``at_bound`` (the share of base
+        messages at their bound, ``MessageEncoder.at_bound``). ``L_VA``, ``L_inf`` and the
         guidance potential share ONE counterfactual pass (``counterfactual_utilities``)."""
         aux, n, hp = cache["aux"], self.info.n_agents, self.hparams
         zero = cache["q"].new_zeros(())
         out = dict.fromkeys(MESSAGE_LOSSES + ("va_beta", "va_confidence", "gp_mean",
-                                              "order_entropy"), zero)
+                                              "order_entropy", "at_bound"), zero)
         if self.net.comm.ctx_dim == 0:
             return out
+        if aux.base_messages is not None and not self.net.comm.discrete:
+            out["at_bound"] = self.net.comm.encoder.at_bound(aux.base_messages)
         out["critic"] = self.critic_loss(batch, cache)
         if aux.label_probs is not None:
             out["mi"], out["entropy"] = self.label_losses(aux.label_probs)

@@ -167,11 +167,18 @@ def gradient_switch(name: str):
 
 def messages_switch(name: str):
     def check(metrics, config):
-        assert msg_args(config)["message"] == name
+        args = msg_args(config)
+        assert args["message"] == ("continuous" if name == "norm_bound" else name)
+        assert args["bound"] == ("norm" if name == "norm_bound" else "tanh")
         logged = values(metrics, "comm/bits_per_step")
         assert logged == pytest.approx([bits(config)] * len(logged)) and logged
         mi = values(metrics, "loss/mi")  # label information: discrete labels only
         assert (min(mi) < 0) if name == "discrete" else set(mi) == {0.0}
+        at_bound = values(metrics, "comm/messages_at_bound")
+        if name == "discrete":
+            assert set(at_bound) == {0.0}
+        else:  # a share; a fresh encoder's messages are inside their bound
+            assert at_bound and all(0 <= v < 0.5 for v in at_bound)
     return check
 
 

@@ -185,6 +185,14 @@ class MessageEncoder(nn.Module):
             labels = labels.detach()
         return self.embed(labels), labels
 
+    @torch.no_grad()
+    def at_bound(self, messages: torch.Tensor) -> torch.Tensor:
+        """Share of continuous messages at their bound, where their gradient fades: ``tanh``,
+        coordinates beyond 0.95; ``norm``, messages on the sphere (RMS above 0.99)."""
+        if self.bound == "tanh":
+            return (messages.abs() > 0.95).float().mean()
+        return (messages.pow(2).mean(-1) > 0.99).float().mean()
+
     def logits(self, raw: torch.Tensor) -> torch.Tensor:
         """Label logits of a discrete pre-message, squashed to ``(-logit_bound, logit_bound)``."""
         if self.logit_bound <= 0:
