@@ -1,6 +1,7 @@
 """Run bookkeeping as Lightning callbacks (docs/method.md §7-8), each installed by ``seqcomm
 fit``: the collection statistics, the throughput clock, the random generators' seeding and
-restore, the final summary, and a checkpoint when ``fit`` is interrupted (SIGTERM, Ctrl-C)."""
+restore, the final summary, the periodic checkpoints (also one where ``max_steps`` stops a
+run) and a checkpoint when ``fit`` is interrupted (SIGTERM, Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from seqcomm.distributed import gather_objects, own_entry
@@ -176,3 +178,24 @@ class SaveOnInterrupt(L.Callback):
             what = "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C"
             print(f"seqcomm: {what} at update {trainer.global_step}: saved {path}; continue "
                   "with --ckpt_path last", file=sys.stderr, flush=True)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` that also saves ``last.ckpt`` at the update where
+    ``--trainer.max_steps`` stops training, so ``--ckpt_path last`` goes on from there.
+
+    A run is one Lightning epoch over ``EpisodeData.batches``. Without this, a run stopped by
+    ``max_steps`` before any periodic checkpoint gets its ``last.ckpt`` from Lightning's
+    ``on_train_end``, after the fit loop has counted that epoch finished: resuming it, fit
+    stops at once (``max_epochs=1`` reached) although frames of the budget remain. Saved at
+    the batch's end, as the periodic ones are, the checkpoint is mid-epoch and resumes.
+    (It calls ``ModelCheckpoint``'s own save path, underscore methods included, so that its
+    ``on_train_end`` sees the step saved and does not overwrite the file.)
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        stops = 0 <= trainer.max_steps <= trainer.global_step
+        if stops and self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

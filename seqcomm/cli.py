@@ -18,7 +18,6 @@ import warnings
 
 import torch
 from jsonargparse import ArgumentParser
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -26,6 +25,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from seqcomm.callbacks import (
     CollectionStatistics,
     RandomGenerators,
+    RunCheckpoint,
     RunSummary,
     SaveOnInterrupt,
     Throughput,
@@ -312,7 +312,7 @@ def lightning_main(args: list[str] | None) -> None:
             "num_sanity_val_steps": 0,
             "log_every_n_steps": 10,
             "enable_model_summary": False,
-            "callbacks": [ModelCheckpoint(save_last=True, every_n_train_steps=200),
+            "callbacks": [RunCheckpoint(save_last=True, every_n_train_steps=200),
                           RandomGenerators(), CollectionStatistics(), Throughput(),
                           RunSummary(), SaveOnInterrupt()],
         },
