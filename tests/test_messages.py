@@ -40,6 +40,9 @@ def test_norm_bound_is_linear_inside_the_ball_and_projects_outside():
     y = torch.tensor([[3.0, 3.0, 3.0, 3.0]], requires_grad=True)
     tanh.emit(y)[0][0, 1].backward()
     assert y.grad[0, 1] < 0.01
+    zero = torch.zeros(1, 4, requires_grad=True)  # a finite gradient at the origin too
+    enc.emit(zero)[0].sum().backward()
+    assert torch.equal(zero.grad, torch.ones(1, 4))
     with pytest.raises(ValueError, match="bound must be one of"):
         MessageEncoder(8, bound="clip")
 

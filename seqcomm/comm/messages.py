@@ -177,7 +177,8 @@ class MessageEncoder(nn.Module):
         if self.embed is None:
             if self.bound == "tanh":
                 return torch.tanh(raw), None
-            rms = raw.pow(2).mean(dim=-1, keepdim=True).sqrt()
+            # the norm's gradient is 0 at 0 (a sqrt of the mean square would give NaN there)
+            rms = torch.linalg.vector_norm(raw, dim=-1, keepdim=True) / math.sqrt(raw.shape[-1])
             return raw / rms.clamp(min=1.0), None
         labels, _ = straight_through_gumbel(self.logits(raw), self.tau,
                                             sample=self.training and self.gumbel_noise)
