@@ -144,9 +144,12 @@ def probe_run(run: Path, copies: int, steps: int, features: list[str],
     return rows
 
 
-def probe_senders(run: Path, copies: int, steps: int, spec: str) -> list[list[float]]:
+def probe_senders(run: Path, copies: int, steps: int,
+                  spec: str) -> tuple[list[list[float]], list[float]]:
     """Per sender ``[R^2 from h_i, raw_i, m_i, refined_i, share at the bound]`` of state
-    columns ``spec`` (ridge, held out as ``probe_run``)."""
+    columns ``spec`` (ridge, held out as ``probe_run``); and, averaged over receivers j, the
+    R^2 gain over ``h_j`` of ``[h_j, ctx_j]`` and of ``[h_j, the others' base messages]``
+    (handed over directly: what the attention could deliver)."""
     model, data = load_run(run)
     state, h, _, copy, out = rollout(model, data, copies, steps)
     if "base_messages" not in out:
@@ -164,7 +167,15 @@ def probe_senders(run: Path, copies: int, steps: int, spec: str) -> list[list[fl
         scores = [r2(ridge(standardise(x[:, i], train), y, train), y, test, keep)
                   for x in (h, raw, base, out["messages"])]
         rows.append([*scores, encoder.at_bound(base[:, i]).item()])
-    return rows
+    n, gains = h.shape[1], torch.zeros(2)
+    for j in range(n):
+        own = standardise(h[:, j], train)
+        others = torch.cat([base[:, i] for i in range(n) if i != j], -1)
+        alone = r2(ridge(own, y, train), y, test, keep)
+        gains += torch.tensor([
+            r2(ridge(torch.cat([own, standardise(x, train)], -1), y, train), y, test, keep)
+            - alone for x in (out["ctx"][:, j], others)])
+    return rows, (gains / n).tolist()
 
 
 def main() -> None:
@@ -184,9 +195,14 @@ def main() -> None:
         print(f"| run | sender | state[{args.senders}] R^2 from h_i | raw_i | m_i | refined_i "
               "| share at the bound |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        delivered = []
         for run in args.runs:
-            for i, row in enumerate(probe_senders(run, args.copies, args.steps, args.senders)):
+            rows, gains = probe_senders(run, args.copies, args.steps, args.senders)
+            for i, row in enumerate(rows):
                 print(f"| {run} | {i} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+            delivered.append(f"{run}: context {gains[0]:+.3f}, others' base messages "
+                             f"{gains[1]:+.3f}")
+        print("\nGain over h_j, receivers' mean:\n" + "\n".join(delivered))
         return
     print("| run | target, probe | R^2 from h_j | from [h_j, ctx_j] | from [h_j, h_-j] "
           "| gain: context / senders' states |")
