@@ -19,7 +19,9 @@ averaged over receivers.
 ``--senders a:b`` (messengers that report base messages, SeqComm-DFL's): per sender, what its
 own message keeps of state columns a..b-1, by ridge R^2 from ``h_i``, from the pre-message
 ``raw_i``, from the bounded base message ``m_i`` and from the refined message; and the share
-of messages at their bound (tanh: coordinates beyond 0.95; norm: messages on the sphere).
+of messages at their bound (tanh: coordinates beyond 0.95; norm: messages on the sphere); and
+the receivers' gain over ``h_j`` from their context and from the others' base messages handed
+over directly (what the attention could have delivered).
 """
 
 from __future__ import annotations
