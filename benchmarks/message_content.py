@@ -106,6 +106,11 @@ def mlp(x: torch.Tensor, y: torch.Tensor, train: torch.Tensor, updates: int = 60
         return probe(x)
 
 
+def all_but(x: torch.Tensor, j: int) -> torch.Tensor:
+    """``x [R, n, d]`` -> ``[R, (n - 1) d]``: every agent's rows but ``j``'s, side by side."""
+    return torch.cat([x[:, i] for i in range(x.shape[1]) if i != j], -1)
+
+
 def columns(spec: str) -> slice:
     """``"a:b"`` -> ``slice(a, b)`` (either end may be empty)."""
     lo, _, hi = spec.partition(":")
@@ -125,7 +130,7 @@ def probe_run(run: Path, copies: int, steps: int, features: list[str],
     inputs = []  # per receiver: h_j; [h_j, ctx_j]; [h_j, h_-j]
     for j in range(n):
         own = standardise(h[:, j], train)
-        senders = standardise(torch.cat([h[:, i] for i in range(n) if i != j], -1), train)
+        senders = standardise(all_but(h, j), train)
         inputs.append((own, torch.cat([own, standardise(ctx[:, j], train)], -1),
                        torch.cat([own, senders], -1)))
     rows = []
@@ -163,20 +168,19 @@ def probe_senders(run: Path, copies: int, steps: int,
     test = ~train
     y = standardise(state[:, columns(spec)], train)
     keep = (y[train].std(0) > 1e-6) & (y[test].std(0) > 1e-6)
-    base = out["base_messages"]
+    base, n = out["base_messages"], h.shape[1]
     rows = []
-    for i in range(h.shape[1]):
+    for i in range(n):
         scores = [r2(ridge(standardise(x[:, i], train), y, train), y, test, keep)
                   for x in (h, raw, base, out["messages"])]
         rows.append([*scores, encoder.at_bound(base[:, i]).item()])
-    n, gains = h.shape[1], torch.zeros(2)
+    gains = torch.zeros(2)
     for j in range(n):
         own = standardise(h[:, j], train)
-        others = torch.cat([base[:, i] for i in range(n) if i != j], -1)
         alone = r2(ridge(own, y, train), y, test, keep)
         gains += torch.tensor([
             r2(ridge(torch.cat([own, standardise(x, train)], -1), y, train), y, test, keep)
-            - alone for x in (out["ctx"][:, j], others)])
+            - alone for x in (out["ctx"][:, j], all_but(base, j))])
     return rows, (gains / n).tolist()
 
 
