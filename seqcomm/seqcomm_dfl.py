@@ -21,6 +21,7 @@ from seqcomm.comm.ordering import guidance_potential, order_entropy
 from seqcomm.dfl.critic import CriticFactory, TeamCritic
 from seqcomm.dfl.implicit_gradient import ImplicitSolver, ImplicitSolverFactory, unrolled_inner
 from seqcomm.dfl.label_lookahead import lookahead_label_scores, sender_group_ids
+from seqcomm.dfl.receiver_state import ReceiverStateHead
 from seqcomm.dfl.value_aware import (
     ReconstructionHead,
     action_spread,
@@ -50,7 +51,8 @@ EVALUATORS: tuple[str, ...] = get_args(Evaluator)
 LABEL_SCORINGS: tuple[str, ...] = get_args(LabelScoring)
 IMPLICIT_PARAMS: tuple[str, ...] = get_args(ImplicitParams)
 VA_RECEIVERS: tuple[str, ...] = get_args(VaReceiver)
-MESSAGE_LOSSES: tuple[str, ...] = ("va", "inf", "aware", "gp", "recon", "mi", "entropy", "critic")
+MESSAGE_LOSSES: tuple[str, ...] = ("va", "inf", "aware", "gp", "recon", "state", "mi", "entropy",
+                                   "critic")
 
 
 class Counterfactual(NamedTuple):
@@ -120,6 +122,9 @@ class SeqCommDFL(QLearner):
         lambda_aware: weight of ``L_aware``.
         lambda_gp: weight of the guidance-potential regression of the ordering head.
         lambda_recon: weight of the reconstruction loss (``value_aware: false``).
+        lambda_state: weight of the receivers' state loss (``ReceiverStateHead``: the global
+            state decoded from each receiver's detached state and its context, so that messages
+            carry what the receiver lacks; 0 = off).
         lambda_mi: weight of the label mutual-information bonus ``H(E[p]) - E[H(p)]`` of
             discrete messages (RGMComm's L_MI): keeps every label in use, against the
             collapse of straight-through labels onto one that acts as a constant bias.
@@ -199,6 +204,7 @@ class SeqCommDFL(QLearner):
         lambda_aware: float = 0.1,
         lambda_gp: float = 1.0,
         lambda_recon: float = 1.0,
+        lambda_state: float = 0.0,
         lambda_mi: float = 0.0,
         lambda_entropy: float = 0.0,
         lambda_entropy_final: float | None = None,
@@ -260,6 +266,10 @@ class SeqCommDFL(QLearner):
         if not value_aware and self.net.comm.ctx_dim > 0:
             # decodes the sent message
             self.decoder = ReconstructionHead(self.net.comm.message_dim, info.obs_dim)
+        self.receiver_state = None
+        if lambda_state > 0 and self.net.comm.ctx_dim > 0:
+            self.receiver_state = ReceiverStateHead(self.net.agent.hidden_dim,
+                                                    self.net.comm.ctx_dim, info.state_dim)
 
     # -- the algorithm box --------------------------------------------------------------
     def training_step(self, dataloader_iter) -> None:
@@ -317,7 +327,8 @@ class SeqCommDFL(QLearner):
         hp = self.hparams
         return {"td": hp.real_td_weight if imagined else 1.0, "model_td": hp.model_td_weight,
                 "aware": hp.lambda_aware, "va": hp.lambda_va, "inf": hp.lambda_inf,
-                "gp": hp.lambda_gp, "recon": hp.lambda_recon, "mi": hp.lambda_mi,
+                "gp": hp.lambda_gp, "recon": hp.lambda_recon, "state": hp.lambda_state,
+                "mi": hp.lambda_mi,
                 "entropy": self.label_entropy_weight()}
 
     # -- messages -----------------------------------------------------------------------
@@ -342,6 +353,7 @@ class SeqCommDFL(QLearner):
             out["gp"], out["gp_mean"] = self.guidance_potential_loss(batch, cache, cf)
             out["order_entropy"] = order_entropy(aux.order.reshape(-1, n))
         out["aware"] = self.awareness_loss(batch, cache)
+        out["state"] = self.receiver_state_loss(batch, cache)
         if not hp.value_aware:
             out["recon"] = self.reconstruction_loss(batch, cache)
             return out
@@ -416,6 +428,13 @@ class SeqCommDFL(QLearner):
         if self.decoder is None or cache["aux"].messages is None:
             return cache["q"].new_zeros(())
         return self.decoder.loss(cache["aux"].messages, batch[OBS])
+
+    def receiver_state_loss(self, batch: TensorDictBase, cache: dict) -> torch.Tensor:
+        """The receivers' unexplained share of the state's variance given their detached
+        states and contexts (``lambda_state``; zero when off)."""
+        if self.receiver_state is None:
+            return cache["q"].new_zeros(())
+        return self.receiver_state.loss(cache["h"], cache["aux"].ctx, batch[STATE])
 
     def value_aware_loss(self, batch: TensorDictBase, cache: dict,
                          cf: Counterfactual) -> torch.Tensor:
@@ -852,8 +871,9 @@ class SeqCommDFL(QLearner):
         self.hand_step(opt, params, torch.autograd.grad(loss, params))
 
     def auxiliary_parameters(self) -> list[torch.nn.Parameter]:
-        """Trained with ``w`` but outside the bilevel problem: the message decoder."""
-        return [] if self.decoder is None else list(self.decoder.parameters())
+        """Trained with ``w`` but outside the bilevel problem: the message and state decoders."""
+        return [p for m in (self.decoder, self.receiver_state) if m is not None
+                for p in m.parameters()]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Checkpoints written before the critic had its own step hold one Adam over
