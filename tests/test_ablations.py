@@ -231,9 +231,22 @@ def confidence_switch(name: str):
     return check
 
 
+def receiver_state_switch(name: str):
+    def check(metrics, config):
+        weight = config["model"]["init_args"]["lambda_state"]
+        state = values(metrics, "loss/state")
+        assert state and weight == (1.0 if name == "on" else 0.0)
+        if name == "on":  # the receivers' unexplained share of the state's variance
+            assert all(v > 0 for v in state)
+        else:
+            assert set(state) == {0.0}
+    return check
+
+
 SWITCHES = {"gradient": gradient_switch, "messages": messages_switch,
             "ordering": ordering_switch, "value_aware": value_aware_switch,
-            "evaluator": evaluator_switch, "confidence": confidence_switch}
+            "evaluator": evaluator_switch, "confidence": confidence_switch,
+            "receiver_state": receiver_state_switch}
 
 
 @pytest.mark.parametrize("ablation", ABLATIONS)

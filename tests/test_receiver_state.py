@@ -1,4 +1,4 @@
-"""The receivers' state loss (``model.lambda_state``; docs/method.md §2.5)."""
+"""The receivers' state loss (``model.lambda_state``; docs/method.md §2.4)."""
 
 import torch
 

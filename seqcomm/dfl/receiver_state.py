@@ -1,6 +1,6 @@
 """What a receiver lacks: the global state decoded from its own state and its message context.
 
-An auxiliary message objective (``model.lambda_state``; docs/method.md §2.5). A decoder reads
+An auxiliary message objective (``model.lambda_state``; docs/method.md §2.4). A decoder reads
 ``[sg(h_j), ctx_j]`` and regresses the global state; with the receiver's own state detached,
 its gradient reaches the messenger only, and only as far as the context adds to what ``h_j``
 already tells the decoder. On microcombat 3m sight SeqComm-DFL's messages carried what allies
