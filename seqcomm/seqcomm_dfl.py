@@ -328,8 +328,7 @@ class SeqCommDFL(QLearner):
         return {"td": hp.real_td_weight if imagined else 1.0, "model_td": hp.model_td_weight,
                 "aware": hp.lambda_aware, "va": hp.lambda_va, "inf": hp.lambda_inf,
                 "gp": hp.lambda_gp, "recon": hp.lambda_recon, "state": hp.lambda_state,
-                "mi": hp.lambda_mi,
-                "entropy": self.label_entropy_weight()}
+                "mi": hp.lambda_mi, "entropy": self.label_entropy_weight()}
 
     # -- messages -----------------------------------------------------------------------
     def message_losses(self, batch: TensorDictBase, cache: dict) -> dict[str, torch.Tensor]:
