@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT
-from omegaconf import OmegaConf
-from test_ablations import assert_contains
+from test_ablations import assert_contains, stacked_config
 
 from seqcomm.cli import main
 
@@ -112,6 +111,6 @@ def test_generated_commands_are_valid_fit_arguments(sweep, capsys):
             main([*cmd[1:], "--print_config"])
         assert exit_.value.code in (0, None), cmd
         printed = yaml.safe_load(capsys.readouterr().out)
-        expected = OmegaConf.merge(*[OmegaConf.load(Path(f)) for f in option(cmd, "config")],
-                                   {"run_name": f"sweep_{sweep}", "seed_everything": 3})
-        assert_contains(printed, OmegaConf.to_container(expected))
+        expected = stacked_config([Path(f) for f in option(cmd, "config")],
+                                  {"run_name": f"sweep_{sweep}", "seed_everything": 3})
+        assert_contains(printed, expected)
