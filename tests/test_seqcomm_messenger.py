@@ -65,6 +65,37 @@ def test_refinement_attention_gets_gradient_with_three_agents():
         assert layer.weight.grad.abs().sum() > 0
 
 
+def test_hidden_base_round_carries_the_senders_whole_state_linearly():
+    """``base_message: hidden``: the base round's context is ``hidden_dim`` wide and a linear
+    map of a convex mix of the others' states, so a state direction the bounded ``phi(h)``
+    saturates away still reaches the receiver in proportion; a masked sender is not heard."""
+    torch.manual_seed(0)
+    m = SeqCommMessenger(H, N, ordering="fixed", msg_dim=4, base_message="hidden")
+    assert m.ctx_dim == H + 4
+    h = torch.randn(5, N, H)
+    with torch.no_grad():
+        m.encoder.head.weight.mul_(1e3)  # phi(h) saturated: a sign per coordinate
+        m.base_key.weight.zero_()  # equal attention: the mean of the others' states
+        m.base_key.bias.zero_()
+        ctx, _ = m(h)
+        big = h.clone()
+        big[:, 2] *= 3.0  # sender 2 louder: the saturated phi(h) barely changes
+        ctx_big, _ = m(big)
+        heard = ctx[..., :H] - m.base_value.bias  # W mean_{i != j} h_i
+        mean_others = (h.sum(-2, keepdim=True) - h) / (N - 1)
+        assert torch.allclose(heard, mean_others @ m.base_value.weight.T, atol=1e-5)
+        delta = (ctx_big - ctx)[:, 0, :H]  # the leader hears sender 2's extra 2 h_2 / 2
+        assert torch.allclose(delta, h[:, 2] @ m.base_value.weight.T, atol=1e-5)
+        muted, _ = m(h, deliver=torch.tensor([1.0, 1.0, 0.0]))
+        assert torch.allclose(muted[:, 0, :H], h[:, 1] @ m.base_value.weight.T
+                              + m.base_value.bias, atol=1e-5)
+    assert m.bits_per_step() > 32 * H  # the whole state, in 32-bit floats
+    with pytest.raises(ValueError, match="base_round: true"):
+        SeqCommMessenger(H, N, base_round=False, base_message="hidden")
+    with pytest.raises(ValueError, match="choose one of"):
+        SeqCommMessenger(H, N, base_message="raw")
+
+
 def test_without_base_round_the_leader_hears_nothing():
     torch.manual_seed(0)
     m = SeqCommMessenger(H, N, ordering="fixed", base_round=False)

@@ -11,6 +11,8 @@ loop over agents).
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import nn
 
@@ -24,6 +26,9 @@ from seqcomm.comm.messages import (
     others_mask,
 )
 from seqcomm.comm.ordering import Ordering, OrderingMode
+
+BaseMessage = Literal["encoded", "hidden"]
+BASE_MESSAGES: tuple[str, ...] = get_args(BaseMessage)
 
 
 class SeqCommMessenger(Communication):
@@ -49,6 +54,10 @@ class SeqCommMessenger(Communication):
         base_round: every receiver also hears the others' base messages (stage 1; the
             context doubles to ``2 msg_dim``). ``false``: only followers hear anything, the
             leaders' refined messages (RGMComm's one-way few-bit setting on the matrix game).
+        base_message: what the base round broadcasts: ``"encoded"``, the bounded message
+            ``phi(h_i)``; ``"hidden"``, the recurrent state ``h_i`` itself, as SeqComm's
+            negotiation and CommNet share it (the base round's context is then ``hidden_dim``
+            wide; the refinement still reads ``phi(h_i)``).
     """
 
     zero_when_silent = True
@@ -69,8 +78,14 @@ class SeqCommMessenger(Communication):
         straight_through: bool = True,
         base_round: bool = True,
         bound: MessageBound = "tanh",
+        base_message: BaseMessage = "encoded",
     ) -> None:
         super().__init__(hidden_dim, n_agents)
+        if base_message not in BASE_MESSAGES:
+            raise ValueError(f"base_message={base_message!r}; choose one of {BASE_MESSAGES}")
+        if base_message == "hidden" and not base_round:
+            raise ValueError("base_message: hidden is what the base round broadcasts; it needs "
+                             "base_round: true")
         if message == "discrete" and not straight_through and base_round:
             raise ValueError("discrete labels without straight_through learn only from the "
                              "exact label scoring, which needs base_round: false; set "
@@ -79,14 +94,17 @@ class SeqCommMessenger(Communication):
                                       logit_bound, straight_through, bound)
         self.ordering = Ordering(hidden_dim, ordering, tau, fixed_order)
         self.base_round = base_round
-        self.ctx_dim = 2 * msg_dim if base_round else msg_dim
+        self.base_message = base_message
+        # the base round's keys and values read phi(h_i), or h_i itself under "hidden"
+        base_in = hidden_dim if base_message == "hidden" else msg_dim
+        self.ctx_dim = base_in + msg_dim if base_round else msg_dim
         self.discrete = self.encoder.discrete
         self.scores_labels = self.discrete and not base_round
         raw_dim = self.encoder.raw_dim
         # stage 1 context: attend from h_j to the others' base messages
         self.base_query = nn.Linear(hidden_dim, attn_dim) if base_round else None
-        self.base_key = nn.Linear(msg_dim, attn_dim) if base_round else None
-        self.base_value = nn.Linear(msg_dim, msg_dim) if base_round else None
+        self.base_key = nn.Linear(base_in, attn_dim) if base_round else None
+        self.base_value = nn.Linear(base_in, base_in) if base_round else None
         # refinement rho: attend from h_{pi_k} to its own and its predecessors' base messages
         self.refine_query = nn.Linear(hidden_dim, attn_dim)
         self.refine_key = nn.Linear(msg_dim, attn_dim)
@@ -132,8 +150,9 @@ class SeqCommMessenger(Communication):
         )
         if self.base_round:
             others = others_mask(h, deliver)
+            sent = h if self.base_message == "hidden" else base
             heard = masked_attention(
-                self.base_query(h), self.base_key(base), self.base_value(base), others
+                self.base_query(h), self.base_key(sent), self.base_value(sent), others
             )
             ctx = torch.cat([heard, ctx], dim=-1)
         probs = None
@@ -166,11 +185,15 @@ class SeqCommMessenger(Communication):
     def bits_per_step(self) -> float:
         """Bits per agent and step of the messages someone reads: the base message (stage 1),
         the refined message of every agent but the last speaker, and the 32-bit
-        guidance-potential scalar when the order is prosocial."""
+        guidance-potential scalar when the order is prosocial (under ``base_message: hidden``
+        the base round's 32-bit ``h_i`` too)."""
         n = self.n_agents
         heard_refined = (n - 1) / n
         scalar = 32.0 if self.ordering.mode == "prosocial" else 0.0
-        # without the base round, a base message is still read by the refinement of every
-        # follower whose refined message someone hears (all but the last two speakers')
-        base = 1.0 if self.base_round else (n - 2) / n
+        if self.base_message == "hidden":
+            scalar += 32.0 * self.hidden_dim
+        # without the base round (or with h_i in it), a base message phi(h_i) is still read by
+        # the refinement of every follower whose refined message someone hears (all but the
+        # last two speakers')
+        base = 1.0 if self.base_round and self.base_message == "encoded" else (n - 2) / n
         return (base + heard_refined) * self.encoder.bits_per_step() + scalar
