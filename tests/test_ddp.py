@@ -146,6 +146,7 @@ def test_ddp_seqcomm_dfl_ranks_keep_the_same_parameters(tmp_path):
     assert_same_state(ranks)
 
 
+@pytest.mark.slow  # ~33 s; DDP training, resume and SeqComm-DFL stay in the default suite
 def test_ddp_rgmcomm_ranks_keep_the_same_labels(tmp_path):
     """RGMComm clusters each rank's own replay sample (plain ``backward`` on the label heads,
     outside DDP): the ranks take rank 0's heads, and the label map (written by rank 0 after a
