@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -129,7 +130,11 @@ def test_a_cell_that_repeats_a_finished_one_copies_its_results(smoke, tmp_path, 
 
     monkeypatch.setattr(Study, "command", recorded)
     monkeypatch.setenv("WANDB_MODE", "offline")
-    result = run_study(twins, twin_dir, ROOT, workers=2, out=io.StringIO())
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        result = run_study(twins, twin_dir, ROOT, workers=2, out=io.StringIO())
+    # resolving a cell's configuration is quiet (LightningCLI warns of args beside sys.argv)
+    assert not [w for w in shown if "LightningCLI" in str(w.message)]
     assert result == {"matrix/restated/0": "copied", "matrix/restated/1": "copied",
                       "matrix/changed/0": "done", "matrix/changed/1": "done",
                       "matrix/no_comm/0": "skipped", "matrix/no_comm/1": "skipped"}

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import yaml
@@ -52,7 +53,10 @@ class Twins:
             args = self.study.fit_args(cell, self.study_dir) + ["--print_config"]
             out = io.StringIO()
             try:
-                with contextlib.chdir(self.workdir), contextlib.redirect_stdout(out):
+                with contextlib.chdir(self.workdir), contextlib.redirect_stdout(out), \
+                        warnings.catch_warnings():
+                    # LightningCLI warns when given args while the study's own are in sys.argv
+                    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
                     lightning_main(args)
                 config = None  # print_config always exits
             except SystemExit as done:
