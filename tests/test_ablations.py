@@ -80,7 +80,6 @@ def merge_stacked(base, new):
     return {**base, **{k: merge_stacked(base.get(k), v) for k, v in new.items()}}
 
 
-
 def stacked_config(files, *extra: dict) -> dict:
     """The config ``--config f1 --config f2 ...`` should resolve to (``extra``: overrides)."""
     merged = {}
