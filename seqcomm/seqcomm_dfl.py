@@ -45,13 +45,11 @@ WorldModelGradient = Literal["implicit", "unrolled", "mle", "none"]
 Evaluator = Literal["critic", "target"]
 LabelScoring = Literal["current", "lookahead"]
 ImplicitParams = Literal["head", "all"]
-ModelTdParams = Literal["all", "inner"]
 VaReceiver = Literal["frozen", "online", "soft"]
 GRADIENTS: tuple[str, ...] = get_args(WorldModelGradient)
 EVALUATORS: tuple[str, ...] = get_args(Evaluator)
 LABEL_SCORINGS: tuple[str, ...] = get_args(LabelScoring)
 IMPLICIT_PARAMS: tuple[str, ...] = get_args(ImplicitParams)
-MODEL_TD_PARAMS: tuple[str, ...] = get_args(ModelTdParams)
 VA_RECEIVERS: tuple[str, ...] = get_args(VaReceiver)
 MESSAGE_LOSSES: tuple[str, ...] = ("va", "inf", "aware", "gp", "recon", "state", "mi", "entropy",
                                    "critic")
@@ -101,10 +99,6 @@ class SeqCommDFL(QLearner):
             ``L_model + lambda_aware L_aware`` alone (docs/method.md §3.2).
         model_td_weight: weight of the imagined-transition TD loss ``L_model`` in the value
             parameters' step.
-        model_td_params: the value parameters ``L_model`` trains in that step: ``all`` (as
-            the real TD loss: agents' bodies, messenger, head, mixer) or ``inner`` (only the
-            bilevel problem's ``w``, see ``implicit_params``: the agents' states and messages
-            then learn from real transitions only).
         mle_weight: weight of the prediction loss added to the world model's hypergradient
             (``implicit``, ``unrolled``): an anchor that keeps imagined states in the range
             the value networks were trained on (without it ``L_model`` diverged on hospital).
@@ -200,7 +194,6 @@ class SeqCommDFL(QLearner):
         model_lr: float = 1e-3,
         real_td_weight: float = 1.0,
         model_td_weight: float = 0.5,
-        model_td_params: ModelTdParams = "all",
         mle_weight: float = 1.0,
         hypergradient_ratio: float = 0.0,
         target_radius: float = 0.0,
@@ -235,7 +228,6 @@ class SeqCommDFL(QLearner):
                    "label_scoring": (label_scoring, LABEL_SCORINGS),
                    "va_evaluator": (va_evaluator, EVALUATORS),
                    "implicit_params": (implicit_params, IMPLICIT_PARAMS),
-                   "model_td_params": (model_td_params, MODEL_TD_PARAMS),
                    "va_receiver": (va_receiver, VA_RECEIVERS)}
         for name, (value, allowed) in choices.items():  # LightningCLI checks the Literals too
             if value not in allowed:
@@ -768,19 +760,7 @@ class SeqCommDFL(QLearner):
         q_next = self.next_utilities(h_next, None, batch[NEXT, *MASK])
         q_tot_next = self.target.mix(q_next, pred.next_state)
         target = self.bootstrap(pred.reward, torch.sigmoid(pred.terminated_logit), q_tot_next)
-        q_tot = self.imagined_td_values(batch, cache)
-        return (q_tot - self.trust_region(target, cache)).pow(2).mean(), target
-
-    def imagined_td_values(self, batch: TensorDictBase, cache: dict) -> torch.Tensor:
-        """The online ``Q_tot(s, a)`` that ``L_model`` trains: the real TD loss's, or under
-        ``model_td_params: inner`` the same values through ``w`` alone (the head on detached
-        states and contexts, and the mixer)."""
-        hp = self.hparams
-        if hp.model_td_params == "all" or hp.implicit_params == "all":
-            return cache["q_tot"]
-        q = self.net.agent.q(cache["h"].detach(), cache["aux"].ctx.detach())
-        chosen = q.gather(-1, batch[ACTION].unsqueeze(-1)).squeeze(-1)
-        return self.net.mix(chosen, batch[STATE])
+        return (cache["q_tot"] - self.trust_region(target, cache)).pow(2).mean(), target
 
     def trust_region(self, imagined: torch.Tensor, cache: dict) -> torch.Tensor:
         """Imagined targets softly clipped to ``target_radius`` x RMS(real TD residual)

@@ -409,31 +409,3 @@ def test_dfl_every_runs_the_decision_focused_update_on_every_kth_step(fit_matrix
     for s in steps[1:]:
         assert (model_td[s] != model_td[s - 1]) == (s % 3 == 0), s
         assert td[s] != td[s - 1], s
-
-
-@pytest.mark.parametrize("scope", ["all", "inner"])
-def test_imagined_td_term_trains_only_w_under_model_td_params_inner(scope):
-    """``model_td_params: inner``: ``L_model``'s values are the real TD loss's ``Q_tot`` and
-    their gradient on ``w`` (head, mixer) is the same, but nothing reaches the agents' states
-    or the messenger; ``all`` trains them as the real TD loss does."""
-    torch.manual_seed(0)
-    model = learner(model_td_params=scope)
-    batch = TensorDict({STATE: torch.randn(4, 2, 5), ACTION: torch.randint(0, 3, (4, 2, 3))},
-                       batch_size=[4, 2])
-    h = torch.randn(4, 2, 3, 8, requires_grad=True)
-    q, aux = model.net.utilities(h)
-    q_tot = model.net.mix(q.gather(-1, batch[ACTION].unsqueeze(-1)).squeeze(-1), batch[STATE])
-    values = model.imagined_td_values(batch, {"h": h, "aux": aux, "q_tot": q_tot})
-    assert torch.allclose(values, q_tot)
-    inner = model.inner_parameters()
-    w = list(inner.values())
-    outside = [h, *(p for k, p in model.net.named_parameters()
-                    if p.requires_grad and k not in inner)]
-    got = torch.autograd.grad(values.sum(), w + outside, allow_unused=True, retain_graph=True)
-    real = torch.autograd.grad(q_tot.sum(), w, allow_unused=True)
-    for g, r in zip(got[:len(w)], real, strict=True):
-        assert torch.allclose(g, r)
-    reached = [g.abs().sum() > 0 for g in got[len(w):] if g is not None]
-    assert any(reached) == (scope == "all")
-    with pytest.raises(ValueError, match="model_td_params"):
-        learner(model_td_params="body")
