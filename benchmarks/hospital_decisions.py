@@ -37,8 +37,23 @@ def load(run_dir: Path) -> QLearner:
     return load_run(run_dir)[0]
 
 
+def run_directory(path: Path) -> Path:
+    """``path`` if it holds a finished run, else its only ``version_k``; exits with one line
+    saying what is missing otherwise."""
+    if (path / "checkpoints" / "last.ckpt").exists():
+        return path
+    versions = sorted(path.glob("version_*/checkpoints/last.ckpt"))
+    if len(versions) == 1:
+        return versions[0].parents[1]
+    found = ", ".join(str(v.parents[1]) for v in sorted(path.rglob("last.ckpt"))) or "none"
+    raise SystemExit(f"{path}: no checkpoints/last.ckpt here; runs below it: {found}. Pass "
+                     "one run's version_k directory")
+
+
 def load_run(run_dir: Path, replay: bool = False) -> tuple[QLearner, EpisodeData]:
-    """The run's learner and its data module, with the replay buffer restored if ``replay``."""
+    """The run's learner and its data module, with the replay buffer restored if ``replay``.
+    ``run_dir``: a run's ``version_k`` directory, or its parent when that holds one version."""
+    run_dir = run_directory(run_dir)
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     for key in ("ckpt_path", "weights_only"):  # fit-only keys: no trainer run here
         config.pop(key, None)
