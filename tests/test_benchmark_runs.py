@@ -4,6 +4,7 @@ run's ``version_k`` directory or its parent, and one line naming what is there o
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -12,7 +13,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from hospital_decisions import run_directory  # noqa: E402
 
 
-def finished_run(path):
+def finished_run(path: Path) -> Path:
     (path / "checkpoints").mkdir(parents=True)
     (path / "checkpoints" / "last.ckpt").write_bytes(b"")
     return path
