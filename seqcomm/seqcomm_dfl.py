@@ -169,6 +169,11 @@ class SeqCommDFL(QLearner):
             its error is small against the values' spread between actions, near 0 where a
             switch's value is below its error and the critic decides worse than the
             receivers (microcombat 3m sight: docs/results.md, section 12).
+        va_body: the counterfactual message pass behind ``L_VA``, ``L_inf`` and the guidance
+            potential reads the senders' recurrent states as they are (``true``: the losses
+            train the senders' bodies through their messages) or detached (``false``: the
+            messenger's own parameters only). Early on 3m sight ``L_VA``'s gradient on the
+            bodies outweighed TD's and opposed it (docs/results.md, section 24).
         counterfactual_senders: senders masked per update (0 = all n, exact). k < n: k drawn
             uniformly without replacement; ``L_VA``, ``L_inf`` and the guidance-potential
             regression average over them (unbiased, but for the regression's normaliser,
@@ -218,6 +223,7 @@ class SeqCommDFL(QLearner):
         va_receiver: VaReceiver = "frozen",
         va_warmup_fraction: float = 0.1,
         va_confidence: bool = False,
+        va_body: bool = True,
         counterfactual_senders: int = 0,
         counterfactual_receivers: int = 0,
         dfl_every: int = 1,
@@ -400,7 +406,8 @@ class SeqCommDFL(QLearner):
         others delivered), the last row delivers all; utilities through ``va_receiver``'s
         head on detached states."""
         senders, receivers = self.counterfactual_rows()  # None: all, row i masks sender i
-        ctx = self.counterfactual_contexts(cache["h"], senders)
+        h = cache["h"] if self.hparams.va_body else cache["h"].detach()
+        ctx = self.counterfactual_contexts(h, senders)
         q = self.receiver_q(cache["h"].detach(), ctx)
         k = ctx.shape[0] - 1
         return Counterfactual(senders, receivers, ctx, q, q[:k], q[k], ctx[k])

@@ -409,3 +409,15 @@ def test_dfl_every_runs_the_decision_focused_update_on_every_kth_step(fit_matrix
     for s in steps[1:]:
         assert (model_td[s] != model_td[s - 1]) == (s % 3 == 0), s
         assert td[s] != td[s - 1], s
+
+
+@pytest.mark.parametrize("body", [True, False])
+def test_va_body_decides_whether_message_losses_train_the_senders_states(body):
+    """``va_body: false``: the counterfactual pass behind ``L_VA`` / ``L_inf`` reaches the
+    messenger's parameters and not the senders' recurrent states; ``true``: both."""
+    torch.manual_seed(0)
+    model = learner(va_body=body)
+    h = torch.randn(2, 3, 8, requires_grad=True)
+    model.counterfactual_utilities(None, {"h": h}).q.sum().backward()
+    assert model.net.comm.encoder.head.weight.grad.abs().sum() > 0
+    assert (h.grad is not None and bool(h.grad.abs().sum() > 0)) == body
