@@ -169,10 +169,10 @@ class SeqCommDFL(QLearner):
             its error is small against the values' spread between actions, near 0 where a
             switch's value is below its error and the critic decides worse than the
             receivers (microcombat 3m sight: docs/results.md, section 12).
-        va_body: the counterfactual message pass behind ``L_VA``, ``L_inf`` and the guidance
-            potential reads the senders' recurrent states as they are (``true``: the losses
-            train the senders' bodies through their messages) or detached (``false``: the
-            messenger's own parameters only). Early on 3m sight ``L_VA``'s gradient on the
+        va_body: the counterfactual message pass behind ``L_VA`` and ``L_inf`` reads the
+            senders' recurrent states as they are (``true``: the losses train the senders'
+            bodies through their messages) or detached (``false``: the messenger's own
+            parameters only). Early on 3m sight ``L_VA``'s gradient on the
             bodies outweighed TD's and opposed it (docs/results.md, section 24).
         counterfactual_senders: senders masked per update (0 = all n, exact). k < n: k drawn
             uniformly without replacement; ``L_VA``, ``L_inf`` and the guidance-potential
