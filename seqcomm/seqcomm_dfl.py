@@ -172,8 +172,8 @@ class SeqCommDFL(QLearner):
         va_body: the counterfactual message pass behind ``L_VA`` and ``L_inf`` reads the
             senders' recurrent states as they are (``true``: the losses train the senders'
             bodies through their messages) or detached (``false``: the messenger's own
-            parameters only). Early on 3m sight ``L_VA``'s gradient on the
-            bodies outweighed TD's and opposed it (docs/results.md, section 24).
+            parameters only). Early on 3m sight ``L_VA``'s gradient on the bodies outweighed
+            TD's and opposed it (docs/results.md, section 24).
         counterfactual_senders: senders masked per update (0 = all n, exact). k < n: k drawn
             uniformly without replacement; ``L_VA``, ``L_inf`` and the guidance-potential
             regression average over them (unbiased, but for the regression's normaliser,
@@ -535,7 +535,7 @@ class SeqCommDFL(QLearner):
         delivered), the last row delivers all. The messenger runs as at execution
         (deterministic labels, so the rows differ only by the masked sender); the order is
         psi's in every row. The gradient reaches the senders' messages and, through them,
-        the senders' recurrent states."""
+        ``h`` (``counterfactual_utilities`` passes detached states under ``va_body: false``)."""
         n = self.info.n_agents
         eye = torch.eye(n, device=h.device, dtype=h.dtype)
         masked = 1 - (eye if senders is None else eye[senders.to(h.device)])
