@@ -19,6 +19,7 @@ from seqcomm.comm.base import MessageOutput
 from seqcomm.comm.messages import entropy
 from seqcomm.comm.ordering import guidance_potential, order_entropy
 from seqcomm.dfl.critic import CriticFactory, TeamCritic
+from seqcomm.dfl.gradient_projection import add_gradients, project_conflicting
 from seqcomm.dfl.implicit_gradient import ImplicitSolver, ImplicitSolverFactory, unrolled_inner
 from seqcomm.dfl.label_lookahead import lookahead_label_scores, sender_group_ids
 from seqcomm.dfl.receiver_state import ReceiverStateHead
@@ -46,6 +47,8 @@ Evaluator = Literal["critic", "target"]
 LabelScoring = Literal["current", "lookahead"]
 ImplicitParams = Literal["head", "all"]
 VaReceiver = Literal["frozen", "online", "soft"]
+MessageGradient = Literal["sum", "project"]
+TD_LOSSES = ("td", "model_td")
 GRADIENTS: tuple[str, ...] = get_args(WorldModelGradient)
 EVALUATORS: tuple[str, ...] = get_args(Evaluator)
 LABEL_SCORINGS: tuple[str, ...] = get_args(LabelScoring)
@@ -174,6 +177,11 @@ class SeqCommDFL(QLearner):
             bodies through their messages) or detached (``false``: the messenger's own
             parameters only). Early on 3m sight ``L_VA``'s gradient on the bodies outweighed
             TD's and opposed it (docs/results.md, section 24).
+        message_gradient: how the w step adds the message losses' gradient (every term but
+            the real and imagined TD losses) to the TD losses': ``sum`` (as weighted), or
+            ``project`` (one-sided PCGrad: where the two conflict, the message part loses its
+            component along TD's, whose own part is kept; docs/method.md §2.4); it logs their
+            cosine before the projection as ``grad/message_td_cosine``.
         counterfactual_senders: senders masked per update (0 = all n, exact). k < n: k drawn
             uniformly without replacement; ``L_VA``, ``L_inf`` and the guidance-potential
             regression average over them (unbiased, but for the regression's normaliser,
@@ -224,6 +232,7 @@ class SeqCommDFL(QLearner):
         va_warmup_fraction: float = 0.1,
         va_confidence: bool = False,
         va_body: bool = True,
+        message_gradient: MessageGradient = "sum",
         counterfactual_senders: int = 0,
         counterfactual_receivers: int = 0,
         dfl_every: int = 1,
@@ -234,7 +243,8 @@ class SeqCommDFL(QLearner):
                    "label_scoring": (label_scoring, LABEL_SCORINGS),
                    "va_evaluator": (va_evaluator, EVALUATORS),
                    "implicit_params": (implicit_params, IMPLICIT_PARAMS),
-                   "va_receiver": (va_receiver, VA_RECEIVERS)}
+                   "va_receiver": (va_receiver, VA_RECEIVERS),
+                   "message_gradient": (message_gradient, get_args(MessageGradient))}
         for name, (value, allowed) in choices.items():  # LightningCLI checks the Literals too
             if value not in allowed:
                 raise ValueError(f"model.{name}={value!r}; choose one of {allowed}")
@@ -299,16 +309,16 @@ class SeqCommDFL(QLearner):
         inner = model_td + self.hparams.lambda_aware * msg["aware"]
         losses = {"td": td, "model_td": model_td, **msg}
         weights = self.loss_weights(imagined=pred is not None)
-        w_loss = sum(weight * losses[name] for name, weight in weights.items())
         # 5. outer: the world model follows dL_true/dtheta (implicit, unrolled) or fits (mle)
         logs.update(self.update_world_model(opt_theta, batch, cache, td, inner, pred))
         # 6. the w step, target networks by Polyak averaging / hard copies
-        w = [p for p in self.net.parameters() if p.requires_grad]
-        self.step_w(opt_w, w_loss, w + self.auxiliary_parameters())
+        w = [p for p in self.net.parameters() if p.requires_grad] + self.auxiliary_parameters()
+        grads, grad_logs = self.w_gradients(losses, weights, w)
+        self.hand_step(opt_w, w, grads, counted=True)
         self.update_targets()
         # 7. the team critic, in its own step: its loss reaches only its own parameters
         self.step_critic(opt_critic, msg["critic"])
-        logs.update({f"loss/{name}": losses[name] for name in (*weights, "critic")})
+        logs.update({f"loss/{name}": losses[name] for name in (*weights, "critic")}, **grad_logs)
         logs.update({"train/decision_focused": 1.0, "comm/va_beta": msg["va_beta"],
                      "comm/va_confidence": msg["va_confidence"],
                      "comm/guidance_potential": msg["gp_mean"],
@@ -867,6 +877,23 @@ class SeqCommDFL(QLearner):
 
     def step_w(self, opt, inner: torch.Tensor, w) -> None:
         self.hand_step(opt, w, torch.autograd.grad(inner, w, allow_unused=True), counted=True)
+
+    def w_gradients(self, losses: dict[str, torch.Tensor], weights: dict[str, float],
+                    w: list) -> tuple[list, dict[str, float]]:
+        """The w step's gradient of the weighted losses. Under ``message_gradient: project``
+        the message losses' part loses its component against the TD losses' (real and
+        imagined) where they conflict (``project_conflicting``; two backward passes, not
+        one), and their cosine before the projection is logged."""
+        def grad(names, retain: bool = False) -> list:
+            loss = sum(weights[n] * losses[n] for n in names)
+            if not loss.requires_grad:
+                return [None] * len(w)
+            return list(torch.autograd.grad(loss, w, allow_unused=True, retain_graph=retain))
+        if self.hparams.message_gradient == "sum":
+            return grad(weights), {}
+        td = grad([n for n in weights if n in TD_LOSSES], retain=True)
+        message, cosine = project_conflicting(grad([n for n in weights if n not in TD_LOSSES]), td)
+        return add_gradients(td, message), {"grad/message_td_cosine": cosine}
 
     def step_critic(self, opt, loss: torch.Tensor) -> None:
         """The team critic's regression step (its own Adam and gradient clip; a zero loss,

@@ -421,3 +421,35 @@ def test_va_body_decides_whether_message_losses_train_the_senders_states(body):
     model.counterfactual_utilities(None, {"h": h}).q.sum().backward()
     assert model.net.comm.encoder.head.weight.grad.abs().sum() > 0
     assert (h.grad is not None and bool(h.grad.abs().sum() > 0)) == body
+
+
+def test_project_conflicting_removes_only_the_opposing_component():
+    """One-sided PCGrad: a conflicting auxiliary gradient loses its component along the main
+    one (hand-computed), a non-conflicting one passes unchanged; ``None`` counts as zero."""
+    from seqcomm.dfl.gradient_projection import add_gradients, project_conflicting
+    main = [torch.tensor([-1.0, 1.0]), torch.tensor([0.0])]
+    out, cosine = project_conflicting([torch.tensor([1.0, 0.0]), None], main)
+    assert torch.allclose(out[0], torch.tensor([0.5, 0.5])) and out[1].item() == 0.0
+    assert cosine == pytest.approx(-2 ** -0.5)
+    assert sum((a * m).sum() for a, m in zip(out, main, strict=True)) == pytest.approx(0.0)
+    same = [torch.tensor([0.0, 2.0]), torch.tensor([3.0])]
+    kept, cosine = project_conflicting(same, main)
+    assert all(k is s for k, s in zip(kept, same, strict=True)) and cosine > 0
+    total = add_gradients(main, [None, torch.tensor([1.0])])
+    assert torch.equal(total[0], main[0]) and total[1].item() == 1.0
+
+
+@pytest.mark.parametrize("mode", ["sum", "project"])
+def test_message_gradient_decides_whether_message_losses_may_oppose_td(mode):
+    """``message_gradient``: ``sum`` steps on the weighted sum's gradient; ``project`` drops
+    the message losses' component against the TD losses', so where L_VA pulls exactly
+    against TD only TD's gradient is left, and the cosine is logged."""
+    model = learner(message_gradient=mode)
+    p = nn.Parameter(torch.zeros(3))
+    losses = {"td": (p - 1).pow(2).sum(), "model_td": p.sum() * 0, "va": (p + 1).pow(2).sum()}
+    grads, logs = model.w_gradients(losses, {"td": 1.0, "model_td": 0.5, "va": 1.0}, [p])
+    expected = torch.full((3,), -2.0) if mode == "project" else torch.zeros(3)
+    assert torch.allclose(grads[0], expected)
+    assert logs == ({"grad/message_td_cosine": pytest.approx(-1.0)} if mode == "project" else {})
+    with pytest.raises(ValueError, match="message_gradient"):
+        learner(message_gradient="pcgrad")
