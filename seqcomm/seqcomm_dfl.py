@@ -179,9 +179,10 @@ class SeqCommDFL(QLearner):
             TD's and opposed it (docs/results.md, section 24).
         message_gradient: how the w step adds the message losses' gradient (every term but
             the real and imagined TD losses) to the TD losses': ``sum`` (as weighted), or
-            ``project`` (one-sided PCGrad: where the two conflict, the message part loses its
-            component along TD's, whose own part is kept; docs/method.md §2.4); it logs their
-            cosine before the projection as ``grad/message_td_cosine``.
+            ``project`` (one-sided PCGrad per parameter tensor: in each tensor where the two
+            conflict, the message part loses its component along TD's, whose own part is kept;
+            docs/method.md §2.4); it logs their cosine over all tensors before the projection
+            as ``grad/message_td_cosine``.
         counterfactual_senders: senders masked per update (0 = all n, exact). k < n: k drawn
             uniformly without replacement; ``L_VA``, ``L_inf`` and the guidance-potential
             regression average over them (unbiased, but for the regression's normaliser,

@@ -423,19 +423,18 @@ def test_va_body_decides_whether_message_losses_train_the_senders_states(body):
     assert (h.grad is not None and bool(h.grad.abs().sum() > 0)) == body
 
 
-def test_project_conflicting_removes_only_the_opposing_component():
-    """One-sided PCGrad: a conflicting auxiliary gradient loses its component along the main
-    one (hand-computed), a non-conflicting one passes unchanged; ``None`` counts as zero."""
+def test_project_conflicting_removes_only_the_opposing_component_per_tensor():
+    """One-sided PCGrad per tensor: where the auxiliary gradient opposes the main one it loses
+    its component along it (hand-computed), even when the inner product over all tensors is
+    positive; where it does not, it passes unchanged; ``None`` stays ``None``."""
     from seqcomm.dfl.gradient_projection import add_gradients, project_conflicting
-    main = [torch.tensor([-1.0, 1.0]), torch.tensor([0.0])]
-    out, cosine = project_conflicting([torch.tensor([1.0, 0.0]), None], main)
-    assert torch.allclose(out[0], torch.tensor([0.5, 0.5])) and out[1].item() == 0.0
-    assert cosine == pytest.approx(-2 ** -0.5)
-    assert sum((a * m).sum() for a, m in zip(out, main, strict=True)) == pytest.approx(0.0)
-    same = [torch.tensor([0.0, 2.0]), torch.tensor([3.0])]
-    kept, cosine = project_conflicting(same, main)
-    assert all(k is s for k, s in zip(kept, same, strict=True)) and cosine > 0
-    total = add_gradients(main, [None, torch.tensor([1.0])])
+    main = [torch.tensor([-1.0, 1.0]), torch.tensor([0.0]), torch.tensor([1.0])]
+    aux = [torch.tensor([1.0, 0.0]), None, torch.tensor([3.0])]
+    out, cosine = project_conflicting(aux, main)
+    assert torch.allclose(out[0], torch.tensor([0.5, 0.5])) and (out[0] * main[0]).sum() == 0
+    assert out[1] is None and torch.equal(out[2], aux[2])
+    assert cosine == pytest.approx(2 / 30 ** 0.5)  # positive over all the tensors
+    total = add_gradients(main, [None, torch.tensor([1.0]), None])
     assert torch.equal(total[0], main[0]) and total[1].item() == 1.0
 
 

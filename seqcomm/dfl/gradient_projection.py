@@ -16,25 +16,26 @@ Grads = Sequence[torch.Tensor | None]
 
 
 def project_conflicting(aux: Grads, main: Grads) -> tuple[list[torch.Tensor | None], float]:
-    """``aux`` minus its component along ``main`` where their inner product (over all the
-    tensors together) is negative, else ``aux`` unchanged; also returns the cosine before the
-    projection (0 where either is zero). ``None`` entries count as zero gradients."""
-    pairs = [(a, m) for a, m in zip(aux, main, strict=True) if a is not None and m is not None]
-    dot = sum((a * m).sum() for a, m in pairs) if pairs else torch.zeros(())
-    main_sq = sum(m.pow(2).sum() for m in main if m is not None)
-    aux_sq = sum(a.pow(2).sum() for a in aux if a is not None)
-    denom = (torch.as_tensor(main_sq) * torch.as_tensor(aux_sq)).sqrt()
-    cosine = float(dot / denom) if denom > 0 else 0.0
-    if dot >= 0:
-        return list(aux), cosine
-    scale = dot / main_sq
-    out = []
+    """``aux`` with, in every tensor where it opposes ``main`` (negative inner product), its
+    component along ``main`` removed; elsewhere unchanged. Per tensor, not over all of them
+    at once: the message losses and TD meet on a few modules (the recurrent body, the
+    messenger) while most of TD's gradient lies elsewhere (the mixer), where a global inner
+    product would hide the conflict. Also returns the global cosine before the projection
+    (0 where either is zero). ``None`` entries count as zero gradients."""
+    out, dot, aux_sq, main_sq = [], 0.0, 0.0, 0.0
     for a, m in zip(aux, main, strict=True):
-        if m is None:
+        if a is not None:
+            aux_sq = aux_sq + a.pow(2).sum()
+        if m is not None:
+            main_sq = main_sq + m.pow(2).sum()
+        if a is None or m is None:
             out.append(a)
-        else:
-            out.append(-scale * m if a is None else a - scale * m)
-    return out, cosine
+            continue
+        am = (a * m).sum()
+        dot = dot + am
+        out.append(a - am.clamp(max=0) / m.pow(2).sum().clamp_min(1e-30) * m)
+    denom = float(aux_sq * main_sq) ** 0.5
+    return out, float(dot) / denom if denom > 0 else 0.0
 
 
 def add_gradients(*grads: Grads) -> list[torch.Tensor | None]:
