@@ -883,8 +883,8 @@ class SeqCommDFL(QLearner):
                     w: list) -> tuple[list, dict[str, float]]:
         """The w step's gradient of the weighted losses. Under ``message_gradient: project``
         the message losses' part loses its component against the TD losses' (real and
-        imagined) where they conflict (``project_conflicting``; two backward passes, not
-        one), and their cosine before the projection is logged."""
+        imagined) in each parameter tensor where they conflict (``project_conflicting``; two
+        backward passes, not one), and their global cosine before the projection is logged."""
         def grad(names, retain: bool = False) -> list:
             loss = sum(weights[n] * losses[n] for n in names)
             if not loss.requires_grad:

@@ -24,16 +24,15 @@ def project_conflicting(aux: Grads, main: Grads) -> tuple[list[torch.Tensor | No
     (0 where either is zero). ``None`` entries count as zero gradients."""
     out, dot, aux_sq, main_sq = [], 0.0, 0.0, 0.0
     for a, m in zip(aux, main, strict=True):
-        if a is not None:
-            aux_sq = aux_sq + a.pow(2).sum()
-        if m is not None:
-            main_sq = main_sq + m.pow(2).sum()
+        aa = 0.0 if a is None else a.pow(2).sum()
+        mm = 0.0 if m is None else m.pow(2).sum()
+        aux_sq, main_sq = aux_sq + aa, main_sq + mm
         if a is None or m is None:
             out.append(a)
             continue
         am = (a * m).sum()
         dot = dot + am
-        out.append(a - am.clamp(max=0) / m.pow(2).sum().clamp_min(1e-30) * m)
+        out.append(a - am.clamp(max=0) / mm.clamp_min(1e-30) * m)
     denom = float(aux_sq * main_sq) ** 0.5
     return out, float(dot) / denom if denom > 0 else 0.0
 
