@@ -452,3 +452,15 @@ def test_message_gradient_decides_whether_message_losses_may_oppose_td(mode):
     assert logs == ({"grad/message_td_cosine": pytest.approx(-1.0)} if mode == "project" else {})
     with pytest.raises(ValueError, match="message_gradient"):
         learner(message_gradient="pcgrad")
+
+
+def test_message_gradient_project_trains_through_fit_and_logs_the_cosine(fit_matrix):
+    """The method file with ``message_gradient: project`` trains (the TD loss moves) and logs
+    the cosine between the message and TD gradients, a number in [-1, 1], every update."""
+    run = fit_matrix("--config", str(ROOT / "conf/methods/seqcomm_dfl.yaml"),
+                     "--model.init_args.message_gradient=project",
+                     "--trainer.log_every_n_steps=1", "--data.total_frames=640")
+    metrics = read_metrics(run)
+    cosine, td = metrics["grad/message_td_cosine"], metrics["loss/td"]
+    assert len(cosine) >= 4 and all(-1.0 <= c <= 1.0 for c in cosine.values())
+    assert any(c != 0.0 for c in cosine.values()) and len(set(td.values())) > 1
