@@ -54,6 +54,7 @@ EVALUATORS: tuple[str, ...] = get_args(Evaluator)
 LABEL_SCORINGS: tuple[str, ...] = get_args(LabelScoring)
 IMPLICIT_PARAMS: tuple[str, ...] = get_args(ImplicitParams)
 VA_RECEIVERS: tuple[str, ...] = get_args(VaReceiver)
+MESSAGE_GRADIENTS: tuple[str, ...] = get_args(MessageGradient)
 MESSAGE_LOSSES: tuple[str, ...] = ("va", "inf", "aware", "gp", "recon", "state", "mi", "entropy",
                                    "critic")
 
@@ -245,7 +246,7 @@ class SeqCommDFL(QLearner):
                    "va_evaluator": (va_evaluator, EVALUATORS),
                    "implicit_params": (implicit_params, IMPLICIT_PARAMS),
                    "va_receiver": (va_receiver, VA_RECEIVERS),
-                   "message_gradient": (message_gradient, get_args(MessageGradient))}
+                   "message_gradient": (message_gradient, MESSAGE_GRADIENTS)}
         for name, (value, allowed) in choices.items():  # LightningCLI checks the Literals too
             if value not in allowed:
                 raise ValueError(f"model.{name}={value!r}; choose one of {allowed}")
