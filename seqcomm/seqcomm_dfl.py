@@ -168,6 +168,11 @@ class SeqCommDFL(QLearner):
             ``pi ~ exp(Q_c / tau)``, keeps its utilities bounded; needs the critic).
         va_warmup_fraction: ``T_w`` as a fraction of the run's env steps: the receiver gain
             moves from the (centred, normalised) Monte-Carlo estimate to the evaluator's.
+        va_start_fraction: ``L_VA`` and ``L_inf`` are zero (and not computed) before this
+            fraction of the run's env steps. Until the TD targets stop bootstrapping from the
+            initial network the critic fits them easily, so ``va_confidence`` reads it as
+            sure (0.4-0.6 on 3m sight before the first target copy) while its switch values
+            are the initial network's (docs/results.md, section 26); 0 = from the start.
         va_confidence: weigh ``L_VA`` and ``L_inf`` by the critic's resolution of one agent's
             actions, ``spread^2 / (spread^2 + RMS^2)`` (``evaluator_confidence``): about 1 where
             its error is small against the values' spread between actions, near 0 where a
@@ -232,6 +237,7 @@ class SeqCommDFL(QLearner):
         va_normalize: bool = True,
         va_receiver: VaReceiver = "frozen",
         va_warmup_fraction: float = 0.1,
+        va_start_fraction: float = 0.0,
         va_confidence: bool = False,
         va_body: bool = True,
         message_gradient: MessageGradient = "sum",
@@ -250,8 +256,10 @@ class SeqCommDFL(QLearner):
         for name, (value, allowed) in choices.items():  # LightningCLI checks the Literals too
             if value not in allowed:
                 raise ValueError(f"model.{name}={value!r}; choose one of {allowed}")
-        if not 0.0 <= va_warmup_fraction <= 1.0:
-            raise ValueError(f"model.va_warmup_fraction={va_warmup_fraction} must lie in [0, 1]")
+        for name, fraction in (("va_warmup_fraction", va_warmup_fraction),
+                               ("va_start_fraction", va_start_fraction)):
+            if not 0.0 <= fraction <= 1.0:
+                raise ValueError(f"model.{name}={fraction} must lie in [0, 1]")
         if not 0.0 <= entropy_anneal_fraction <= 1.0:
             raise ValueError(f"model.entropy_anneal_fraction={entropy_anneal_fraction} must lie "
                              "in [0, 1]")
@@ -373,6 +381,8 @@ class SeqCommDFL(QLearner):
         out["state"] = self.receiver_state_loss(batch, cache)
         if not hp.value_aware:
             out["recon"] = self.reconstruction_loss(batch, cache)
+            return out
+        if self.progress() < hp.va_start_fraction:
             return out
         out["va_confidence"] = self.evaluator_confidence(batch, cache, out["critic"], cf)
         out["va"] = out["va_confidence"] * self.value_aware_loss(batch, cache, cf)

@@ -240,6 +240,15 @@ def test_evaluation_runs_in_eval_mode_and_restores_the_mode(monkeypatch):
     assert seen == [(True, False, False)] and model.training and model.net.comm.training
 
 
+def matrix_batch(env: MatrixGame) -> TensorDict:
+    """One-step episodes of ``env`` under random joint actions, ``[B, T=1]``."""
+    td = env.reset()
+    td[ACTION] = torch.randint(0, 2, (env.batch_size[0], 2))
+    td["next"] = env.step(td)["next"]
+    td["is_init"] = torch.ones(env.batch_size[0], 1, dtype=torch.bool)
+    return td.unsqueeze(1)
+
+
 @pytest.mark.parametrize("receiver", ["soft", "online"])
 def test_influence_trains_the_messages_not_the_receivers(receiver):
     """L_inf ("differ from the masked decision") is blind to value: through a receiver head
@@ -251,11 +260,7 @@ def test_influence_trains_the_messages_not_the_receivers(receiver):
         SeqCommMessenger, ordering="fixed", fixed_order=[1, 0], base_round=False),
         world_model_gradient="none",
         hidden_dim=8, va_receiver=receiver, influence_tau=1.0)
-    td = env.reset()
-    td[ACTION] = torch.randint(0, 2, (8, 2))
-    td["next"] = env.step(td)["next"]
-    td["is_init"] = torch.ones(8, 1, dtype=torch.bool)
-    batch = td.unsqueeze(1)
+    batch = matrix_batch(env)
     _, cache = model.td_loss(batch)
     inf = model.message_losses(batch, cache)["inf"]
     heads = list(model.net.agent.head.parameters())
@@ -264,6 +269,26 @@ def test_influence_trains_the_messages_not_the_receivers(receiver):
     norm = [0.0 if g is None else float(g.abs().sum()) for g in grads]
     assert sum(norm[:len(heads)]) == 0.0
     assert sum(norm[len(heads):]) > 0.0
+
+
+def test_value_aware_losses_start_at_va_start_fraction():
+    """Before ``va_start_fraction`` of the run ``L_VA`` and ``L_inf`` are zero and send no
+    gradient (the awareness term still trains); from it on both are live."""
+    torch.manual_seed(0)
+    env = MatrixGame(8, seed=1)
+    model = SeqCommDFL(env_info(env), comm=functools.partial(
+        SeqCommMessenger, ordering="fixed", fixed_order=[1, 0]), world_model_gradient="none",
+        hidden_dim=8, va_start_fraction=0.25, va_warmup_fraction=0.0)
+    batch = matrix_batch(env)
+    _, cache = model.td_loss(batch)
+    for progress, live in ((0.0, False), (0.2, False), (0.25, True), (0.9, True)):
+        model.progress = lambda p=progress: p
+        out = model.message_losses(batch, dict(cache))
+        value_aware = out["va"] + out["inf"]
+        assert value_aware.requires_grad == live and (value_aware.abs() > 0) == live, progress
+        assert out["aware"].requires_grad
+    with pytest.raises(ValueError, match="va_start_fraction"):
+        learner(va_start_fraction=1.5)
 
 
 def test_lookahead_receiver_learns_its_pools_best_action():
