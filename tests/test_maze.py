@@ -29,6 +29,21 @@ def test_specs_and_env_info():
     assert info.metrics == ("high", "success")
 
 
+def test_without_the_step_counter_agents_see_only_their_cell():
+    """The paper's observation (``observe_step=False``): the own cell alone; the state keeps
+    the step, so the scripted full-information policy is unchanged."""
+    env = Maze(num_envs=4, observe_step=False, seed=3)
+    check_env_specs(env)
+    assert env_info(env).obs_dim == 16 and env_info(env).state_dim == 2 * 16 + 4
+    place(env, [[(1, 2), (3, 0)]] * 4)
+    obs = env._observe()["agents", "observation"]
+    assert torch.equal(obs.argmax(-1)[0], torch.tensor([1 * 4 + 2, 3 * 4 + 0]))
+    assert torch.equal(obs.sum(-1), torch.ones(4, 2))
+    with_step = Maze(num_envs=4, seed=3)
+    place(with_step, [[(1, 2), (3, 0)]] * 4)
+    assert torch.equal(with_step._observe()["agents", "observation"][..., :16], obs)
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{"size": 2}, {"steps": 0}, {"high_reward": 1.0, "low_reward": 1.0},

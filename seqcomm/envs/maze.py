@@ -34,10 +34,12 @@ class Maze(MultiAgentEnv):
     * Actions: stay, up, down, left, right; moves that would leave the grid are masked out.
     * Observation of agent i: one-hot of its own cell (``size**2``) then one-hot of the
       step counter ``t`` in ``0..steps`` (``steps + 1``; ``t = steps`` only in the final
-      observation). The other agent's cell is the missing information: the high landmark
-      is worth the trip only if both can reach it in time, so each agent needs to know
-      how far the other is (with the defaults: full information 0.707 expected return,
-      best policy without communication 0.5, both going to the low landmark).
+      observation). The paper's agents "can only see their own position":
+      ``observe_step=False`` leaves the counter out (the state keeps it). The other agent's
+      cell is the missing information: the high landmark is worth the trip only if both can
+      reach it in time, so each agent needs to know how far the other is (with the
+      defaults: full information 0.707 expected return, best policy without communication
+      0.5, both going to the low landmark).
     * State: one-hot cells of both agents then the step one-hot (``2 * size**2 + steps + 1``).
     * The horizon is part of the task (the step is observed), so its end sets
       ``terminated``; ``truncated`` is always false.
@@ -52,6 +54,7 @@ class Maze(MultiAgentEnv):
         steps: moves per episode (the paper uses 3).
         high_reward: team reward for meeting on the upper-left landmark (r1).
         low_reward: team reward for meeting on the diagonal landmark (r2 < r1).
+        observe_step: whether observations hold the step counter (False: the paper's).
     """
 
     metrics = ("high", "success")
@@ -67,6 +70,7 @@ class Maze(MultiAgentEnv):
         steps: int = 3,
         high_reward: float = 1.0,
         low_reward: float = 0.5,
+        observe_step: bool = True,
     ) -> None:
         if size < 3:
             raise ValueError(f"maze: size must be >= 3 so the two landmarks differ, got {size}")
@@ -80,7 +84,8 @@ class Maze(MultiAgentEnv):
         self.size, self.steps = size, steps
         self.high_reward, self.low_reward = float(high_reward), float(low_reward)
         self.episode_limit = steps
-        self.obs_dim = size * size + steps + 1
+        self.observe_step = observe_step
+        self.obs_dim = size * size + (steps + 1) * observe_step
         self.state_dim = 2 * size * size + steps + 1
         super().__init__(num_envs, seed, device)
         dev = self.device
@@ -115,7 +120,9 @@ class Maze(MultiAgentEnv):
         E, S = self.num_envs, self.size * self.size
         cells = torch.nn.functional.one_hot(self._flat(self.pos), S).float()  # [E, 2, S]
         time = torch.nn.functional.one_hot(self.t, self.steps + 1).float()  # [E, steps+1]
-        obs = torch.cat([cells, time.unsqueeze(1).expand(E, 2, -1)], dim=-1)
+        obs = cells
+        if self.observe_step:
+            obs = torch.cat([cells, time.unsqueeze(1).expand(E, 2, -1)], dim=-1)
         agents = TensorDict({"observation": obs, "action_mask": self._action_mask()},
                             batch_size=(E, 2))
         info = TensorDict({"high": self.high_met.float(),
