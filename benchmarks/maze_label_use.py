@@ -21,7 +21,7 @@ import itertools
 from pathlib import Path
 
 import torch
-from hospital_decisions import load_run
+from hospital_decisions import load_run, run_directory, ward
 from tensordict import TensorDict
 
 from seqcomm.comm.rgmcomm import clustering_loss
@@ -75,8 +75,10 @@ def play(model, env: Maze, starts: torch.Tensor, mode: str) -> tuple[float, list
 
 
 def observed_reachability(obs: torch.Tensor, size: int, steps: int) -> torch.Tensor:
-    """Reachability bits ``[*B]`` from maze observations (cell one-hot, then step one-hot)."""
-    cell, t = obs[..., : size * size].argmax(-1), obs[..., size * size :].argmax(-1)
+    """Reachability bits ``[*B]`` from maze observations (own cell one-hot, then the step
+    one-hot if observed; without it, ``observe_step=False``, the bit of the first step)."""
+    cell = obs[..., : size * size].argmax(-1)
+    t = obs[..., size * size :].argmax(-1) if obs.shape[-1] > size * size else 0
     return (cell // size + cell % size <= steps - t).long()
 
 
@@ -111,11 +113,12 @@ def main() -> None:
         model, data = load_run(run, replay=True)
         if not hasattr(model.net.comm, "label_logits"):
             raise SystemExit(f"{run}: not an RGMComm run (its messenger has no labels)")
-        probe = Maze(num_envs=1)
+        maze = {k: v for k, v in ward(run_directory(run)).items() if k != "num_envs"}
+        probe = Maze(num_envs=1, **maze)
         cells = probe.start_cells
         pairs = torch.tensor(list(itertools.product(cells.tolist(), repeat=2)))
         starts = torch.stack([pairs // probe.size, pairs % probe.size], dim=-1)  # [E, 2, 2]
-        env = Maze(num_envs=len(pairs))
+        env = Maze(num_envs=len(pairs), **maze)
         results = [play(model, env, starts, mode) for mode in MODES]
         agree = results[0][1]
         loss = eq13_labels_vs_bit(model, data, probe.size, probe.steps)
