@@ -30,8 +30,8 @@ def test_specs_and_env_info():
 
 
 def test_without_the_step_counter_agents_see_only_their_cell():
-    """The paper's observation (``observe_step=False``): the own cell alone; the state keeps
-    the step, so the scripted full-information policy is unchanged."""
+    """The paper's observation (``observe_step=False``): the own cell alone, the same cell
+    one-hot as with the counter; the state keeps the step."""
     env = Maze(num_envs=4, observe_step=False, seed=3)
     check_env_specs(env)
     assert env_info(env).obs_dim == 16 and env_info(env).state_dim == 2 * 16 + 4

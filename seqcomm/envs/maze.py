@@ -41,7 +41,7 @@ class Maze(MultiAgentEnv):
       defaults: full information 0.707 expected return, best policy without communication
       0.5, both going to the low landmark).
     * State: one-hot cells of both agents then the step one-hot (``2 * size**2 + steps + 1``).
-    * The horizon is part of the task (the step is observed), so its end sets
+    * The horizon is part of the task (the step is in the state), so its end sets
       ``terminated``; ``truncated`` is always false.
     * Metrics: ``("info", "success")`` (met on any landmark) and ``("info", "high")``
       (met on the high landmark), each 0 or 1 at episode end.
