@@ -299,6 +299,34 @@ def test_a_task_ranked_by_its_own_metric(tmp_path):
     assert table.splitlines()[0].endswith("eval/return (t: eval/win_rate)")
 
 
+def test_report_into_a_document_replaces_only_the_block_between_its_markers(tmp_path, capsys):
+    """``--into``: the table lands in a results page between the study's markers, its headings
+    one level down; the text around it is kept, and a second run changes nothing."""
+    _synthetic(tmp_path / "syn", {"a": [1.0] * 8, "b": [2.0] * 8})
+    doc = tmp_path / "results.md"
+    doc.write_text("# Results\n\nbefore\n<!-- seqcomm report: syn -->\nold table\n"
+                   "<!-- /seqcomm report: syn -->\nafter\n")
+    main(["report", str(tmp_path / "syn"), "--reps", str(REPS), "--into", str(doc)])
+    text = doc.read_text()
+    table = (tmp_path / "syn" / "report" / "table.md").read_text()
+    assert text.startswith("# Results\n\nbefore\n<!-- seqcomm report: syn -->\n")
+    assert text.endswith("<!-- /seqcomm report: syn -->\nafter\n")
+    assert "old table" not in text and "\n## Study syn: final greedy eval/return\n" in text
+    assert "\n### Probability of improvement\n" in text
+    assert next(line for line in table.splitlines() if line.startswith("| t | b |")) in text
+    main(["report", str(tmp_path / "syn"), "--reps", str(REPS), "--into", str(doc)])
+    assert doc.read_text() == text
+    doc.write_text("# Results\nno markers\n")
+    shutil.rmtree(tmp_path / "syn" / "report")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(tmp_path / "syn"), "--into", str(doc)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs one line '<!-- seqcomm report: syn -->'" in err
+    assert doc.read_text() == "# Results\nno markers\n"  # checked before anything is written
+    assert not (tmp_path / "syn" / "report").exists()
+
+
 def test_wandb_sweep_is_a_grid_over_the_cells_that_the_cli_runs(smoke, tmp_path, capsys):
     study, study_dir, _, _ = smoke
     root = str(study_dir.parent)
@@ -374,6 +402,7 @@ def test_slurm_job_array_through_submitit_without_a_cluster(smoke, tmp_path, mon
     (["report", "{empty_study}"], "no finished runs yet"),
     (["report", "{tmp}"], "not a study directory"),
     (["report", "{tmp}/none"], "no such study directory"),
+    (["report", "{empty_study}", "--into", "{tmp}/none.md"], "none.md: no such file"),
 ])
 def test_bad_input_is_one_line_and_exit_status_2(args, message, tmp_path, capsys):
     base = yaml.safe_load((ROOT / SMOKE).read_text())

@@ -82,19 +82,33 @@ def study_main(argv: list[str]) -> None:
 
 
 def report_main(argv: list[str]) -> None:
-    """``seqcomm report <study dir> [--out DIR] [--reps N] [--seed S]``."""
+    """``seqcomm report <study dir> [--out DIR] [--reps N] [--seed S] [--into FILE]``."""
     parser = _Parser(prog="seqcomm report",
                      description="Summarise a study directory: IQM and CIs, plots, tables.")
     parser.add_argument("study_dir")
     parser.add_argument("--out", help="default: <study dir>/report")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap replications")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap random state")
+    parser.add_argument("--into", help="also write the table into this markdown file, between "
+                                       "its '<!-- seqcomm report: <study> -->' markers")
     args = parser.parse_args(argv)
     if args.reps < 1:
         raise ConfigError(f"--reps must be >= 1, got {args.reps}")
-    from seqcomm.study.report import write_report
+    from seqcomm.study.report import splice, write_report
 
-    out, table = write_report(Path(args.study_dir), Path(args.out) if args.out else None,
+    study_dir = Path(args.study_dir)
+    into = Path(args.into) if args.into else None
+    if into is not None:  # checked before anything is written
+        if not into.is_file():
+            raise ConfigError(f"--into {into}: no such file")
+        document = into.read_text()
+        splice(document, study_dir.resolve().name, "", where=f"--into {into}")
+    out, table = write_report(study_dir, Path(args.out) if args.out else None,
                               args.reps, args.seed)
     sys.stdout.write(table)
     print(f"seqcomm report: -> {out}")
+    if into is not None:
+        tmp = into.with_name(f".{into.name}.tmp{os.getpid()}")
+        tmp.write_text(splice(document, study_dir.resolve().name, table))
+        os.replace(tmp, into)
+        print(f"seqcomm report: table -> {into}")

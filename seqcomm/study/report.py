@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seqcomm.errors import ConfigError
 from seqcomm.study import intervals, plots
 from seqcomm.study.intervals import Estimate
 from seqcomm.study.results import Run, marl_eval, read_study
@@ -179,6 +180,27 @@ def markdown(study: Study, result: dict) -> str:
             lines.append(f"| {e['task']} | {e['x']} | {e['y']} | {_cell(e['p'])} | "
                          f"{e.get('verdict', 'missing')} |")
     return "\n".join(lines) + "\n"
+
+
+def markers(study_name: str) -> tuple[str, str]:
+    """The two lines between which ``seqcomm report --into FILE`` keeps a study's table."""
+    return f"<!-- seqcomm report: {study_name} -->", f"<!-- /seqcomm report: {study_name} -->"
+
+
+def splice(document: str, study_name: str, table: str, where: str = "the document") -> str:
+    """``document`` with the text between the study's markers replaced by ``table``, its
+    headings one level down (so the table nests under the document's own section)."""
+    begin, end = markers(study_name)
+    lines = document.splitlines(keepends=True)
+    stripped = [line.strip() for line in lines]
+    if stripped.count(begin) != 1 or stripped.count(end) != 1 \
+            or stripped.index(begin) > stripped.index(end):
+        raise ConfigError(f"{where} needs one line '{begin}' and, after it, one line '{end}' "
+                          "where the report's table goes")
+    i, j = stripped.index(begin), stripped.index(end)
+    body = "".join("#" + line if line.startswith("#") else line
+                   for line in table.splitlines(keepends=True))
+    return "".join(lines[:i + 1]) + "\n" + body + "\n" + "".join(lines[j:])
 
 
 def _plain(value: object) -> object:
