@@ -144,7 +144,11 @@ def test_a_cell_that_repeats_a_finished_one_copies_its_results(smoke, tmp_path, 
         original = cells.run_dir(twin_dir, twins.cell(f"matrix/no_comm/{seed}"))
         assert same_as(copied) == f"matrix/no_comm/{seed}"
         assert (copied / "summary.json").read_text() == (original / "summary.json").read_text()
+    plotted = {}
+    monkeypatch.setattr("seqcomm.study.plots.curves_png",
+                        lambda curves, *args: plotted.update(curves["matrix"]))
     _, table = write_report(twin_dir, tmp_path / "report", reps=REPS)
+    assert sorted(plotted) == ["changed", "no_comm"]  # a copy's curve would hide its source's
     assert "| matrix | restated (= no_comm) |" in table
     assert "Cells: 6 of 6 finished (2 of them copied from a twin), 0 failed" in table
     assert "| matrix | restated | no_comm | the same runs | the same configuration |" in table

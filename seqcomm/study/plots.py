@@ -19,22 +19,29 @@ def _colours(methods: list[str]) -> dict[str, str]:
     return {m: f"C{i % 10}" for i, m in enumerate(methods)}
 
 
+def _dashes(methods: list[str]) -> dict[str, str]:
+    """A line style per method, so that methods whose colours repeat (more than 10) differ."""
+    return {m: ("-", "--", ":", "-.")[i // 10 % 4] for i, m in enumerate(methods)}
+
+
 def curves_png(curves: dict[str, dict[str, Curve]], methods: list[str],
                metrics: dict[str, str], path: Path) -> None:
-    """``curves[task][method] = (env steps, IQM, CI low, CI high)``: one panel per task,
-    ``metrics[task]`` its eval key."""
-    colour = _colours(methods)
-    fig = Figure(figsize=(5.0 * max(len(curves), 1), 3.6), layout="constrained")
+    """``curves[task][method] = (env steps, IQM, CI low, CI high)``: one panel per task with
+    its legend beside it, ``metrics[task]`` its eval key."""
+    colour, dash = _colours(methods), _dashes(methods)
+    longest = max((len(by_method) for by_method in curves.values()), default=1)
+    fig = Figure(figsize=(7.5 * max(len(curves), 1), max(3.6, 0.22 * longest + 0.8)),
+                 layout="constrained")
     for ax, (task, by_method) in zip(fig.subplots(1, max(len(curves), 1), squeeze=False)[0],
                                      curves.items(), strict=False):
         for method, (steps, iqm, low, high) in by_method.items():
-            ax.plot(steps, iqm, color=colour[method], label=method)
-            ax.fill_between(steps, low, high, color=colour[method], alpha=0.2, linewidth=0)
+            ax.plot(steps, iqm, color=colour[method], linestyle=dash[method], label=method)
+            ax.fill_between(steps, low, high, color=colour[method], alpha=0.15, linewidth=0)
         ax.set_title(task)
         ax.set_xlabel("env steps")
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 400k, not 400000 run together
         ax.set_ylabel(f"eval {metrics[task]} (IQM, 95% CI)")
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.savefig(path, dpi=120)
 
 

@@ -232,7 +232,10 @@ def write_report(study_dir: Path, out_dir: Path | None = None, reps: int = 2000,
         (tmp / "marl_eval.json").write_text(json.dumps(marl_eval(study, runs), indent=1))
         (tmp / "stats.json").write_text(json.dumps(_plain(result), indent=1))
         (tmp / "table.md").write_text(table)
-        plots.curves_png(result["curves"], methods, result["metrics"], tmp / "curves.png")
+        own = {task: {m: curve for m, curve in by.items()  # a twin's curve is its source's
+                      if not result["tasks"][task][m]["same_as"]}
+               for task, by in result["curves"].items()}
+        plots.curves_png(own, methods, result["metrics"], tmp / "curves.png")
         panels = {task: {m: row["iqm"] for m, row in by.items() if "iqm" in row}
                   for task, by in result["tasks"].items()}
         norm = {m: row["iqm"] for m, row in result["normalised"].items() if isinstance(row, dict)}
