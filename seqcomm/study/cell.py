@@ -48,12 +48,17 @@ def status(study_dir: Path, cell: Cell) -> Status:
     return "failed" if failed_path(study_dir, cell).is_file() else "missing"
 
 
+def write_whole(path: Path, text: str) -> None:
+    """Write ``text`` to a hidden file beside ``path``, then move it there: never half-written."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def save_study(study: Study, study_dir: Path) -> None:
-    """Copy the study file's mapping to ``<study dir>/study.yaml`` (written whole, then moved)."""
+    """Copy the study file's mapping to ``<study dir>/study.yaml``."""
     study_dir.mkdir(parents=True, exist_ok=True)
-    tmp = study_dir / f".{STUDY_COPY}.{os.getpid()}"
-    tmp.write_text(yaml.safe_dump(study.source, sort_keys=False))
-    os.replace(tmp, study_dir / STUDY_COPY)
+    write_whole(study_dir / STUDY_COPY, yaml.safe_dump(study.source, sort_keys=False))
 
 
 @dataclass

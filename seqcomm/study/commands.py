@@ -94,21 +94,21 @@ def report_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     if args.reps < 1:
         raise ConfigError(f"--reps must be >= 1, got {args.reps}")
+    from seqcomm.study.cell import write_whole
     from seqcomm.study.report import splice, write_report
 
     study_dir = Path(args.study_dir)
+    name = study_dir.resolve().name
     into = Path(args.into) if args.into else None
     if into is not None:  # checked before anything is written
         if not into.is_file():
             raise ConfigError(f"--into {into}: no such file")
         document = into.read_text()
-        splice(document, study_dir.resolve().name, "", where=f"--into {into}")
+        splice(document, name, "", where=f"--into {into}")
     out, table = write_report(study_dir, Path(args.out) if args.out else None,
                               args.reps, args.seed)
     sys.stdout.write(table)
     print(f"seqcomm report: -> {out}")
     if into is not None:
-        tmp = into.with_name(f".{into.name}.tmp{os.getpid()}")
-        tmp.write_text(splice(document, study_dir.resolve().name, table))
-        os.replace(tmp, into)
+        write_whole(into, splice(document, name, table))
         print(f"seqcomm report: table -> {into}")
