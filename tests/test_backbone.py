@@ -51,6 +51,28 @@ def test_mixer_broadcasts_state_over_extra_leading_dims():
     torch.testing.assert_close(out[3], mixer(chosen[3], state))
 
 
+def test_broadcast_state_runs_the_hypernetworks_once_with_the_same_values_and_gradients():
+    """A state shared by extra leading dims is not copied through the hypernetworks (issue 9),
+    and the result equals TorchRL's mixing of the expanded state, gradients included."""
+    torch.manual_seed(0)
+    mixer = MonotonicMixer(state_dim=4, n_agents=3, embed_dim=8).double()
+    rows = []
+    mixer.hyper_w_1.register_forward_hook(lambda m, x, y: rows.append(x[0].shape[:-1]))
+    chosen = torch.randn(6, 2, 5, 3, dtype=torch.float64, requires_grad=True)
+    state = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
+    out = mixer(chosen, state)
+    assert rows == [(2, 5)]
+    expanded = state.expand(6, 2, 5, 4).contiguous()
+    reference = super(MonotonicMixer, mixer).forward(chosen.unsqueeze(-1), expanded)
+    assert torch.equal(out, reference)
+    params = [chosen, state, *mixer.parameters()]
+    for g, h in zip(torch.autograd.grad(out.sum(), params),
+                    torch.autograd.grad(reference.sum(), params), strict=True):
+        torch.testing.assert_close(g, h)
+    assert torch.autograd.gradcheck(mixer, (chosen[:2, :, :2], state[:, :2]), eps=1e-6,
+                                    atol=1e-5)
+
+
 # -- agent ---------------------------------------------------------------------------------
 def test_unroll_restarts_the_recurrent_state_at_episode_starts():
     torch.manual_seed(0)
