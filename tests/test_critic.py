@@ -89,3 +89,19 @@ def test_best_joint_score_is_the_max_over_available_joint_actions(critic_cls):
         value = critic.score(state, F.one_hot(action, A).float().expand(5, 2, n, A))
         expected = torch.where(available, torch.maximum(expected, value), expected)
     torch.testing.assert_close(best, expected)
+
+
+def test_factored_utilities_are_the_mlp_on_state_and_id_without_copying_the_state():
+    """The first layer's state part runs once per state (issue 9); the utilities are those of
+    the MLP on ``[state, one-hot id]``, gradients included."""
+    torch.manual_seed(0)
+    critic = FactoredCritic(state_dim=9, n_agents=4, n_actions=5).double()
+    state = torch.randn(3, 2, 9, dtype=torch.float64, requires_grad=True)
+    x = torch.cat([state.unsqueeze(-2).expand(3, 2, 4, 9),
+                   torch.eye(4, dtype=torch.float64).expand(3, 2, 4, 4)], dim=-1)
+    fast, mlp = critic.utilities(state), critic.net["utility"](x)
+    torch.testing.assert_close(fast, mlp)
+    params = [state, *critic.net["utility"].parameters()]
+    for g, h in zip(torch.autograd.grad(fast.square().sum(), params),
+                    torch.autograd.grad(mlp.square().sum(), params), strict=True):
+        torch.testing.assert_close(g, h)

@@ -49,11 +49,13 @@ class FactoredCritic(TeamCritic):
 
     def utilities(self, state: torch.Tensor) -> torch.Tensor:
         """``u_j(s, .)`` for every agent, ``[*B, n, A]`` (standardised units)."""
-        n = self.n_agents
-        ids = torch.eye(n, dtype=state.dtype, device=state.device)
-        x = torch.cat([state.unsqueeze(-2).expand(*state.shape[:-1], n, state.shape[-1]),
-                       ids.expand(*state.shape[:-1], n, n)], dim=-1)
-        return self.net["utility"](x)
+        # the first layer on [state, one-hot id] is the state's part (once per state) plus
+        # agent j's id column: no [*B, n, S] copy of the state (issue 9: at 27 agents it was
+        # a fifth of an update)
+        first, rest = self.net["utility"][0], self.net["utility"][1:]
+        w_state, w_id = first.weight[:, :-self.n_agents], first.weight[:, -self.n_agents:]
+        z = (state @ w_state.T).unsqueeze(-2) + (w_id.T + first.bias)  # [*B, n, H]
+        return rest(z)
 
     def score(self, state: torch.Tensor, joint: torch.Tensor) -> torch.Tensor:
         chosen = (self.utilities(state) * joint).sum(-1)
