@@ -7,6 +7,8 @@ over extra leading dimensions (the learner's counterfactual message masks), whic
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torchrl.modules import QMixer
@@ -29,21 +31,24 @@ class MonotonicMixer(QMixer):
         """``chosen [*B, n]``, ``state [*B', S]`` broadcastable to ``[*B, S]`` -> ``[*B, 1]``.
 
         Where ``state`` is shared by extra leading dimensions of ``chosen`` (message masks,
-        switched actions), the hypernetworks run once per state and their outputs broadcast:
-        the same mixing as ``QMixer.mix`` (its ``bmm`` calls), without recomputing the
-        ``S``-wide layers for every copy (issue 9: at 27 agents they were most of an update).
+        switched actions), the hypernetworks run once per state and each state's copies mix
+        as the rows of one ``bmm``: ``QMixer.mix`` without recomputing the ``S``-wide layers
+        or copying their outputs for every copy (issue 9: at 27 agents they were most of an
+        update).
         """
         batch = chosen.shape[:-1]
         if state.shape[:-1] == batch:
             return super().forward(chosen.unsqueeze(-1).contiguous(), state.contiguous())
         n, e = self.n_agents, self.embed_dim
-
-        def spread(x: torch.Tensor, *shape: int) -> torch.Tensor:  # [*B', .] -> [N, *shape]
-            return x.unflatten(-1, shape).expand(*batch, *shape).reshape(-1, *shape)
-
-        w1 = spread(torch.abs(self.hyper_w_1(state)), n, e)
-        b1 = spread(self.hyper_b_1(state), 1, e)
-        hidden = nn.functional.elu(torch.bmm(chosen.reshape(-1, 1, n), w1) + b1)
-        w_final = spread(torch.abs(self.hyper_w_final(state)), e, 1)
-        v = spread(self.V(state), 1, 1)
-        return (torch.bmm(hidden, w_final) + v).view(*batch, 1)
+        lead = (1,) * (len(batch) - state.dim() + 1) + tuple(state.shape[:-1])
+        shared = [d for d, (s, b) in enumerate(zip(lead, batch, strict=True)) if s < b]
+        order = [d for d in range(len(batch)) if d not in shared] + shared
+        copies = math.prod(batch[d] for d in shared)
+        x = chosen.permute(*order, -1).reshape(-1, copies, n)  # [states, copies, n]
+        state = state.reshape(-1, state.shape[-1])
+        w1 = torch.abs(self.hyper_w_1(state)).view(-1, n, e)
+        hidden = nn.functional.elu(torch.bmm(x, w1) + self.hyper_b_1(state).view(-1, 1, e))
+        w_final = torch.abs(self.hyper_w_final(state)).view(-1, e, 1)
+        y = torch.bmm(hidden, w_final) + self.V(state).view(-1, 1, 1)  # [states, copies, 1]
+        y = y.view(*(batch[d] for d in order), 1)
+        return y.permute(*sorted(range(len(batch)), key=order.__getitem__), -1)
