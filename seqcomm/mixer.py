@@ -1,8 +1,9 @@
 """The monotonic QMIX mixer (docs/method.md §1.2), from TorchRL.
 
-``torchrl.modules.QMixer`` holds the hypernetworks; this subclass only lets the state broadcast
-over extra leading dimensions (the learner's counterfactual message masks), which QMixer's
-``view``-based forward does not.
+``torchrl.modules.QMixer`` holds the hypernetworks; this subclass lets the state broadcast
+over extra leading dimensions (counterfactual message masks, a critic's switched actions),
+which QMixer's ``view``-based forward does not, and runs the hypernetworks once per state
+there (written by hand because QMixer has no such path).
 """
 
 from __future__ import annotations
