@@ -20,14 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from seqcomm.comm.rgmcomm import activate_q, clustering_loss
-from seqcomm.envs.matrix import best_message_value, random_table
-
-
-def message_value(table: torch.Tensor, labels: tuple[int, ...]) -> float:
-    """Return of agent 1's best response to a labelling of o2 (``table [o1, a, o2]``)."""
-    lab = torch.tensor(labels)
-    total = sum(table[:, :, lab == m].sum(2).max(1).values.sum().item() for m in lab.unique())
-    return total / (table.shape[0] * table.shape[2])
+from seqcomm.envs.matrix import best_message_value, message_value, random_table
 
 
 def minimiser_values(table: torch.Tensor, n_labels: int, weights: list[float]) -> list[float]:

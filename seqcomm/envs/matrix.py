@@ -43,20 +43,21 @@ def best_message_value(table: torch.Tensor, n_labels: int) -> tuple[float, tuple
 
     Returns the value and the labelling of o2 (a tuple, one label per o2) that reaches it.
     """
-    n_obs2 = table.shape[2]
     best, best_labels = -float("inf"), ()
-    for labels in itertools.product(range(n_labels), repeat=n_obs2):
-        lab = torch.tensor(labels)
-        value = 0.0
-        for m in range(n_labels):
-            cols = lab == m
-            if cols.any():
-                # agent 1 picks, per o1, the action best on average over the o2 in this label
-                value += table[:, :, cols].sum(dim=2).max(dim=1).values.sum().item()
-        value /= table.shape[0] * n_obs2
+    for labels in itertools.product(range(n_labels), repeat=table.shape[2]):
+        value = message_value(table, labels)
         if value > best + 1e-9:
             best, best_labels = value, labels
     return best, best_labels
+
+
+def message_value(table: torch.Tensor, labels: tuple[int, ...]) -> float:
+    """Expected return when agent 2 labels its o2 by ``labels`` (one per o2) and agent 1
+    picks, per (o1, label), the action best on average over the o2 under that label."""
+    lab = torch.tensor(labels)
+    total = sum(table[:, :, lab == m].sum(dim=2).max(dim=1).values.sum().item()
+                for m in lab.unique())
+    return total / (table.shape[0] * table.shape[2])
 
 
 class MatrixGame(MultiAgentEnv):
