@@ -1,8 +1,10 @@
 """The benchmark scripts' run lookup (``benchmarks/hospital_decisions.run_directory``): a
-run's ``version_k`` directory or its parent, and one line naming what is there otherwise."""
+run's ``version_k`` directory or its parent, and one line naming what is there otherwise; and
+``benchmarks/late_evaluations.late_figures`` on a hand-written run."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from hospital_decisions import run_directory  # noqa: E402
+from late_evaluations import late_figures  # noqa: E402
 
 
 def finished_run(path: Path) -> Path:
@@ -32,3 +35,18 @@ def test_several_or_no_runs_are_named_in_one_line(tmp_path):
     assert "\n" not in str(err.value) and str(runs[0]) in str(err.value)
     with pytest.raises(SystemExit, match="runs below it: none"):
         run_directory(tmp_path / "missing")
+
+
+def test_late_figures_of_a_hand_written_run(tmp_path):
+    # 8 updates; evaluations at updates 2, 4, 6, 8; training win rates at every update
+    rows = ["step,eval/win_rate,train/win_rate,perf/env_steps"]
+    rows += [f"{u},,{u / 10},{100 * u}" for u in range(1, 9)]
+    rows += [f"{u},{w},," for u, w in ((2, 0.1), (4, 0.5), (6, 0.2), (8, 0.4))]
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    summary = {"eval": {"win_rate": 0.05}, "updates": 8, "env_steps": 800}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    got = late_figures(tmp_path, "win_rate", last=2)
+    assert got["final"] == 0.05  # summary.json, not the last logged evaluation
+    assert got["last_mean"] == pytest.approx(0.3)  # (0.2 + 0.4) / 2
+    assert got["late_swing"] == pytest.approx(0.2)  # second half 0.2 -> 0.4
+    assert got["train_late"] == pytest.approx(0.75)  # updates 7 and 8: from 7/8 of the run
