@@ -177,6 +177,29 @@ def test_random_order_is_shared_across_the_mask_dimension_without_scores():
     assert all(torch.equal(order[0], order[i]) for i in range(1, 5))
 
 
+@pytest.mark.parametrize("base_message", ["encoded", "hidden"])
+def test_without_refinement_every_receiver_hears_only_the_base_round(base_message):
+    """``refinement: false``: the context is the base round's attention over every other
+    delivered sender, whatever the order; the messages are the base messages."""
+    torch.manual_seed(0)
+    m = SeqCommMessenger(H, N, ordering="fixed", msg_dim=4, refinement=False,
+                         base_message=base_message)
+    assert m.ctx_dim == (H if base_message == "hidden" else 4) and m.rho is None
+    h = torch.randn(4, N, H, requires_grad=True)
+    ctx, aux = m(h)
+    assert ctx.shape == (4, N, m.ctx_dim) and torch.equal(aux.messages, aux.base_messages)
+    for receiver in range(N):  # the leader hears the followers, followers the leader
+        for sender in set(range(N)) - {receiver}:
+            assert _grad(ctx[:, receiver], h, sender).abs().sum() > 0
+    ctx_silent, _ = m(h, torch.tensor([1.0, 1.0, 0.0]))
+    (g,) = torch.autograd.grad(ctx_silent[:, :2].sum(), h)
+    assert torch.equal(g[:, 2], torch.zeros(4, H))  # an undelivered sender is not heard
+    expected = 32.0 * H if base_message == "hidden" else 32.0 * 4
+    assert m.bits_per_step() == pytest.approx(expected)
+    with pytest.raises(ValueError, match="refinement: false"):
+        SeqCommMessenger(H, N, refinement=False, base_round=False)
+
+
 def test_bits_per_step_counts_only_heard_messages():
     # base message (heard by all) + refined message of 2 of 3 agents + the GP scalar
     assert SeqCommMessenger(H, N, message="discrete", n_labels=4).bits_per_step() == (

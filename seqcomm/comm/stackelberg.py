@@ -59,6 +59,9 @@ class SeqCommMessenger(Communication):
             ``phi(h_i)``; ``"hidden"``, the recurrent state ``h_i`` itself, as SeqComm's
             negotiation and CommNet share it (the base round's context is then ``hidden_dim``
             wide; the refinement still reads ``phi(h_i)``).
+        refinement: followers also hear the leaders' refined messages (stage 3). ``false``
+            (an ablation; needs ``base_round: true``): receivers hear the base round only, the
+            messages are the base messages and the order is unused.
     """
 
     zero_when_silent = True
@@ -80,12 +83,16 @@ class SeqCommMessenger(Communication):
         base_round: bool = True,
         bound: MessageBound = "tanh",
         base_message: BaseMessage = "encoded",
+        refinement: bool = True,
     ) -> None:
         super().__init__(hidden_dim, n_agents)
         if base_message not in BASE_MESSAGES:
             raise ValueError(f"base_message={base_message!r}; choose one of {BASE_MESSAGES}")
         if base_message == "hidden" and not base_round:
             raise ValueError("base_message: hidden is what the base round broadcasts; it needs "
+                             "base_round: true")
+        if not refinement and not base_round:
+            raise ValueError("refinement: false leaves only the base round; it needs "
                              "base_round: true")
         if message == "discrete" and not straight_through and base_round:
             raise ValueError("discrete labels without straight_through learn only from the "
@@ -96,9 +103,10 @@ class SeqCommMessenger(Communication):
         self.ordering = Ordering(hidden_dim, ordering, tau, fixed_order)
         self.base_round = base_round
         self.base_message = base_message
+        self.refinement = refinement
         # the base round's keys and values read phi(h_i), or h_i itself under "hidden"
         base_in = hidden_dim if base_message == "hidden" else msg_dim
-        self.ctx_dim = base_in + msg_dim if base_round else msg_dim
+        self.ctx_dim = (base_in + msg_dim if refinement else base_in) if base_round else msg_dim
         self.discrete = self.encoder.discrete
         self.scores_labels = self.discrete and not base_round
         raw_dim = self.encoder.raw_dim
@@ -106,17 +114,17 @@ class SeqCommMessenger(Communication):
         self.base_query = nn.Linear(hidden_dim, attn_dim) if base_round else None
         self.base_key = nn.Linear(base_in, attn_dim) if base_round else None
         self.base_value = nn.Linear(base_in, base_in) if base_round else None
-        # refinement rho: attend from h_{pi_k} to its own and its predecessors' base messages
-        self.refine_query = nn.Linear(hidden_dim, attn_dim)
-        self.refine_key = nn.Linear(msg_dim, attn_dim)
-        self.refine_value = nn.Linear(msg_dim, msg_dim)
+        # refinement rho: attend from h_{pi_k} to its own and its predecessors' base messages;
+        # receiver context: attend from h_j to predecessors' refined messages
+        self.refine_query = nn.Linear(hidden_dim, attn_dim) if refinement else None
+        self.refine_key = nn.Linear(msg_dim, attn_dim) if refinement else None
+        self.refine_value = nn.Linear(msg_dim, msg_dim) if refinement else None
         self.rho = nn.Sequential(
             nn.Linear(raw_dim + msg_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, raw_dim)
-        )
-        # receiver context: attend from h_j to predecessors' refined messages
-        self.ctx_query = nn.Linear(hidden_dim, attn_dim)
-        self.ctx_key = nn.Linear(msg_dim, attn_dim)
-        self.ctx_value = nn.Linear(msg_dim, msg_dim)
+        ) if refinement else None
+        self.ctx_query = nn.Linear(hidden_dim, attn_dim) if refinement else None
+        self.ctx_key = nn.Linear(msg_dim, attn_dim) if refinement else None
+        self.ctx_value = nn.Linear(msg_dim, msg_dim) if refinement else None
 
     def forward(
         self,
@@ -136,26 +144,29 @@ class SeqCommMessenger(Communication):
         n = h.shape[-2]
         eye = torch.eye(n, device=h.device, dtype=h.dtype)
         raw = self.encoder.raw(h)
-        base, _ = self.encoder.emit(raw)
+        base, base_labels = self.encoder.emit(raw)
         gp_pred, precedence, order = self.ordering(h, scores)
         # mask[..., j, i]: i speaks before j and i's message is delivered
         mask = precedence * deliver.unsqueeze(-2)
-        # refinement sees the sender's own base message too (never an empty attention)
-        attended = masked_attention(
-            self.refine_query(h), self.refine_key(base), self.refine_value(base), mask + eye
-        )
-        refined = raw + self.rho(torch.cat([raw, attended], -1))
-        messages, labels = self.encoder.emit(refined)
-        ctx = masked_attention(
-            self.ctx_query(h), self.ctx_key(messages), self.ctx_value(messages), mask
-        )
+        if self.refinement:
+            # refinement sees the sender's own base message too (never an empty attention)
+            attended = masked_attention(
+                self.refine_query(h), self.refine_key(base), self.refine_value(base), mask + eye
+            )
+            refined = raw + self.rho(torch.cat([raw, attended], -1))
+            messages, labels = self.encoder.emit(refined)
+            ctx = masked_attention(
+                self.ctx_query(h), self.ctx_key(messages), self.ctx_value(messages), mask
+            )
+        else:
+            refined, messages, labels, ctx = raw, base, base_labels, None
         if self.base_round:
             others = others_mask(h, deliver)
             sent = h if self.base_message == "hidden" else base
             heard = masked_attention(
                 self.base_query(h), self.base_key(sent), self.base_value(sent), others
             )
-            ctx = torch.cat([heard, ctx], dim=-1)
+            ctx = heard if ctx is None else torch.cat([heard, ctx], dim=-1)
         probs = None
         if labels is not None:
             probs = torch.softmax(self.encoder.logits(refined), dim=-1)
@@ -187,8 +198,12 @@ class SeqCommMessenger(Communication):
         """Bits per agent and step of the messages someone reads: the base message (stage 1),
         the refined message of every agent but the last speaker, and the 32-bit
         guidance-potential scalar when the order is prosocial (under ``base_message: hidden``
-        the base round's 32-bit ``h_i`` too)."""
+        the base round's 32-bit ``h_i`` too). Without the refinement: the base round only."""
         n = self.n_agents
+        if not self.refinement:
+            if self.base_message == "hidden":
+                return 32.0 * self.hidden_dim
+            return self.encoder.bits_per_step()
         heard_refined = (n - 1) / n
         scalar = 32.0 if self.ordering.mode == "prosocial" else 0.0
         if self.base_message == "hidden":
