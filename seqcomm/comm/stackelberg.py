@@ -33,7 +33,8 @@ BASE_MESSAGES: tuple[str, ...] = get_args(BaseMessage)
 
 class SeqCommMessenger(Communication):
     """Sequential (leader-follower) messages; ``ctx_dim = 2 msg_dim`` (``msg_dim`` without
-    the base round, ``hidden_dim + msg_dim`` with ``base_message: hidden``). With no message
+    the base round, ``hidden_dim + msg_dim`` with ``base_message: hidden``, the base round's
+    part alone without the refinement). With no message
     delivered every attention is fully masked, so the context is zero and no gradient reaches
     the messenger (``zero_when_silent``).
 
