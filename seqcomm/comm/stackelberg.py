@@ -117,15 +117,17 @@ class SeqCommMessenger(Communication):
         self.base_value = nn.Linear(base_in, base_in) if base_round else None
         # refinement rho: attend from h_{pi_k} to its own and its predecessors' base messages;
         # receiver context: attend from h_j to predecessors' refined messages
-        self.refine_query = nn.Linear(hidden_dim, attn_dim) if refinement else None
-        self.refine_key = nn.Linear(msg_dim, attn_dim) if refinement else None
-        self.refine_value = nn.Linear(msg_dim, msg_dim) if refinement else None
-        self.rho = nn.Sequential(
-            nn.Linear(raw_dim + msg_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, raw_dim)
-        ) if refinement else None
-        self.ctx_query = nn.Linear(hidden_dim, attn_dim) if refinement else None
-        self.ctx_key = nn.Linear(msg_dim, attn_dim) if refinement else None
-        self.ctx_value = nn.Linear(msg_dim, msg_dim) if refinement else None
+        self.refine_query = self.refine_key = self.refine_value = self.rho = None
+        self.ctx_query = self.ctx_key = self.ctx_value = None
+        if refinement:
+            self.refine_query = nn.Linear(hidden_dim, attn_dim)
+            self.refine_key = nn.Linear(msg_dim, attn_dim)
+            self.refine_value = nn.Linear(msg_dim, msg_dim)
+            self.rho = nn.Sequential(nn.Linear(raw_dim + msg_dim, hidden_dim), nn.ReLU(),
+                                     nn.Linear(hidden_dim, raw_dim))
+            self.ctx_query = nn.Linear(hidden_dim, attn_dim)
+            self.ctx_key = nn.Linear(msg_dim, attn_dim)
+            self.ctx_value = nn.Linear(msg_dim, msg_dim)
 
     def forward(
         self,
