@@ -73,5 +73,6 @@ def main() -> None:
                  for k in keys]
         print(f"| **{label}** | mean ± 95% t | " + " | ".join(cells) + " |")
 
+
 if __name__ == "__main__":
     main()

@@ -144,14 +144,13 @@ class SeqCommMessenger(Communication):
         overrides the ordering keys (see ``Ordering.forward``).
         """
         h, deliver = expand_to_deliver(h, deliver)
-        n = h.shape[-2]
-        eye = torch.eye(n, device=h.device, dtype=h.dtype)
         raw = self.encoder.raw(h)
         base, base_labels = self.encoder.emit(raw)
         gp_pred, precedence, order = self.ordering(h, scores)
-        # mask[..., j, i]: i speaks before j and i's message is delivered
-        mask = precedence * deliver.unsqueeze(-2)
         if self.refinement:
+            # mask[..., j, i]: i speaks before j and i's message is delivered
+            mask = precedence * deliver.unsqueeze(-2)
+            eye = torch.eye(h.shape[-2], device=h.device, dtype=h.dtype)
             # refinement sees the sender's own base message too (never an empty attention)
             attended = masked_attention(
                 self.refine_query(h), self.refine_key(base), self.refine_value(base), mask + eye
