@@ -98,6 +98,9 @@ class SeqcommCLI(LightningCLI):
         accelerator = cfg.trainer.get("accelerator")
         if isinstance(accelerator, str):
             check_accelerator(accelerator)
+        data = cfg.get("data")
+        if data is not None and isinstance(data.get("device"), str):
+            check_data_device(data.device, accelerator)
 
     def instantiate_classes(self) -> None:
         cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
@@ -269,6 +272,25 @@ def check_accelerator(accelerator: str) -> None:
     if name == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"--trainer.accelerator={accelerator}: MPS is not available on this "
                           "machine; use --trainer.accelerator=cpu (or auto)")
+
+
+def check_data_device(device: str, accelerator: str | None) -> None:
+    """``--data.device`` names a device this machine has and the trainer's accelerator uses
+    (the policy acts where the model lives; ``auto`` follows the trainer)."""
+    if device == "auto":
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ConfigError(f"--data.device={device}: not a torch device; use auto, cpu or "
+                          "cuda") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--data.device={device}: no CUDA GPU is visible on this machine; "
+                          "use --data.device=auto (the trainer's device) or cpu")
+    trainer_kind = {"gpu": "cuda", "cuda": "cuda", "cpu": "cpu"}.get(str(accelerator).lower())
+    if trainer_kind is not None and trainer_kind != kind:
+        raise ConfigError(f"--data.device={device} but --trainer.accelerator={accelerator}: the "
+                          "environments must run where the model does; use --data.device=auto")
 
 
 class _DropTips(logging.Filter):

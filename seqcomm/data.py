@@ -57,7 +57,8 @@ class EpisodeData(L.LightningDataModule):
         warmup_chunks: chunks collected before the first update.
         eval_envs: parallel copies used for greedy evaluation.
         eval_episodes: episodes per evaluation.
-        device: device of the environments and of the collected data.
+        device: device of the environments and of the collected data; ``"auto"``: the
+            trainer's (``cuda`` under ``--trainer.accelerator=gpu``, else ``cpu``).
     """
 
     def __init__(
@@ -72,7 +73,7 @@ class EpisodeData(L.LightningDataModule):
         warmup_chunks: int = 32,
         eval_envs: int = 32,
         eval_episodes: int = 64,
-        device: str = "cpu",
+        device: str = "auto",
     ) -> None:
         super().__init__()
         for name in ("num_envs", "total_frames", "buffer_size", "batch_size",
@@ -94,10 +95,8 @@ class EpisodeData(L.LightningDataModule):
                              "action sizes as data.env")
         # replay sampling draws from its own generator (saved in the buffer's state_dict), so
         # other users of torch's global one cannot shift which chunks are sampled
-        self.sample_rng = torch.Generator()
-        self.buffer = ReplayBuffer(storage=LazyTensorStorage(buffer_size, device=device),
-                                   sampler=RandomSampler(), batch_size=batch_size,
-                                   generator=self.sample_rng)
+        self.buffer_size = buffer_size
+        self.buffer = self.make_buffer("cpu" if device == "auto" else device)
         self.frames = 0  # env steps collected by this rank
         self.pending = 0  # updates still owed to the last collection
         self.last_episodes: dict[str, float] = {}
@@ -111,20 +110,38 @@ class EpisodeData(L.LightningDataModule):
 
     def wrap(self, env: EnvBase, policy) -> TransformedEnv:
         """Episode-start flags, episode returns and the policy's recurrent state."""
-        primer = TensorDictPrimer(policy.primer_spec(env.batch_size[0]), expand_specs=False)
+        primer = TensorDictPrimer(policy.primer_spec(env.batch_size[0], env.device),
+                                  expand_specs=False)
         transforms = Compose(InitTracker(), RewardSum(), primer)
         if isinstance(env, TransformedEnv):  # one transform stack, not two nested envs
             env.append_transform(transforms)
             return env
         return TransformedEnv(env, transforms)
 
+    def make_buffer(self, device: str) -> ReplayBuffer:
+        """An empty replay buffer of episode chunks stored on ``device``; its sampling
+        generator (``sample_rng``) lives there too."""
+        self.sample_rng = torch.Generator(device=device)
+        return ReplayBuffer(storage=LazyTensorStorage(self.buffer_size, device=device),
+                            sampler=RandomSampler(), batch_size=self.batch_size,
+                            generator=self.sample_rng)
+
+    def env_device(self) -> str:
+        """Where the environments run: ``device``, or the trainer's under ``"auto"``."""
+        if self.device != "auto":
+            return self.device
+        return str(self.trainer.strategy.root_device) if self.trainer is not None else "cpu"
+
     def setup(self, stage: str) -> None:
         policy = self.trainer.lightning_module.policy
         if self.env is None and stage == "fit":  # collection wraps nothing (ChunkCollector)
-            self.env = self.make_env(self.num_envs, self.seed(), self.device)
+            if len(self.buffer) == 0 and self.buffer.storage.device != torch.device(
+                    self.env_device()):  # "auto" resolved to an accelerator
+                self.buffer = self.make_buffer(self.env_device())
+            self.env = self.make_env(self.num_envs, self.seed(), self.env_device())
             self.sample_rng.manual_seed(self.seed() + 2_000_003)
         if self.eval_env is None:
-            raw = self.make_eval_env(self.eval_envs, self.seed() + 1_000_003, self.device)
+            raw = self.make_eval_env(self.eval_envs, self.seed() + 1_000_003, self.env_device())
             self.eval_env = self.wrap(raw, policy)
 
     # -- collection and replay ---------------------------------------------------------

@@ -247,14 +247,16 @@ class QLearner(L.LightningModule):
         """Greedy return and task metrics on the evaluation copies, in eval mode (no
         sampled labels), whatever mode the caller left the module in (e.g. after ``fit``)."""
         data = self.trainer.datamodule
-        mode = self.training
+        mode, home = self.training, self.device
         self.policy.greedy = True
         self.eval()
+        self.to(data.eval_env.device)  # after fit, Lightning has moved the module to the CPU
         try:
             result = evaluate_policy(data.eval_env, self.policy, n_episodes)
         finally:
             self.policy.greedy = False
             self.train(mode)
+            self.to(home)
         return {metric_name(k): v for k, v in result.items()}
 
     def validation_step(self, batch, batch_idx: int) -> None:

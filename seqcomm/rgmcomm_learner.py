@@ -208,7 +208,8 @@ class RGMCommLearner(QLearner):
         flattened, cut), with the senders' recurrent states under ``"h"``."""
         buffer = self.trainer.datamodule.buffer if buffer is None else buffer
         K1 = self.hparams.cluster_samples
-        chunks = buffer.sample(max(1, math.ceil(K1 / self.info.episode_limit)))
+        # on the module's device: after fit Lightning has moved the module to the CPU
+        chunks = buffer.sample(max(1, math.ceil(K1 / self.info.episode_limit))).to(self.device)
         h = self.net.agent.unroll(self.net.inputs(chunks[OBS], chunks[STATE]),
                                   chunks["is_init"].squeeze(-1))
         flat = chunks.select(OBS, ACTION, MASK).reshape(-1)

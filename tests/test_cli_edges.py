@@ -96,6 +96,28 @@ def test_gpu_accelerator_without_gpu(accelerator, tmp_path, capfd, monkeypatch):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("args, says", [
+    (["--data.device=cuda"], "no CUDA GPU"),
+    (["--data.device=tpu9"], "not a torch device"),
+])
+def test_data_device_this_machine_lacks(args, says, tmp_path, capfd, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    line = one_line_exit_2(fit_args(tmp_path, *args), capfd)
+    assert says in line and "auto" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_data_device_apart_from_the_model(tmp_path, capfd, monkeypatch):
+    """Environments on the CPU and the model on a GPU: the policy could not act."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    line = one_line_exit_2(fit_args(tmp_path, "--data.device=cpu",
+                                    "--trainer.accelerator=gpu"), capfd)
+    assert "must run where the model does" in line and "--data.device=auto" in line
+    assert not (tmp_path / "runs").exists()
+
+
 # -- 3. zero-size messages ---------------------------------------------------------------------
 @pytest.mark.parametrize(
     "configs, arg, says",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from tensordict import TensorDictBase
+from tensordict import TensorDict, TensorDictBase
 from torchrl.envs import EnvBase
 
 from seqcomm.envs.base import ACTION, INFO, MASK
@@ -33,7 +33,9 @@ def evaluate_policy(env: EnvBase, policy: Policy, n_episodes: int) -> dict[str, 
     """
     E = env.batch_size[0]
     per_copy = -(-n_episodes // E)
-    td = env.reset()
+    # an empty input placed on the env's device: TorchRL's transforms build their reset flags
+    # on the input's device, which is the CPU for the one ``reset()`` makes
+    td = env.reset(TensorDict(batch_size=env.batch_size, device=env.device))
     ret = torch.zeros(E, device=env.device)
     done_count = torch.zeros(E, dtype=torch.long, device=env.device)
     returns, metrics = [], {}
