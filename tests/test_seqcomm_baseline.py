@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -199,6 +200,7 @@ def test_the_replay_batch_keeps_the_acting_order(tmp_path):
 
     class Trainer:  # what EpisodeData reads of a trainer
         lightning_module, global_rank = model, 0
+        strategy = SimpleNamespace(root_device=torch.device("cpu"))
 
     data.trainer = Trainer()
     data.setup("fit")

@@ -234,7 +234,8 @@ def test_evaluation_runs_in_eval_mode_and_restores_the_mode(monkeypatch):
 
     monkeypatch.setattr(learner_module, "evaluate_policy", fake_evaluate)
     monkeypatch.setattr(SeqCommDFL, "trainer", property(
-        lambda self: type("T", (), {"datamodule": type("D", (), {"eval_env": None})()})()))
+        lambda self: SimpleNamespace(datamodule=SimpleNamespace(
+            eval_env=SimpleNamespace(device=torch.device("cpu"))))))
     model.train()
     model.evaluate(1)
     assert seen == [(True, False, False)] and model.training and model.net.comm.training
