@@ -135,8 +135,10 @@ class EpisodeData(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         policy = self.trainer.lightning_module.policy
         if self.env is None and stage == "fit":  # collection wraps nothing (ChunkCollector)
+            # "auto" resolved to an accelerator: rebuilt here, not TorchRL's device="auto"
+            # storage, which cannot sample after a checkpoint restores it before any write
             if len(self.buffer) == 0 and self.buffer.storage.device != torch.device(
-                    self.env_device()):  # "auto" resolved to an accelerator
+                    self.env_device()):
                 self.buffer = self.make_buffer(self.env_device())
             self.env = self.make_env(self.num_envs, self.seed(), self.env_device())
             self.sample_rng.manual_seed(self.seed() + 2_000_003)
