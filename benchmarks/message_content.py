@@ -13,8 +13,9 @@ the messages add about the state beyond what the receiver already knew. The same
 
 ``--features a:b c:d`` probes state columns a..b-1 and c..d-1 separately; ``others:a:b``
 splits columns a..b into one equal block per agent and drops the receiver's own (microcombat
-3m: allies ``others:0:12``, enemies ``12:21``, last actions ``others:21:48``). Scores are
-averaged over receivers.
+3m: allies ``others:0:12``, enemies ``12:21``, last actions ``others:21:48``); ``actions`` probes
+the one-hot of the other agents' greedy actions at this very step (their intentions, which
+their recurrent states decide before any message is read). Scores are averaged over receivers.
 
 ``--senders a:b`` (messengers that report base messages, SeqComm-DFL's): per sender, what its
 own message keeps of state columns a..b-1, by ridge R^2 from ``h_i``, from the pre-message
@@ -33,13 +34,14 @@ import torch
 from hospital_decisions import load_run
 from torch import nn
 
-from seqcomm.envs.base import STATE
+from seqcomm.envs.base import ACTION, STATE
 
 
 @torch.no_grad()
 def rollout(model, data, copies: int, steps: int) -> tuple[torch.Tensor, ...]:
-    """``state [T*E, S]``, ``h [T*E, n, H]``, ``ctx [T*E, n, C]``, ``copy [T*E]``, and
-    ``out`` (the messenger's ``MessageOutput`` fields, concatenated over steps)."""
+    """``state [T*E, S]``, ``h [T*E, n, H]``, ``ctx [T*E, n, C]``, ``copy [T*E]``, ``out``
+    (the messenger's ``MessageOutput`` fields, concatenated over steps) and the greedy actions
+    ``[T*E, n]``."""
     net, seen, outs = model.net, {}, []
     utilities = net.utilities
 
@@ -54,10 +56,11 @@ def rollout(model, data, copies: int, steps: int) -> tuple[torch.Tensor, ...]:
         env = data.wrap(data.make_eval_env(copies, data.seed() + 1_000_003, "cpu"), model.policy)
         model.policy.greedy = True
         td = env.reset()
-        states, hs, ctxs = [], [], []
+        states, hs, ctxs, actions = [], [], [], []
         for _ in range(steps):
             states.append(td[STATE].clone())
             td = model.policy(td)
+            actions.append(td[ACTION].clone())
             hs.append(seen["h"])
             ctxs.append(seen["ctx"])
             td, root = env.step_and_maybe_reset(td)
@@ -67,7 +70,7 @@ def rollout(model, data, copies: int, steps: int) -> tuple[torch.Tensor, ...]:
     copy = torch.arange(copies).repeat(steps)
     out = {k: torch.cat([getattr(o, k) for o in outs]) for k in outs[0]._fields
            if getattr(outs[0], k) is not None}
-    return torch.cat(states), torch.cat(hs), torch.cat(ctxs), copy, out
+    return torch.cat(states), torch.cat(hs), torch.cat(ctxs), copy, out, torch.cat(actions)
 
 
 def standardise(x: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
@@ -122,7 +125,7 @@ def probe_run(run: Path, copies: int, steps: int, features: list[str],
     """``(row name, R^2 from h_j, from [h_j, ctx_j], from [h_j, h_-j])``, averaged over
     receivers j; the last is what the senders' own states would add (what they knew)."""
     model, data = load_run(run)
-    state, h, ctx, copy, _ = rollout(model, data, copies, steps)
+    state, h, ctx, copy, _, actions = rollout(model, data, copies, steps)
     train = copy < (3 * copies) // 4
     test = ~train
     fits = {"ridge": ridge, "mlp": mlp}
@@ -135,8 +138,13 @@ def probe_run(run: Path, copies: int, steps: int, features: list[str],
                        torch.cat([own, senders], -1)))
     rows = []
     for spec in features:
-        others = spec.startswith("others:")
-        target = state[:, columns(spec.removeprefix("others:"))]
+        others = spec.startswith("others:") or spec == "actions"
+        if spec == "actions":
+            heads = [m for m in model.net.agent.head.modules() if isinstance(m, nn.Linear)]
+            n_actions = heads[-1].out_features
+            target = nn.functional.one_hot(actions.long(), n_actions).flatten(1).float()
+        else:
+            target = state[:, columns(spec.removeprefix("others:"))]
         for name in probes:
             scores = torch.zeros(3)
             for j in range(n):
@@ -158,7 +166,7 @@ def probe_senders(run: Path, copies: int, steps: int,
     R^2 gain over ``h_j`` of ``[h_j, ctx_j]`` and of ``[h_j, the others' base messages]``
     (handed over directly: what the attention could deliver)."""
     model, data = load_run(run)
-    state, h, _, copy, out = rollout(model, data, copies, steps)
+    state, h, _, copy, out, _ = rollout(model, data, copies, steps)
     if "base_messages" not in out:
         raise SystemExit(f"{run}: its messenger reports no base messages (SeqComm-DFL's do)")
     encoder = model.net.comm.encoder

@@ -96,6 +96,26 @@ def test_hidden_base_round_carries_the_senders_whole_state_linearly():
         SeqCommMessenger(H, N, base_message="raw")
 
 
+def test_mean_base_round_is_commnets_channel():
+    """``base_attention: false`` with ``base_message: hidden``: each receiver's base-round
+    context is a linear map of the plain mean of the delivered others' states (CommNet's
+    channel); a receiver that hears nobody gets exactly zero and the messenger no gradient."""
+    torch.manual_seed(0)
+    m = SeqCommMessenger(H, N, ordering="fixed", msg_dim=4, base_message="hidden",
+                         base_attention=False)
+    assert m.base_query is None and m.base_key is None
+    h = torch.randn(5, N, H, requires_grad=True)
+    ctx, _ = m(h)
+    mean_others = (h.sum(-2, keepdim=True) - h) / (N - 1)
+    assert torch.allclose(ctx[..., :H], m.base_value(mean_others), atol=1e-5)
+    muted, _ = m(h, deliver=torch.tensor([1.0, 0.0, 0.0]))
+    assert torch.allclose(muted[:, 2, :H], m.base_value(h[:, 0]), atol=1e-5)
+    assert torch.equal(muted[:, 0], torch.zeros_like(muted[:, 0]))  # hears nobody
+    silent, _ = m(h, deliver=torch.zeros(N))
+    assert torch.equal(silent, torch.zeros_like(silent))
+    assert _grad(ctx[:, 0, :H], h, 1).abs().sum() > 0
+
+
 def test_without_base_round_the_leader_hears_nothing():
     torch.manual_seed(0)
     m = SeqCommMessenger(H, N, ordering="fixed", base_round=False)

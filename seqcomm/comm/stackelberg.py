@@ -63,6 +63,9 @@ class SeqCommMessenger(Communication):
         refinement: followers also hear the leaders' refined messages (stage 3). ``false``
             (an ablation; needs ``base_round: true``): receivers hear the base round only, the
             messages are the base messages and the order is unused.
+        base_attention: the base round attends over the senders (``true``); ``false``: each
+            receiver gets the plain mean of the delivered others' values, CommNet's channel
+            when ``base_message: hidden`` (the base query and key are then unused).
     """
 
     zero_when_silent = True
@@ -85,6 +88,7 @@ class SeqCommMessenger(Communication):
         bound: MessageBound = "tanh",
         base_message: BaseMessage = "encoded",
         refinement: bool = True,
+        base_attention: bool = True,
     ) -> None:
         super().__init__(hidden_dim, n_agents)
         if base_message not in BASE_MESSAGES:
@@ -105,6 +109,7 @@ class SeqCommMessenger(Communication):
         self.base_round = base_round
         self.base_message = base_message
         self.refinement = refinement
+        self.base_attention = base_attention
         # the base round's keys and values read phi(h_i), or h_i itself under "hidden"
         base_in = hidden_dim if base_message == "hidden" else msg_dim
         self.ctx_dim = (base_in + msg_dim if refinement else base_in) if base_round else msg_dim
@@ -112,8 +117,9 @@ class SeqCommMessenger(Communication):
         self.scores_labels = self.discrete and not base_round
         raw_dim = self.encoder.raw_dim
         # stage 1 context: attend from h_j to the others' base messages
-        self.base_query = nn.Linear(hidden_dim, attn_dim) if base_round else None
-        self.base_key = nn.Linear(base_in, attn_dim) if base_round else None
+        attends = base_round and base_attention
+        self.base_query = nn.Linear(hidden_dim, attn_dim) if attends else None
+        self.base_key = nn.Linear(base_in, attn_dim) if attends else None
         self.base_value = nn.Linear(base_in, base_in) if base_round else None
         # refinement rho: attend from h_{pi_k} to its own and its predecessors' base messages;
         # receiver context: attend from h_j to predecessors' refined messages
@@ -165,9 +171,13 @@ class SeqCommMessenger(Communication):
         if self.base_round:
             others = others_mask(h, deliver)
             sent = h if self.base_message == "hidden" else base
-            heard = masked_attention(
-                self.base_query(h), self.base_key(sent), self.base_value(sent), others
-            )
+            if self.base_attention:
+                heard = masked_attention(
+                    self.base_query(h), self.base_key(sent), self.base_value(sent), others
+                )
+            else:  # the mean over delivered others; a receiver hearing none gets zero
+                count = others.sum(-1, keepdim=True)
+                heard = (others / count.clamp_min(1)) @ self.base_value(sent)
             ctx = heard if ctx is None else torch.cat([heard, ctx], dim=-1)
         probs = None
         if labels is not None:
