@@ -18,33 +18,15 @@ import functools
 import statistics
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from seqcomm.comm.commnet import CommNet
-from seqcomm.comm.messages import expand_to_deliver
 from seqcomm.comm.stackelberg import SeqCommMessenger
 from seqcomm.comm.tarmac import TarMAC
 from seqcomm.envs.base import OBS, STATE, env_info
 from seqcomm.envs.hospital import Hospital
 from seqcomm.envs.reference import random_policy
 from seqcomm.team_q import TeamQ
-
-
-class SenderSlots(CommNet):
-    """A diagnostic, not a method: CommNet's mean of the others' hidden states with each
-    state written into its sender's own slot (``h_i`` outer the id one-hot), i.e. who said
-    what survives the mean. Separates "the mean is anonymous" from "the states lack it"."""
-
-    def __init__(self, hidden_dim: int = 64, n_agents: int = 2, ctx_dim: int = 64) -> None:
-        super().__init__(hidden_dim, n_agents, ctx_dim)
-        self.comm = nn.Linear(hidden_dim * n_agents, ctx_dim, bias=False)
-
-    def forward(self, h, deliver=None):
-        h, deliver = expand_to_deliver(h, deliver)
-        ids = torch.eye(h.shape[-2], dtype=h.dtype, device=h.device)
-        return super().forward((h.unsqueeze(-1) * ids.unsqueeze(-2)).flatten(-2), deliver)
-
 
 #: design -> TeamQ keyword arguments
 DESIGNS = {
@@ -53,7 +35,8 @@ DESIGNS = {
     "oracle": dict(comm=None, oracle_obs=True),
     "commnet, linear head": dict(comm=CommNet, receiver="linear"),
     "commnet, mlp head": dict(comm=CommNet),
-    "commnet, sender slots (diagnostic), mlp head": dict(comm=SenderSlots),
+    "commnet, sender slots (diagnostic), mlp head": dict(
+        comm=functools.partial(CommNet, sender_slots=True)),
     "tarmac, linear head": dict(comm=TarMAC, receiver="linear"),
     "tarmac, mlp head": dict(comm=TarMAC),
     "seqcomm, no base round, linear head": dict(

@@ -30,10 +30,10 @@ def test_shapes_and_leading_mask_dimension(cls):
         assert torch.allclose(ctx_k[k], comm(h, masks[k, 0, 0])[0], atol=1e-6)
 
 
-@pytest.mark.parametrize("cls", [CommNet, TarMAC])  # RGMComm: tests/test_rgmcomm.py
+@pytest.mark.parametrize("cls", [CommNet, TarMAC, "slots"])  # RGMComm: test_rgmcomm.py
 def test_deliver_mask_removes_a_sender_exactly(cls):
     torch.manual_seed(0)
-    comm = cls(H, N)
+    comm = CommNet(H, N, sender_slots=True) if cls == "slots" else cls(H, N)
     h = torch.randn(4, N, H, requires_grad=True)
     ctx, _ = comm(h, torch.tensor([1.0, 1.0, 0.0]))
     assert torch.equal(_grad(ctx[:, :2], h, 2), torch.zeros(4, H))  # 2 is not heard
@@ -50,6 +50,20 @@ def test_commnet_is_linear_map_of_mean_of_other_hidden_states():
     mean_others = (h.sum(-2, keepdim=True) - h) / (N - 1)
     assert torch.allclose(ctx, mean_others @ comm.comm.weight.T, atol=1e-6)
     assert comm.bits_per_step() == 32 * H
+
+
+def test_commnet_mean_is_anonymous_and_sender_slots_keep_who_said_what():
+    """Swapping two senders' states leaves CommNet's mean unchanged for the third agent; with
+    ``sender_slots`` the context changes, and it is the others' states side by side."""
+    torch.manual_seed(0)
+    h = torch.randn(6, N, H)
+    swapped = h[:, [0, 2, 1]]
+    plain, slots = CommNet(H, N, ctx_dim=4), CommNet(H, N, ctx_dim=4, sender_slots=True)
+    assert torch.allclose(plain(h)[0][:, 0], plain(swapped)[0][:, 0], atol=1e-6)
+    assert not torch.allclose(slots(h)[0][:, 0], slots(swapped)[0][:, 0], atol=1e-3)
+    w = slots.comm.weight.T.reshape(H, N, 4)  # input column (d, i): feature d of sender i
+    expect = (h[:, 1] @ w[:, 1] + h[:, 2] @ w[:, 2]) / 2
+    assert torch.allclose(slots(h)[0][:, 0], expect, atol=1e-5)
 
 
 def test_tarmac_attention_weights_over_others():

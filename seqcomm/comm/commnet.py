@@ -1,7 +1,10 @@
 """CommNet baseline (Sukhbaatar et al. 2016; docs/method.md §5).
 
 Each receiver gets the mean of the other agents' delivered hidden states through a linear
-layer: ``ctx_j = C * mean_{i != j, delivered} h_i``.
+layer: ``ctx_j = C * mean_{i != j, delivered} h_i``. The mean is anonymous: a receiver cannot
+tell which sender a feature came from. ``sender_slots: true`` (a diagnostic, not CommNet)
+writes each state into its sender's own slot before the mean, so who said what survives it
+(on hospital it takes CommNet from idle to all of the gap: docs/results.md section 34).
 """
 
 from __future__ import annotations
@@ -20,16 +23,21 @@ class CommNet(Communication):
         hidden_dim: size of the agent's recurrent state ``h_i``.
         n_agents: number of agents.
         ctx_dim: size of the context each receiver gets.
+        sender_slots: average ``h_i`` outer the sender's one-hot id (``n_agents`` times as
+            wide) instead of ``h_i``, so the mean keeps who sent what.
     """
 
-    def __init__(self, hidden_dim: int = 64, n_agents: int = 2, ctx_dim: int = 64) -> None:
+    def __init__(self, hidden_dim: int = 64, n_agents: int = 2, ctx_dim: int = 64,
+                 sender_slots: bool = False) -> None:
         super().__init__(hidden_dim, n_agents)
         if ctx_dim < 1:
             raise ValueError(f"CommNet ctx_dim must be >= 1, got {ctx_dim}; for no messages "
                              "leave model.comm unset (QMIX)")
         self.ctx_dim = ctx_dim
+        self.sender_slots = sender_slots
         # no bias: a receiver with no delivered sender gets the zero (empty) context
-        self.comm = nn.Linear(hidden_dim, ctx_dim, bias=False)
+        self.comm = nn.Linear(hidden_dim * (n_agents if sender_slots else 1), ctx_dim,
+                              bias=False)
 
     def forward(
         self, h: torch.Tensor, deliver: torch.Tensor | None = None
@@ -38,7 +46,11 @@ class CommNet(Communication):
         h, deliver = expand_to_deliver(h, deliver)
         others = others_mask(h, deliver)
         count = others.sum(dim=-1, keepdim=True)
-        mean = (others @ h) / torch.where(count > 0, count, torch.ones_like(count))
+        sent = h
+        if self.sender_slots:  # [*B, n, H, n] -> [*B, n, H n]: h_i in column i
+            ids = torch.eye(h.shape[-2], dtype=h.dtype, device=h.device)
+            sent = (h.unsqueeze(-1) * ids.unsqueeze(-2)).flatten(-2)
+        mean = (others @ sent) / torch.where(count > 0, count, torch.ones_like(count))
         return self.comm(mean), MessageOutput(messages=h)
 
     @property
