@@ -116,6 +116,27 @@ def test_mean_base_round_is_commnets_channel():
     assert _grad(ctx[:, 0, :H], h, 1).abs().sum() > 0
 
 
+def test_refinement_gate_starts_closed_and_learns():
+    """``refinement_gate``: at initialisation the followers' refinement context is exactly
+    zero (the base round's part is untouched), the gate gets gradient, and an open gate gives
+    the ungated messenger's context."""
+    torch.manual_seed(0)
+    gated = SeqCommMessenger(H, N, ordering="fixed", msg_dim=4, refinement_gate=True)
+    torch.manual_seed(0)
+    plain = SeqCommMessenger(H, N, ordering="fixed", msg_dim=4)
+    h = torch.randn(5, N, H)
+    ctx, _ = gated(h)
+    ref, _ = plain(h)
+    assert torch.equal(ctx[..., 4:], torch.zeros_like(ctx[..., 4:]))
+    assert torch.allclose(ctx[..., :4], ref[..., :4])
+    (ctx * torch.randn_like(ctx)).sum().backward()
+    assert gated.refinement_gate.grad.abs() > 0
+    with torch.no_grad():
+        gated.refinement_gate.fill_(1.0)
+        assert torch.allclose(gated(h)[0], ref, atol=1e-6)
+    assert SeqCommMessenger(H, N, base_round=False, refinement_gate=True).refinement_gate is None
+
+
 def test_without_base_round_the_leader_hears_nothing():
     torch.manual_seed(0)
     m = SeqCommMessenger(H, N, ordering="fixed", base_round=False)

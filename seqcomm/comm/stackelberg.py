@@ -66,6 +66,10 @@ class SeqCommMessenger(Communication):
         base_attention: the base round attends over the senders (``true``); ``false``: each
             receiver gets the plain mean of the delivered others' values, CommNet's channel
             when ``base_message: hidden`` (the base query and key are then unused).
+        refinement_gate: followers add the leaders' refined messages through a learned scalar
+            gate that starts at zero (with the base round): a receiver starts from the base
+            round's context alone and TD opens the refinement as far as it pays (on 3m sight
+            the ungated refinement cost under plain TD: docs/results.md, section 34).
     """
 
     zero_when_silent = True
@@ -89,6 +93,7 @@ class SeqCommMessenger(Communication):
         base_message: BaseMessage = "encoded",
         refinement: bool = True,
         base_attention: bool = True,
+        refinement_gate: bool = False,
     ) -> None:
         super().__init__(hidden_dim, n_agents)
         if base_message not in BASE_MESSAGES:
@@ -135,6 +140,8 @@ class SeqCommMessenger(Communication):
             self.ctx_query = nn.Linear(hidden_dim, attn_dim)
             self.ctx_key = nn.Linear(msg_dim, attn_dim)
             self.ctx_value = nn.Linear(msg_dim, msg_dim)
+        gated = refinement and base_round and refinement_gate
+        self.refinement_gate = nn.Parameter(torch.zeros(())) if gated else None
 
     def forward(
         self,
@@ -167,6 +174,8 @@ class SeqCommMessenger(Communication):
             ctx = masked_attention(
                 self.ctx_query(h), self.ctx_key(messages), self.ctx_value(messages), mask
             )
+            if self.refinement_gate is not None:
+                ctx = self.refinement_gate * ctx
         else:
             refined, messages, labels, ctx = raw, base, base_labels, None
         if self.base_round:
