@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from seqcomm.comm.base import Communication, MessageOutput
-from seqcomm.comm.messages import expand_to_deliver, others_mask
+from seqcomm.comm.messages import expand_to_deliver, masked_mean, others_mask
 
 
 class CommNet(Communication):
@@ -44,14 +44,11 @@ class CommNet(Communication):
     ) -> tuple[torch.Tensor, MessageOutput]:
         """``(ctx, out)``; ``out.messages``: the hidden states ``h`` (what is broadcast)."""
         h, deliver = expand_to_deliver(h, deliver)
-        others = others_mask(h, deliver)
-        count = others.sum(dim=-1, keepdim=True)
         sent = h
         if self.sender_slots:  # [*B, n, H, n] -> [*B, n, H n]: h_i in column i
             ids = torch.eye(h.shape[-2], dtype=h.dtype, device=h.device)
             sent = (h.unsqueeze(-1) * ids.unsqueeze(-2)).flatten(-2)
-        mean = (others @ sent) / torch.where(count > 0, count, torch.ones_like(count))
-        return self.comm(mean), MessageOutput(messages=h)
+        return self.comm(masked_mean(others_mask(h, deliver), sent)), MessageOutput(messages=h)
 
     @property
     def message_dim(self) -> int:

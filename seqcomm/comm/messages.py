@@ -71,6 +71,13 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * p.clamp_min(1e-12).log()).sum(-1)
 
 
+def masked_mean(mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``[*B, n_recv, d]``: each receiver's plain mean of the senders' ``values [*B, n_send,
+    d]`` it may hear (``mask [*B, n_recv, n_send]``); a receiver hearing none gets zero."""
+    count = mask.sum(dim=-1, keepdim=True)
+    return (mask @ values) / torch.where(count > 0, count, torch.ones_like(count))
+
+
 def masked_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:

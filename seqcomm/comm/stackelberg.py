@@ -23,6 +23,7 @@ from seqcomm.comm.messages import (
     MessageKind,
     expand_to_deliver,
     masked_attention,
+    masked_mean,
     others_mask,
 )
 from seqcomm.comm.ordering import Ordering, OrderingMode
@@ -184,9 +185,8 @@ class SeqCommMessenger(Communication):
                 heard = masked_attention(
                     self.base_query(h), self.base_key(sent), self.base_value(sent), others
                 )
-            else:  # the mean over delivered others; a receiver hearing none gets zero
-                count = others.sum(-1, keepdim=True)
-                heard = (others / count.clamp_min(1)) @ self.base_value(sent)
+            else:
+                heard = masked_mean(others, self.base_value(sent))
             ctx = heard if ctx is None else torch.cat([heard, ctx], dim=-1)
         probs = None
         if labels is not None:
