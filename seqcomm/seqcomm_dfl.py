@@ -48,6 +48,7 @@ LabelScoring = Literal["current", "lookahead"]
 ImplicitParams = Literal["head", "all"]
 VaReceiver = Literal["frozen", "online", "soft"]
 MessageGradient = Literal["sum", "project"]
+VaMessages = Literal["all", "refined"]
 TD_LOSSES = ("td", "model_td")
 GRADIENTS: tuple[str, ...] = get_args(WorldModelGradient)
 EVALUATORS: tuple[str, ...] = get_args(Evaluator)
@@ -55,6 +56,7 @@ LABEL_SCORINGS: tuple[str, ...] = get_args(LabelScoring)
 IMPLICIT_PARAMS: tuple[str, ...] = get_args(ImplicitParams)
 VA_RECEIVERS: tuple[str, ...] = get_args(VaReceiver)
 MESSAGE_GRADIENTS: tuple[str, ...] = get_args(MessageGradient)
+VA_MESSAGES: tuple[str, ...] = get_args(VaMessages)
 MESSAGE_LOSSES: tuple[str, ...] = ("va", "inf", "aware", "gp", "recon", "state", "mi", "entropy",
                                    "critic")
 
@@ -183,6 +185,10 @@ class SeqCommDFL(QLearner):
             bodies through their messages) or detached (``false``: the messenger's own
             parameters only). Early on 3m sight ``L_VA``'s gradient on the bodies outweighed
             TD's and opposed it (docs/results.md, section 24).
+        va_messages: what ``L_VA`` and ``L_inf`` train in a ``SeqCommMessenger`` with both
+            rounds: ``all`` (the base round and the ordered refinement) or ``refined`` (the
+            base round's part of the counterfactual contexts is detached: TD alone trains the
+            base round, the value-aware losses the refinement; docs/results.md, section 34).
         message_gradient: how the w step adds the message losses' gradient (every term but
             the real and imagined TD losses) to the TD losses': ``sum`` (as weighted), or
             ``project`` (one-sided PCGrad per parameter tensor: in each tensor where the two
@@ -240,6 +246,7 @@ class SeqCommDFL(QLearner):
         va_start_fraction: float = 0.0,
         va_confidence: bool = False,
         va_body: bool = True,
+        va_messages: VaMessages = "all",
         message_gradient: MessageGradient = "sum",
         counterfactual_senders: int = 0,
         counterfactual_receivers: int = 0,
@@ -252,7 +259,8 @@ class SeqCommDFL(QLearner):
                    "va_evaluator": (va_evaluator, EVALUATORS),
                    "implicit_params": (implicit_params, IMPLICIT_PARAMS),
                    "va_receiver": (va_receiver, VA_RECEIVERS),
-                   "message_gradient": (message_gradient, MESSAGE_GRADIENTS)}
+                   "message_gradient": (message_gradient, MESSAGE_GRADIENTS),
+                   "va_messages": (va_messages, VA_MESSAGES)}
         for name, (value, allowed) in choices.items():  # LightningCLI checks the Literals too
             if value not in allowed:
                 raise ValueError(f"model.{name}={value!r}; choose one of {allowed}")
@@ -280,6 +288,10 @@ class SeqCommDFL(QLearner):
         if k_inner < 1 or dfl_every < 1:
             raise ValueError(f"model.k_inner={k_inner} and model.dfl_every={dfl_every} must "
                              "be >= 1")
+        if va_messages == "refined" and not (getattr(self.net.comm, "base_ctx_dim", 0)
+                                             and getattr(self.net.comm, "refinement", False)):
+            raise ValueError("model.va_messages='refined' needs a SeqCommMessenger with "
+                             "base_round: true and refinement: true; set va_messages: all")
         self.save_hyperparameters(ignore=["comm", "world_model", "implicit", "critic"])
         info = self.info
         self.implicit = implicit()
@@ -566,9 +578,13 @@ class SeqCommDFL(QLearner):
         mode = self.net.comm.training
         self.net.comm.train(False)
         try:
-            return self.net.comm(h.expand(k + 1, *h.shape), deliver)[0]
+            ctx = self.net.comm(h.expand(k + 1, *h.shape), deliver)[0]
         finally:
             self.net.comm.train(mode)
+        if self.hparams.va_messages == "refined":  # the base round learns from TD alone
+            base = self.net.comm.base_ctx_dim
+            ctx = torch.cat([ctx[..., :base].detach(), ctx[..., base:]], dim=-1)
+        return ctx
 
     def receiver_q(self, h: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         """Utilities through ``va_receiver``'s head: ``frozen`` detaches its parameters."""

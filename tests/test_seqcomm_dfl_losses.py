@@ -449,6 +449,23 @@ def test_va_body_decides_whether_message_losses_train_the_senders_states(body):
     assert (h.grad is not None and bool(h.grad.abs().sum() > 0)) == body
 
 
+@pytest.mark.parametrize("messages", ["all", "refined"])
+def test_va_messages_decides_whether_message_losses_train_the_base_round(messages):
+    """``va_messages: refined``: the counterfactual pass behind ``L_VA`` / ``L_inf`` trains the
+    refinement and not the base round (whose values get no gradient); ``all``: both."""
+    torch.manual_seed(0)
+    model = learner(va_messages=messages, va_body=False)
+    h = torch.randn(2, 3, 8)
+    model.counterfactual_utilities(None, {"h": h}).q.sum().backward()
+    comm = model.net.comm
+    assert comm.rho[0].weight.grad.abs().sum() > 0 and comm.ctx_value.weight.grad.abs().sum() > 0
+    base_grad = comm.base_value.weight.grad
+    assert (base_grad is not None and bool(base_grad.abs().sum() > 0)) == (messages == "all")
+    with pytest.raises(ValueError, match="va_messages"):
+        SeqCommDFL(INFO, comm=functools.partial(SeqCommMessenger, refinement=False),
+                   world_model_gradient="none", hidden_dim=8, va_messages="refined")
+
+
 def test_project_conflicting_removes_only_the_opposing_component_per_tensor():
     """One-sided PCGrad per tensor: where the auxiliary gradient opposes the main one it loses
     its component along it (hand-computed), even when the inner product over all tensors is

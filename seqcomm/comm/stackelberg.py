@@ -119,6 +119,7 @@ class SeqCommMessenger(Communication):
         # the base round's keys and values read phi(h_i), or h_i itself under "hidden"
         base_in = hidden_dim if base_message == "hidden" else msg_dim
         self.ctx_dim = (base_in + msg_dim if refinement else base_in) if base_round else msg_dim
+        self.base_ctx_dim = base_in if base_round else 0  # the context's leading base part
         self.discrete = self.encoder.discrete
         self.scores_labels = self.discrete and not base_round
         raw_dim = self.encoder.raw_dim
