@@ -137,6 +137,28 @@ def test_refinement_gate_starts_closed_and_learns():
     assert SeqCommMessenger(H, N, base_round=False, refinement_gate=True).refinement_gate is None
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_refinement_detach_keeps_the_refinement_off_the_bodies(detach):
+    """``refinement_detach``: the followers' refinement context is the same function of the
+    states, but with the switch no gradient reaches any state through it while the hidden base
+    round still passes its gradient and the refinement's own weights still learn."""
+    torch.manual_seed(0)
+    m = SeqCommMessenger(H, N, ordering="fixed", msg_dim=4, base_message="hidden",
+                         base_attention=False, refinement_detach=detach)
+    torch.manual_seed(0)
+    plain = SeqCommMessenger(H, N, ordering="fixed", msg_dim=4, base_message="hidden",
+                             base_attention=False)
+    h = torch.randn(5, N, H, requires_grad=True)
+    ctx, _ = m(h)
+    assert torch.allclose(ctx, plain(h)[0])
+    refined = ctx[..., H:]
+    (g,) = torch.autograd.grad(refined.sum(), h, retain_graph=True)
+    assert (g.abs().sum() == 0) == detach
+    assert _grad(ctx[:, 0, :H], h, 1).abs().sum() > 0  # the base round keeps its gradient
+    refined.sum().backward()
+    assert m.rho[0].weight.grad.abs().sum() > 0 and next(m.encoder.parameters()).grad is not None
+
+
 def test_without_base_round_the_leader_hears_nothing():
     torch.manual_seed(0)
     m = SeqCommMessenger(H, N, ordering="fixed", base_round=False)

@@ -71,6 +71,11 @@ class SeqCommMessenger(Communication):
             gate that starts at zero (with the base round): a receiver starts from the base
             round's context alone and TD opens the refinement as far as it pays (on 3m sight
             the ungated refinement cost under plain TD: docs/results.md, section 34).
+        refinement_detach: the messages ``phi(h_i)``, the refinement and the receivers'
+            attention to the refined messages read detached states, so neither TD nor a message
+            loss reaches the agents' bodies through them (only a ``base_message: hidden`` base
+            round reads ``h_i`` with its gradient); their own weights still learn. On 3m
+            sight the refinement cost under plain TD (docs/results.md, section 35).
     """
 
     zero_when_silent = True
@@ -95,6 +100,7 @@ class SeqCommMessenger(Communication):
         refinement: bool = True,
         base_attention: bool = True,
         refinement_gate: bool = False,
+        refinement_detach: bool = False,
     ) -> None:
         super().__init__(hidden_dim, n_agents)
         if base_message not in BASE_MESSAGES:
@@ -116,6 +122,7 @@ class SeqCommMessenger(Communication):
         self.base_message = base_message
         self.refinement = refinement
         self.base_attention = base_attention
+        self.refinement_detach = refinement_detach
         # the base round's keys and values read phi(h_i), or h_i itself under "hidden"
         base_in = hidden_dim if base_message == "hidden" else msg_dim
         self.ctx_dim = (base_in + msg_dim if refinement else base_in) if base_round else msg_dim
@@ -159,7 +166,8 @@ class SeqCommMessenger(Communication):
         overrides the ordering keys (see ``Ordering.forward``).
         """
         h, deliver = expand_to_deliver(h, deliver)
-        raw = self.encoder.raw(h)
+        h_msg = h.detach() if self.refinement_detach else h  # what the messages read
+        raw = self.encoder.raw(h_msg)
         base, base_labels = self.encoder.emit(raw)
         gp_pred, precedence, order = self.ordering(h, scores)
         if self.refinement:
@@ -168,12 +176,13 @@ class SeqCommMessenger(Communication):
             eye = torch.eye(h.shape[-2], device=h.device, dtype=h.dtype)
             # refinement sees the sender's own base message too (never an empty attention)
             attended = masked_attention(
-                self.refine_query(h), self.refine_key(base), self.refine_value(base), mask + eye
+                self.refine_query(h_msg), self.refine_key(base), self.refine_value(base),
+                mask + eye
             )
             refined = raw + self.rho(torch.cat([raw, attended], -1))
             messages, labels = self.encoder.emit(refined)
             ctx = masked_attention(
-                self.ctx_query(h), self.ctx_key(messages), self.ctx_value(messages), mask
+                self.ctx_query(h_msg), self.ctx_key(messages), self.ctx_value(messages), mask
             )
             if self.refinement_gate is not None:
                 ctx = self.refinement_gate * ctx
