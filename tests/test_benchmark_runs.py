@@ -1,6 +1,7 @@
 """The benchmark scripts' run lookup (``benchmarks/hospital_decisions.run_directory``): a
 run's ``version_k`` directory or its parent, and one line naming what is there otherwise; and
-``benchmarks/late_evaluations.late_figures`` on a hand-written run."""
+``benchmarks/late_evaluations.late_figures`` and ``benchmarks/learning_signals.windowed`` on a
+hand-written run."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from hospital_decisions import run_directory  # noqa: E402
 from late_evaluations import late_figures  # noqa: E402
+from learning_signals import windowed  # noqa: E402
 
 
 def finished_run(path: Path) -> Path:
@@ -37,16 +39,30 @@ def test_several_or_no_runs_are_named_in_one_line(tmp_path):
         run_directory(tmp_path / "missing")
 
 
-def test_late_figures_of_a_hand_written_run(tmp_path):
-    # 8 updates; evaluations at updates 2, 4, 6, 8; training win rates at every update
+def hand_written_run(path: Path) -> Path:
+    """8 updates; evaluations at updates 2, 4, 6, 8; training win rates at every update."""
     rows = ["step,eval/win_rate,train/win_rate,perf/env_steps"]
     rows += [f"{u},,{u / 10},{100 * u}" for u in range(1, 9)]
     rows += [f"{u},{w},," for u, w in ((2, 0.1), (4, 0.5), (6, 0.2), (8, 0.4))]
-    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    (path / "metrics.csv").write_text("\n".join(rows) + "\n")
     summary = {"eval": {"win_rate": 0.05}, "updates": 8, "env_steps": 800}
-    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    (path / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+def test_late_figures_of_a_hand_written_run(tmp_path):
+    hand_written_run(tmp_path)
     got = late_figures(tmp_path, "win_rate", last=2)
     assert got["final"] == 0.05  # summary.json, not the last logged evaluation
     assert got["last_mean"] == pytest.approx(0.3)  # (0.2 + 0.4) / 2
     assert got["late_swing"] == pytest.approx(0.2)  # second half 0.2 -> 0.4
     assert got["train_late"] == pytest.approx(0.75)  # updates 7 and 8: from 7/8 of the run
+
+
+def test_learning_signals_average_each_span_of_updates(tmp_path):
+    got = windowed(hand_written_run(tmp_path), ["train/win_rate", "eval/win_rate"], windows=4)
+    # updates 1-2, 3-4, 5-6, 7-8
+    assert got["train/win_rate"] == pytest.approx([0.15, 0.35, 0.55, 0.75])
+    assert got["eval/win_rate"] == pytest.approx([0.1, 0.5, 0.2, 0.4])
+    spans = windowed(tmp_path, ["eval/win_rate"], windows=16)["eval/win_rate"]
+    assert [v for v in spans if v == v] == pytest.approx([0.1, 0.5, 0.2, 0.4])  # rest empty
