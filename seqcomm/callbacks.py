@@ -182,7 +182,9 @@ class SaveOnInterrupt(L.Callback):
 
 class RunCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` that also saves ``last.ckpt`` at the update where
-    ``--trainer.max_steps`` stops training, so ``--ckpt_path last`` goes on from there.
+    ``--trainer.max_steps`` or the frame budget stops training, so ``--ckpt_path last`` goes
+    on from there and ``last.ckpt`` holds the policy ``summary.json`` scores (with periodic
+    checkpoints alone it held the last multiple of ``every_n_train_steps``).
 
     A run is one Lightning epoch over ``EpisodeData.batches``. Without this, a run stopped by
     ``max_steps`` before any periodic checkpoint gets its ``last.ckpt`` from Lightning's
@@ -196,6 +198,7 @@ class RunCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        stops = 0 <= trainer.max_steps <= trainer.global_step
+        stops = (0 <= trainer.max_steps <= trainer.global_step
+                 or getattr(trainer.datamodule, "exhausted", False))
         if stops and self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -180,6 +180,11 @@ class EpisodeData(L.LightningDataModule):
             self.pending -= 1
             yield self.buffer.sample()
 
+    @property
+    def exhausted(self) -> bool:
+        """The frame budget is collected and every update it owes has been yielded."""
+        return self.pending == 0 and self.frames >= self.total_frames
+
     def train_dataloader(self) -> DataLoader:
         # Workers would each spawn a collector (torchrl sets the spawn start method), and the
         # default collate breaks TensorDicts: batch_size=None with an identity collate.

@@ -64,3 +64,12 @@ def test_resumed_run_equals_uninterrupted_run(fit_matrix, tmp_path, single_state
     a, b = read_summary(full), read_summary(resumed)
     assert (b["updates"], b["env_steps"], b["eval"]) == (a["updates"], a["env_steps"], a["eval"])
 
+
+
+def test_last_checkpoint_holds_the_final_update(fit_matrix):
+    """A run that ends at its frame budget between periodic checkpoints (every 200 updates)
+    saves ``last.ckpt`` at its final update: the policy its ``summary.json`` scores."""
+    run = fit_matrix(f"--data.total_frames={matrix_frames(330)}", run_name="end")
+    assert read_summary(run)["updates"] == 330
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 330
