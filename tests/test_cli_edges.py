@@ -314,8 +314,8 @@ def test_checkpoint_of_another_messenger(fit_matrix, tmp_path, capfd, monkeypatc
     assert "does not fit the configured QLearner (CommNet messenger)" in line, line
     assert "weights differ" in line and str(run / "config.yaml") in line
     assert not (tmp_path / "runs").exists()
-    # (the checkpoint ends a finished run: the resumed one loads it and has nothing left to do)
-    resumed = fit_matrix(*tarmac, "--ckpt_path", ckpt)
+    # (the checkpoint ends a finished run: resumed with the same budget, it has nothing left)
+    resumed = fit_matrix(*tarmac, f"--data.total_frames={matrix_frames(3)}", "--ckpt_path", ckpt)
     assert resumed != run and read_summary(resumed)["updates"] == 3
     assert "TarMAC" in (resumed / "config.yaml").read_text()
 

@@ -68,8 +68,12 @@ def test_resumed_run_equals_uninterrupted_run(fit_matrix, tmp_path, single_state
 
 def test_last_checkpoint_holds_the_final_update(fit_matrix):
     """A run that ends at its frame budget between periodic checkpoints (every 200 updates)
-    saves ``last.ckpt`` at its final update: the policy its ``summary.json`` scores."""
+    saves ``last.ckpt`` at its final update: the policy its ``summary.json`` scores. Resumed
+    with a larger budget, it trains on to that budget."""
     run = fit_matrix(f"--data.total_frames={matrix_frames(330)}", run_name="end")
     assert read_summary(run)["updates"] == 330
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 330
+    longer = fit_matrix(f"--data.total_frames={matrix_frames(400)}", "--ckpt_path", "last",
+                        run_name="end")
+    assert longer != run and read_summary(longer)["updates"] == 400
