@@ -30,12 +30,13 @@ def windowed(run_dir: Path, columns: list[str], windows: int) -> dict[str, list[
     """Per column, the mean of its logged values in each of ``windows`` spans of updates."""
     updates = json.loads((run_dir / "summary.json").read_text())["updates"]
     sums = {c: [[] for _ in range(windows)] for c in columns}
-    for row in csv.DictReader((run_dir / "metrics.csv").open()):
-        # steps count updates from 1: update u falls in span (u - 1) * windows // updates
-        span = min(max(int(row["step"]) - 1, 0) * windows // max(updates, 1), windows - 1)
-        for c in columns:
-            if row.get(c):
-                sums[c][span].append(float(row[c]))
+    with (run_dir / "metrics.csv").open() as f:
+        for row in csv.DictReader(f):
+            # steps count updates from 1: update u falls in span (u - 1) * windows // updates
+            span = min(max(int(row["step"]) - 1, 0) * windows // max(updates, 1), windows - 1)
+            for c in columns:
+                if row.get(c):
+                    sums[c][span].append(float(row[c]))
     return {c: [statistics.fmean(v) if v else math.nan for v in spans]
             for c, spans in sums.items()}
 
