@@ -137,6 +137,29 @@ def test_refinement_gate_starts_closed_and_learns():
     assert SeqCommMessenger(H, N, base_round=False, refinement_gate=True).refinement_gate is None
 
 
+def test_refinement_dropout_zeroes_whole_refinement_parts_in_training_only():
+    """``refinement_dropout``: in training mode some receivers' refinement part is zeroed as
+    a whole, the kept ones are scaled by ``1 / (1 - p)``, the base part is untouched; in eval
+    mode the context is the plain messenger's."""
+    torch.manual_seed(0)
+    drop = SeqCommMessenger(H, N, ordering="fixed", msg_dim=4, refinement_dropout=0.5)
+    torch.manual_seed(0)
+    plain = SeqCommMessenger(H, N, ordering="fixed", msg_dim=4)
+    h = torch.randn(64, N, H)
+    ref, _ = plain(h)
+    ctx, _ = drop(h)
+    assert drop.samples() and not plain.samples()
+    assert torch.allclose(ctx[..., :4], ref[..., :4])
+    zeroed = (ctx[..., 4:] == 0).all(-1)
+    kept = ~zeroed & (ref[..., 4:] != 0).any(-1)  # the leader's refinement part is zero anyway
+    assert 0 < zeroed[:, 1:].float().mean() < 1
+    assert torch.allclose(ctx[..., 4:][kept], 2 * ref[..., 4:][kept], atol=1e-6)
+    drop.eval()
+    assert torch.allclose(drop(h)[0], ref) and not drop.samples()
+    with pytest.raises(ValueError, match="refinement_dropout"):
+        SeqCommMessenger(H, N, refinement_dropout=1.0)
+
+
 @pytest.mark.parametrize("detach", [False, True])
 def test_refinement_detach_keeps_the_refinement_off_the_bodies(detach):
     """``refinement_detach``: the followers' refinement context is the same function of the

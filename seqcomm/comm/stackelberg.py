@@ -76,6 +76,12 @@ class SeqCommMessenger(Communication):
             loss reaches the agents' bodies through them (only a ``base_message: hidden`` base
             round reads ``h_i`` with its gradient); their own weights still learn. On 3m
             sight the refinement cost under plain TD (docs/results.md, section 35).
+        refinement_dropout: message dropout (Kim et al., 2019) on the followers' refinement
+            context: in training mode each receiver's refinement part is zeroed with this
+            probability (the rest scaled by ``1 / (1 - p)``, so evaluation reads it unscaled),
+            so receivers cannot come to rest on it alone; the base part is untouched. On 3m
+            sight the policies read the refinement against their interest late in training
+            (docs/results.md, sections 34 and 37).
     """
 
     zero_when_silent = True
@@ -101,6 +107,7 @@ class SeqCommMessenger(Communication):
         base_attention: bool = True,
         refinement_gate: bool = False,
         refinement_detach: bool = False,
+        refinement_dropout: float = 0.0,
     ) -> None:
         super().__init__(hidden_dim, n_agents)
         if base_message not in BASE_MESSAGES:
@@ -111,6 +118,8 @@ class SeqCommMessenger(Communication):
         if not refinement and not base_round:
             raise ValueError("refinement: false leaves only the base round; it needs "
                              "base_round: true")
+        if not 0.0 <= refinement_dropout < 1.0:
+            raise ValueError(f"refinement_dropout={refinement_dropout}; a probability in [0, 1)")
         if message == "discrete" and not straight_through and base_round:
             raise ValueError("discrete labels without straight_through learn only from the "
                              "exact label scoring, which needs base_round: false; set "
@@ -123,6 +132,7 @@ class SeqCommMessenger(Communication):
         self.refinement = refinement
         self.base_attention = base_attention
         self.refinement_detach = refinement_detach
+        self.refinement_dropout = refinement_dropout
         # the base round's keys and values read phi(h_i), or h_i itself under "hidden"
         base_in = hidden_dim if base_message == "hidden" else msg_dim
         self.ctx_dim = (base_in + msg_dim if refinement else base_in) if base_round else msg_dim
@@ -186,6 +196,9 @@ class SeqCommMessenger(Communication):
             )
             if self.refinement_gate is not None:
                 ctx = self.refinement_gate * ctx
+            if self.refinement_dropout > 0 and self.training:  # one draw per receiver
+                keep = torch.rand_like(ctx[..., :1]) >= self.refinement_dropout
+                ctx = ctx * keep / (1.0 - self.refinement_dropout)
         else:
             refined, messages, labels, ctx = raw, base, base_labels, None
         if self.base_round:
@@ -206,9 +219,11 @@ class SeqCommMessenger(Communication):
                                   order=order)
 
     def samples(self) -> bool:
-        """Gumbel labels in training mode and random orders draw random numbers."""
+        """Gumbel labels and the refinement's dropout in training mode, and random orders, draw
+        random numbers."""
         gumbel = self.encoder.discrete and self.encoder.gumbel_noise and self.training
-        return bool(gumbel or self.ordering.mode == "random")
+        dropout = self.refinement and self.refinement_dropout > 0 and self.training
+        return bool(gumbel or dropout or self.ordering.mode == "random")
 
     @property
     def message_dim(self) -> int:
