@@ -65,7 +65,6 @@ def test_resumed_run_equals_uninterrupted_run(fit_matrix, tmp_path, single_state
     assert (b["updates"], b["env_steps"], b["eval"]) == (a["updates"], a["env_steps"], a["eval"])
 
 
-
 def test_last_checkpoint_holds_the_final_update(fit_matrix):
     """A run that ends at its frame budget between periodic checkpoints (every 200 updates)
     saves ``last.ckpt`` at its final update: the policy its ``summary.json`` scores. Resumed
