@@ -50,6 +50,7 @@ CG5 = _dfl("world_model_gradient=implicit", "implicit.init_args.solver=cg",
            "implicit.init_args.iters=5")
 K2 = _dfl("counterfactual_senders=2")  # counterfactual passes for 2 sampled senders
 R2 = _dfl("counterfactual_receivers=2")  # the critic's switch values for 2 sampled receivers
+GP0 = _dfl("lambda_gp=0")  # no guidance-potential regression (nothing reads it: fixed order)
 #: name -> (group, description, config files, overrides)
 ROWS: dict[str, tuple[str, str, list[str], list[str]]] = {
     "qmix": ("hospital", "QMIX, no communication (QLearner)", [HOSPITAL], []),
@@ -58,6 +59,10 @@ ROWS: dict[str, tuple[str, str, list[str], list[str]]] = {
     "identity": ("hospital", "SeqComm-DFL, implicit identity", [HOSPITAL, METHOD],
                  _dfl("world_model_gradient=implicit", "implicit.init_args.solver=identity")),
     "cg5": ("hospital", "SeqComm-DFL, implicit cg 5", [HOSPITAL, METHOD], CG5),
+    "cg5gp0": ("hospital", "SeqComm-DFL, implicit cg 5, lambda_gp 0", [HOSPITAL, METHOD],
+               [*CG5, *GP0]),
+    "nonegp0": ("hospital", "SeqComm-DFL, world_model_gradient none, lambda_gp 0",
+                [HOSPITAL, METHOD], [*_dfl("world_model_gradient=none"), *GP0]),
     "cg20": ("hospital", "SeqComm-DFL, implicit cg 20", [HOSPITAL, METHOD],
              _dfl("world_model_gradient=implicit", "implicit.init_args.solver=cg",
                   "implicit.init_args.iters=20")),
@@ -264,7 +269,7 @@ def verdicts(results: list[dict], args: argparse.Namespace) -> list[str]:
     key = "wall_ms" if args.device == "cuda" else "cpu_ms"
     by_name = {r["row"]: r for r in results if "error" not in r}
     out = []
-    for row in ("cg5", "cg5k2", "cg5k2r2", "cg5e4", "cg5e8"):
+    for row in ("cg5", "cg5gp0", "cg5k2", "cg5k2r2", "cg5e4", "cg5e8"):
         if row in by_name and "qmix" in by_name:
             ratio = by_name[row][key] / by_name["qmix"][key]
             out.append(f"- {ROWS[row][1]} / QMIX on hospital: {ratio:.2f}x (target <= 2.5x: "

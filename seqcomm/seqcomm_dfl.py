@@ -126,7 +126,10 @@ class SeqCommDFL(QLearner):
         lambda_va: weight of ``L_VA``.
         lambda_inf: weight of ``L_inf``.
         lambda_aware: weight of ``L_aware``.
-        lambda_gp: weight of the guidance-potential regression of the ordering head.
+        lambda_gp: weight of the guidance-potential regression of the ordering head; 0 skips
+            it (its greedy passes and critic calls too). Under ``ordering: fixed`` or
+            ``random`` nothing reads the head it trains, so 0 only saves time there (but for
+            the global gradient-norm clip, which no longer counts the head's gradient).
         lambda_recon: weight of the reconstruction loss (``value_aware: false``).
         lambda_state: weight of the receivers' state loss (``ReceiverStateHead``: the global
             state decoded from each receiver's detached state and its context, so that messages
@@ -387,8 +390,9 @@ class SeqCommDFL(QLearner):
             out["mi"], out["entropy"] = self.label_losses(aux.label_probs)
         cf = self.counterfactual_utilities(batch, cache)
         if aux.gp_pred is not None:
-            out["gp"], out["gp_mean"] = self.guidance_potential_loss(batch, cache, cf)
             out["order_entropy"] = order_entropy(aux.order.reshape(-1, n))
+        if self.regresses_order(aux):
+            out["gp"], out["gp_mean"] = self.guidance_potential_loss(batch, cache, cf)
         out["aware"] = self.awareness_loss(batch, cache)
         out["state"] = self.receiver_state_loss(batch, cache)
         if not hp.value_aware:
@@ -421,10 +425,15 @@ class SeqCommDFL(QLearner):
     def critic_loss(self, batch: TensorDictBase, cache: dict) -> torch.Tensor:
         """The full-information critic's regression on the same TD targets as ``Q_tot``
         (zero when nothing reads the critic)."""
-        if not (self.hparams.value_aware or cache["aux"].gp_pred is not None):
+        if not (self.hparams.value_aware or self.regresses_order(cache["aux"])):
             return cache["q"].new_zeros(())
         joint = torch.nn.functional.one_hot(batch[ACTION], self.info.n_actions)
         return self.critic.loss(batch[STATE], joint.to(cache["h"].dtype), cache["target"])
+
+    def regresses_order(self, aux: MessageOutput) -> bool:
+        """Whether the ordering head's guidance-potential regression runs (``lambda_gp > 0``
+        and a messenger with an ordering head)."""
+        return aux.gp_pred is not None and self.hparams.lambda_gp > 0
 
     def label_losses(self, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(-I(labels), -E[H(p)])`` of discrete senders' label probabilities (the entropy

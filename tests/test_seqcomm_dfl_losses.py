@@ -292,6 +292,29 @@ def test_value_aware_losses_start_at_va_start_fraction():
         learner(va_start_fraction=1.5)
 
 
+@pytest.mark.parametrize("lambda_gp", [0.0, 1.0])
+def test_lambda_gp_zero_skips_the_guidance_potential_regression(lambda_gp, monkeypatch):
+    """``lambda_gp: 0``: no guidance-potential target is computed, the loss is zero and the
+    ordering head gets no gradient; otherwise the regression trains the head."""
+    torch.manual_seed(0)
+    env = MatrixGame(8, seed=1)
+    model = SeqCommDFL(env_info(env), comm=functools.partial(SeqCommMessenger, ordering="fixed"),
+                       world_model_gradient="none", hidden_dim=8, lambda_gp=lambda_gp)
+    calls = []
+    target = model.guidance_potential_target
+    monkeypatch.setattr(model, "guidance_potential_target",
+                        lambda *a: calls.append(1) or target(*a))
+    batch = matrix_batch(env)
+    _, cache = model.td_loss(batch)
+    out = model.message_losses(batch, cache)
+    assert len(calls) == int(lambda_gp > 0)
+    assert out["gp"].requires_grad == (lambda_gp > 0)
+    if lambda_gp > 0:
+        out["gp"].backward()
+        psi = model.net.comm.ordering.psi[0].weight.grad
+        assert psi is not None and psi.abs().sum() > 0
+
+
 def test_lookahead_receiver_learns_its_pools_best_action():
     """Under ``label_scoring: lookahead`` the receiver's utilities under each label move toward
     the best action of that (receiver observation, label) pool by the critic's values, even
