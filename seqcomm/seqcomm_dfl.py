@@ -129,7 +129,8 @@ class SeqCommDFL(QLearner):
         lambda_gp: weight of the guidance-potential regression of the ordering head; 0 skips
             it (its greedy passes and critic calls too). Under ``ordering: fixed`` or
             ``random`` nothing reads the head it trains, so 0 only saves time there (but for
-            the global gradient-norm clip, which no longer counts the head's gradient).
+            the global gradient-norm clip, which no longer counts the head's gradient); under
+            ``prosocial`` the order then follows the untrained head.
         lambda_recon: weight of the reconstruction loss (``value_aware: false``).
         lambda_state: weight of the receivers' state loss (``ReceiverStateHead``: the global
             state decoded from each receiver's detached state and its context, so that messages
