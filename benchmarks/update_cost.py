@@ -18,15 +18,23 @@ moment; on CUDA ``torch.cuda.max_memory_allocated`` over the allocation at that 
     python benchmarks/update_cost.py                      # every row, CPU, one thread
     python benchmarks/update_cost.py --rows qmix cg5 --updates 20
     python benchmarks/update_cost.py --device cuda --json cost.json
+    python benchmarks/update_cost.py --rows none cg5 --breakdown 12   # where the time goes
+
+``--breakdown K`` runs the timed updates under ``cProfile`` and lists, per row, the K functions
+of the ``seqcomm`` package with the most cumulative time per update (nested: a function's time
+holds its callees') and their share of ``training_step``; the profiler inflates every time, so
+read the shares, and take the table's milliseconds from a run without it.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import math
 import os
 import platform
+import pstats
 import re
 import resource
 import statistics
@@ -158,6 +166,7 @@ def measure_row(name: str, args: argparse.Namespace) -> dict:
     cpu: list[float] = []
     memory: dict[str, float] = {}
     step = model.training_step
+    profiler = cProfile.Profile() if args.breakdown else None
 
     def training_step(self, dataloader_iter) -> None:  # Lightning looks for this signature
         item = next(dataloader_iter)  # replay sample, outside the clock
@@ -172,8 +181,13 @@ def measure_row(name: str, args: argparse.Namespace) -> dict:
                 memory["ru_start"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         sync()
         t0, c0 = time.perf_counter(), time.process_time()
+        profiled = profiler is not None and len(wall) >= args.warmup
+        if profiled:
+            profiler.enable()
         step(iter([item]))
         sync()
+        if profiled:
+            profiler.disable()
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
 
@@ -204,7 +218,20 @@ def measure_row(name: str, args: argparse.Namespace) -> dict:
         "cpu_ms": 1e3 * summarise(cpu[timed]),
         "wall_ms_min": 1e3 * min(wall[timed]), "peak_mib": peak / 2**20,
         "updates": args.updates,
+        **({"breakdown": breakdown(profiler, args)} if profiler else {}),
     }
+
+
+def breakdown(profiler: cProfile.Profile, args: argparse.Namespace) -> list[list]:
+    """``[function, ms per update, share of training_step]`` of the ``args.breakdown``
+    package functions with the most cumulative time (``training_step`` first)."""
+    package = str(REPO / "seqcomm")
+    rows = [(f"{Path(file).stem}.{name}", cumulative)
+            for (file, _, name), (_, _, _, cumulative, _) in pstats.Stats(profiler).stats.items()
+            if file.startswith(package)]
+    rows.sort(key=lambda r: -r[1])
+    total = max((t for name, t in rows if name.endswith(".training_step")), default=rows[0][1])
+    return [[name, 1e3 * t / args.updates, t / total] for name, t in rows[: args.breakdown + 1]]
 
 
 # -- the table ------------------------------------------------------------------------------
@@ -230,7 +257,7 @@ def run_rows(args: argparse.Namespace) -> list[dict]:
         cmd = [sys.executable, __file__, "--row", name, "--updates", str(args.updates),
                "--warmup", str(args.warmup), "--device", args.device, "--threads",
                str(args.threads), "--scaling-limit", str(args.scaling_limit),
-               "--max-memory-gib", str(args.max_memory_gib)]
+               "--max-memory-gib", str(args.max_memory_gib), "--breakdown", str(args.breakdown)]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         rows = [line[4:] for line in proc.stdout.splitlines() if line.startswith("ROW ")]
         if proc.returncode != 0 or not rows:
@@ -261,6 +288,15 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
         ratio = f"{r[key] / ref[key]:.2f}" if ref else ""
         lines.append(f"| {r['group']} | {desc} | {r['n_agents']} | {r['batch']} x {r['steps']} | "
                      f"{r['wall_ms']:.1f} | {r['cpu_ms']:.1f} | {ratio} | {r['peak_mib']:.1f} |")
+    return "\n".join(lines)
+
+
+def breakdown_table(results: list[dict]) -> str:
+    lines = ["| row | function (cumulative) | ms/update | share of the update |",
+             "| --- | --- | ---: | ---: |"]
+    for r in results:
+        for name, ms, share in r.get("breakdown", []):
+            lines.append(f"| {r['row']} | `{name}` | {ms:.1f} | {share:.0%} |")
     return "\n".join(lines)
 
 
@@ -307,10 +343,15 @@ def main() -> None:
                         help="address-space limit of each row's process beyond its size at "
                              "start (default: half the memory available now; 0: none)")
     parser.add_argument("--json", help="also write the raw rows to this file")
+    parser.add_argument("--breakdown", type=int, default=0, metavar="K",
+                        help="profile the timed updates and list each row's K costliest "
+                             "package functions (cumulative; inflated times, read the shares)")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # internal: one row, this process
     args = parser.parse_args()
-    if args.updates < 1 or args.warmup < 1 or args.threads < 1 or args.scaling_limit < 0:
-        parser.error("--updates, --warmup and --threads must be >= 1, --scaling-limit >= 0")
+    if (args.updates < 1 or args.warmup < 1 or args.threads < 1 or args.scaling_limit < 0
+            or args.breakdown < 0):
+        parser.error("--updates, --warmup and --threads must be >= 1, --scaling-limit and "
+                     "--breakdown >= 0")
     if args.row:
         try:
             row = measure_row(args.row, args)
@@ -337,6 +378,9 @@ def main() -> None:
     print(table(results, args))
     print()
     print("\n".join(verdicts(results, args)))
+    if args.breakdown:
+        print("\nUnder cProfile (times inflated; read the shares):\n")
+        print(breakdown_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine(args), "rows": results},
                                               indent=2))

@@ -1,10 +1,12 @@
 """The benchmark scripts' run lookup (``benchmarks/hospital_decisions.run_directory``): a
 run's ``version_k`` directory or its parent, and one line naming what is there otherwise; and
 ``benchmarks/late_evaluations.late_figures`` and ``benchmarks/learning_signals.windowed`` on a
-hand-written run."""
+hand-written run; ``benchmarks/update_cost.breakdown`` on a profiled call."""
 
 from __future__ import annotations
 
+import argparse
+import cProfile
 import json
 import sys
 from pathlib import Path
@@ -16,6 +18,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from hospital_decisions import run_directory  # noqa: E402
 from late_evaluations import late_figures  # noqa: E402
 from learning_signals import windowed  # noqa: E402
+from update_cost import breakdown  # noqa: E402
+
+from seqcomm.comm.ordering import order_entropy, precedence_from_order  # noqa: E402
 
 
 def finished_run(path: Path) -> Path:
@@ -66,3 +71,22 @@ def test_learning_signals_average_each_span_of_updates(tmp_path):
     assert got["eval/win_rate"] == pytest.approx([0.1, 0.5, 0.2, 0.4])
     spans = windowed(tmp_path, ["eval/win_rate"], windows=16)["eval/win_rate"]
     assert [v for v in spans if v == v] == pytest.approx([0.1, 0.5, 0.2, 0.4])  # rest empty
+
+
+def test_the_breakdown_lists_package_functions_by_cumulative_time_per_update():
+    import torch
+
+    order = torch.arange(3).repeat(64, 1)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(4):
+        precedence_from_order(order)
+        order_entropy(order)
+    profiler.disable()
+    rows = breakdown(profiler, argparse.Namespace(updates=4, breakdown=5))
+    names = [name for name, _, _ in rows]
+    assert {"ordering.precedence_from_order", "ordering.order_entropy"} <= set(names)
+    assert not any(name.startswith(("torch", "test_")) for name in names)  # the package only
+    times = [ms for _, ms, _ in rows]
+    assert times == sorted(times, reverse=True) and times[-1] > 0
+    assert rows[0][2] == 1.0 and all(0 < share <= 1 for _, _, share in rows)
