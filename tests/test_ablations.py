@@ -219,7 +219,13 @@ def ordering_switch(name: str):
             assert set(entropy) == {0.0}
         elif name == "random":  # every agent leads some steps
             assert min(entropy) > 0
-        assert min(values(metrics, "loss/gp")) > 0  # psi regresses on guidance potential
+        # psi regresses on guidance potential where the order reads it: the method file
+        # turns the regression off, the prosocial file back on
+        gp = values(metrics, "loss/gp")
+        if name == "prosocial":
+            assert config["model"]["init_args"]["lambda_gp"] > 0 and min(gp) > 0
+        else:
+            assert config["model"]["init_args"]["lambda_gp"] == 0 and set(gp) == {0.0}
     return check
 
 
