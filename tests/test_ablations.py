@@ -284,10 +284,26 @@ def channel_switch(name: str):
     return check
 
 
+def refinement_switch(name: str):
+    def check(metrics, config):
+        args = msg_args(config)
+        assert args["refinement"] is (name != "off")
+        assert args["refinement_gate"] is (name == "gate")
+        assert args["refinement_dropout"] == (0.2 if name == "dropout" else 0.0)
+        logged = values(metrics, "comm/bits_per_step")
+        # without the refinement the receivers hear the base round's hidden states alone
+        hidden = 32.0 * config["model"]["init_args"]["hidden_dim"]
+        assert logged and set(logged) == {hidden if name == "off" else bits(config)}
+        assert name == "off" or bits(config) > hidden
+        assert values(metrics, "loss/va"), "the value-aware loss did not run"
+    return check
+
+
 SWITCHES = {"gradient": gradient_switch, "messages": messages_switch,
             "ordering": ordering_switch, "value_aware": value_aware_switch,
             "evaluator": evaluator_switch, "confidence": confidence_switch,
-            "receiver_state": receiver_state_switch, "channel": channel_switch}
+            "receiver_state": receiver_state_switch, "channel": channel_switch,
+            "refinement": refinement_switch}
 
 
 @pytest.mark.parametrize("ablation", ABLATIONS)

@@ -79,7 +79,9 @@ def test_dry_run_builds_five_seeds_times_the_grid(sweep, capsys):
         assert cmd[:1] == ["seqcomm"] and cmd[1:1 + len(fixed)] == fixed
         (seed,) = option(cmd, "seed_everything")
         configs = option(cmd, "config")
-        assert configs[:2] == ["conf/hospital.yaml", "conf/methods/seqcomm_dfl.yaml"]
+        task = configs[0]  # hospital, or 3m sight for the refinement's variants
+        assert task in ("conf/hospital.yaml", "conf/microcombat_3m_sight.yaml"), task
+        assert configs[1] == "conf/methods/seqcomm_dfl.yaml"
         assert len(configs) == 3  # the ablation stacks last
         points.add((int(seed), configs[2]))
     assert points == {(s, f) for s in SEEDS for f in files}
