@@ -11,7 +11,15 @@ type j-1, its to treat, or type j+1, not), reads:
 - ``critic``: (SeqComm-DFL) how often the team critic ranks "treat this bed" above "idle"
   exactly when the bed is treatable: whether the evaluator of the value-aware losses knows.
 
+``--per-agent`` prints every column per receiver (the leader of a fixed order first).
+``--probe`` asks, per receiver j, whether the bit it needs (bed k's risk is j-1's, so the bed is
+j's to treat) can be read at all on its ambiguous beds: balanced held-out accuracy of a small
+classifier from ``h_j`` (chance), from ``[h_j, ctx_j]`` (what the messages delivered) and from
+``[h_j, h_{j-1}]`` (what the one sender who knows holds). Delivered but not acted on is the
+receivers' take-up; held but not delivered is the channel.
+
     python benchmarks/hospital_decisions.py runs/ladder_hospital/tarmac_s0/version_0
+    python benchmarks/hospital_decisions.py RUN --per-agent --probe
 """
 
 from __future__ import annotations
@@ -83,15 +91,20 @@ def ward(run_dir: Path) -> dict:
 
 
 @torch.no_grad()
-def decisions(model: QLearner, n_envs: int, seed: int, **ward) -> dict[str, float]:
+def decisions(model: QLearner, n_envs: int, seed: int,
+              **ward) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per receiver ``[n]`` counts of ambiguous beds (see ``shares``) and the rollout's
+    recorded ``h``, ``ctx`` ``[T*E, n, .]``, ``needed`` (bed k's risk is j-1's) and
+    ``ambiguous`` ``[T*E, n, K]`` for ``routing_probe``."""
     env = Hospital(num_envs=n_envs, seed=seed, **ward)
     net, n, K = model.net, env.n_agents, env.n_beds
     td = env.reset()
     h = torch.zeros(n_envs, n, net.agent.hidden_dim)
     counts: dict[str, torch.Tensor] = {}
+    record: dict[str, list[torch.Tensor]] = {"h": [], "ctx": [], "needed": [], "ambiguous": []}
 
-    def add(key: str, value: torch.Tensor) -> None:
-        counts[key] = counts.get(key, 0) + value.sum().float()
+    def add(key: str, value: torch.Tensor) -> None:  # summed over copies and beds
+        counts[key] = counts.get(key, 0) + value.sum((0, 2)).float()
 
     for _ in range(env.episode_limit):
         j = torch.arange(n).view(1, n, 1)
@@ -107,7 +120,10 @@ def decisions(model: QLearner, n_envs: int, seed: int, **ward) -> dict[str, floa
         add("treatable", ambiguous & treatable)
         add("not", ambiguous & ~treatable)
         critic = getattr(model, "critic", None)
-        q, _ = net.utilities(h)
+        q, out = net.utilities(h)
+        for key, value in (("h", h), ("ctx", out.ctx), ("needed", treatable),
+                           ("ambiguous", ambiguous)):
+            record[key].append(value)
         action = masked_argmax(q, td[MASK])
         if critic is not None:  # RGMComm's critic reads the joint observations
             joint_obs = isinstance(model, RGMCommLearner)
@@ -117,15 +133,58 @@ def decisions(model: QLearner, n_envs: int, seed: int, **ward) -> dict[str, floa
             add("critic right", (says_treat == treatable) & ambiguous)
         td["agents", "action"] = action
         td = env.step_and_maybe_reset(td)[1]
-    out = {f"{name}: treat if ok": float(counts[f"{name} treat|treatable"]
-                                         / counts["treatable"])
-           for name in ("messages", "masked")}
-    out.update({f"{name}: treat if not": float(counts[f"{name} treat|not"] / counts["not"])
-                for name in ("messages", "masked")})
+    return counts, {k: torch.cat(v) for k, v in record.items()}
+
+
+def shares(counts: dict[str, torch.Tensor], per_agent: bool) -> dict[str, torch.Tensor]:
+    """The module docstring's columns from ``decisions``' counts: per receiver ``[n]``, or
+    pooled over receivers (scalars)."""
+    total = (lambda c: c) if per_agent else (lambda c: c.sum())
+    out = {f"{name}: treat if {truth}": total(counts[f"{name} treat|{key}"]) / total(counts[key])
+           for name in ("messages", "masked")
+           for truth, key in (("ok", "treatable"), ("not", "not"))}
     if "critic right" in counts:
-        out["critic right"] = float(counts["critic right"] / (counts["treatable"]
-                                                              + counts["not"]))
+        out["critic right"] = total(counts["critic right"]) / total(counts["treatable"]
+                                                                     + counts["not"])
     return out
+
+
+def balanced_accuracy(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                      train: torch.Tensor, updates: int = 800) -> float:
+    """Held-out balanced accuracy on the ``mask`` entries of a one-hidden-layer classifier
+    ``x [R, D]`` -> bits ``y [R, K]`` fitted on the ``train`` rows."""
+    torch.manual_seed(0)
+    x = (x - x[train].mean(0)) / x[train].std(0).clamp_min(1e-6)
+    probe = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 128), torch.nn.ReLU(),
+                                torch.nn.Linear(128, y.shape[1]))
+    opt = torch.optim.Adam(probe.parameters(), lr=3e-3)
+    xt, yt, mt = x[train], y[train].float(), mask[train].float()
+    with torch.enable_grad():
+        for _ in range(updates):
+            idx = torch.randint(len(xt), (1024,))
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                probe(xt[idx]), yt[idx], weight=mt[idx], reduction="sum") / mt[idx].sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    test = ~train
+    said, truth, seen = probe(x[test]) > 0, y[test], mask[test]
+    hit = (said == truth) & seen
+    return 0.5 * float((hit & truth).sum() / (truth & seen).sum()
+                       + (hit & ~truth).sum() / (~truth & seen).sum())
+
+
+def routing_probe(record: dict[str, torch.Tensor], n_envs: int) -> dict[str, torch.Tensor]:
+    """Per receiver j ``[n]``: can the bits j needs be read from ``h_j``, ``[h_j, ctx_j]``,
+    ``[h_j, h_{j-1}]`` (held out: the last quarter of the copies)?"""
+    h, ctx, needed, ambiguous = (record[k] for k in ("h", "ctx", "needed", "ambiguous"))
+    train = torch.arange(len(h)) % n_envs < (3 * n_envs) // 4
+    n = h.shape[1]
+    inputs = {"probe: from h_j": lambda j: h[:, j],
+              "probe: from [h_j, ctx_j]": lambda j: torch.cat([h[:, j], ctx[:, j]], -1),
+              "probe: from [h_j, h_j-1]": lambda j: torch.cat([h[:, j], h[:, (j - 1) % n]], -1)}
+    return {name: torch.tensor([balanced_accuracy(x(j), needed[:, j], ambiguous[:, j], train)
+                                for j in range(n)]) for name, x in inputs.items()}
 
 
 def main() -> None:
@@ -133,14 +192,27 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (version_k)")
     parser.add_argument("--envs", type=int, default=256)
     parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--per-agent", action="store_true",
+                        help="one value per receiver in every cell (the leader first)")
+    parser.add_argument("--probe", action="store_true",
+                        help="also the routing probe: can each receiver read the bit it needs")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = [(run, decisions(load(run), args.envs, args.seed, **ward(run))) for run in args.runs]
+    rows = []
+    for run in args.runs:
+        counts, record = decisions(load(run), args.envs, args.seed, **ward(run_directory(run)))
+        row = shares(counts, args.per_agent)
+        if args.probe:
+            row.update({k: v if args.per_agent else v.mean()
+                        for k, v in routing_probe(record, args.envs).items()})
+        rows.append((run, row))
     keys = sorted({k for _, r in rows for k in r})
     print("| run | " + " | ".join(keys) + " |")
     print("| --- |" + " ---: |" * len(keys))
     for run, r in rows:
-        print(f"| {run} | " + " | ".join(f"{r[k]:.2f}" if k in r else "" for k in keys) + " |")
+        cells = (" ".join(f"{v:.2f}" for v in r[k].reshape(-1).tolist()) if k in r else ""
+                 for k in keys)
+        print(f"| {run} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

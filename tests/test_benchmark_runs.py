@@ -1,7 +1,8 @@
 """The benchmark scripts' run lookup (``benchmarks/hospital_decisions.run_directory``): a
 run's ``version_k`` directory or its parent, and one line naming what is there otherwise; and
 ``benchmarks/late_evaluations.late_figures`` and ``benchmarks/learning_signals.windowed`` on a
-hand-written run; ``benchmarks/update_cost.breakdown`` on a profiled call."""
+hand-written run; ``benchmarks/update_cost.breakdown`` on a profiled call; the hospital
+read-out's per-receiver shares and its routing probe on hand-made data."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from hospital_decisions import run_directory  # noqa: E402
+from hospital_decisions import balanced_accuracy, run_directory, shares  # noqa: E402
 from late_evaluations import late_figures  # noqa: E402
 from learning_signals import windowed  # noqa: E402
 from update_cost import breakdown  # noqa: E402
@@ -90,3 +91,34 @@ def test_the_breakdown_lists_package_functions_by_cumulative_time_per_update():
     times = [ms for _, ms, _ in rows]
     assert times == sorted(times, reverse=True) and times[-1] > 0
     assert rows[0][2] == 1.0 and all(0 < share <= 1 for _, _, share in rows)
+
+
+def test_hospital_shares_per_receiver_and_pooled():
+    import torch
+
+    counts = {"messages treat|treatable": torch.tensor([1.0, 3.0]),
+              "messages treat|not": torch.tensor([0.0, 1.0]),
+              "masked treat|treatable": torch.tensor([2.0, 2.0]),
+              "masked treat|not": torch.tensor([2.0, 2.0]),
+              "treatable": torch.tensor([2.0, 6.0]), "not": torch.tensor([4.0, 4.0])}
+    per_agent = shares(counts, per_agent=True)
+    assert per_agent["messages: treat if ok"].tolist() == [0.5, 0.5]
+    assert per_agent["messages: treat if not"].tolist() == [0.0, 0.25]
+    pooled = shares(counts, per_agent=False)
+    assert pooled["messages: treat if ok"].item() == 0.5  # 4 of 8 beds, not a mean of shares
+    assert pooled["masked: treat if ok"].item() == 0.5  # (2 + 2) / (2 + 6)
+    assert pooled["masked: treat if not"].item() == 0.5
+    assert "critic right" not in pooled
+
+
+def test_the_routing_probe_reads_a_bit_that_is_there_and_not_one_that_is_not():
+    import torch
+
+    torch.manual_seed(0)
+    bits = torch.rand(4000, 3) < 0.5
+    mask = torch.rand(4000, 3) < 0.7
+    noise = torch.randn(4000, 8)
+    train = torch.arange(4000) < 3000
+    held = torch.cat([noise, bits.float() * 2 - 1], -1)  # the bits among noise columns
+    assert balanced_accuracy(held, bits, mask, train, updates=300) > 0.97
+    assert abs(balanced_accuracy(noise, bits, mask, train, updates=300) - 0.5) < 0.05
