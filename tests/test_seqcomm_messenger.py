@@ -116,6 +116,37 @@ def test_mean_base_round_is_commnets_channel():
     assert _grad(ctx[:, 0, :H], h, 1).abs().sum() > 0
 
 
+def test_concatenated_base_round_gives_every_sender_a_slot():
+    """``base_pool: concat``: receiver j's base context is sender i's ``base_value(h_i)`` in
+    slot i, zero in its own slot and in undelivered senders' slots; the refinement part is the
+    mean pool's; gradient reaches exactly the senders heard."""
+    torch.manual_seed(0)
+    m = SeqCommMessenger(H, N, ordering="fixed", msg_dim=4, base_message="hidden",
+                         base_attention=False, base_pool="concat")
+    torch.manual_seed(0)
+    mean = SeqCommMessenger(H, N, ordering="fixed", msg_dim=4, base_message="hidden",
+                            base_attention=False)
+    assert m.ctx_dim == N * H + 4 and m.base_ctx_dim == N * H
+    h = torch.randn(5, N, H, requires_grad=True)
+    ctx, _ = m(h)
+    slots = ctx[..., :N * H].unflatten(-1, (N, H))  # [B, receiver, sender, H]
+    values = m.base_value(h)
+    for j in range(N):
+        for i in range(N):
+            want = torch.zeros_like(values[:, i]) if i == j else values[:, i]
+            assert torch.allclose(slots[:, j, i], want, atol=1e-6)
+    assert torch.allclose(ctx[..., N * H:], mean(h)[0][..., H:], atol=1e-6)
+    muted, _ = m(h, deliver=torch.tensor([1.0, 0.0, 1.0]))
+    muted_slots = muted[..., :N * H].unflatten(-1, (N, H))
+    assert torch.equal(muted_slots[:, :, 1], torch.zeros_like(muted_slots[:, :, 1]))
+    assert _grad(muted[:, 0, :N * H], h, 1).abs().sum() == 0  # sender 1 muted
+    assert _grad(muted[:, 0, :N * H], h, 2).abs().sum() > 0
+    silent, _ = m(h, deliver=torch.zeros(N))
+    assert torch.equal(silent, torch.zeros_like(silent))
+    with pytest.raises(ValueError, match="base_attention: false"):
+        SeqCommMessenger(H, N, base_message="hidden", base_pool="concat")
+
+
 def test_refinement_gate_starts_closed_and_learns():
     """``refinement_gate``: at initialisation the followers' refinement context is exactly
     zero (the base round's part is untouched), the gate gets gradient, and an open gate gives

@@ -30,12 +30,15 @@ from seqcomm.comm.ordering import Ordering, OrderingMode
 
 BaseMessage = Literal["encoded", "hidden"]
 BASE_MESSAGES: tuple[str, ...] = get_args(BaseMessage)
+BasePool = Literal["mean", "concat"]
+BASE_POOLS: tuple[str, ...] = get_args(BasePool)
 
 
 class SeqCommMessenger(Communication):
     """Sequential (leader-follower) messages; ``ctx_dim = 2 msg_dim`` (``msg_dim`` without
-    the base round, ``hidden_dim + msg_dim`` with ``base_message: hidden``, the base round's
-    part alone without the refinement). With no message
+    the base round, ``hidden_dim + msg_dim`` with ``base_message: hidden``, ``n`` times the
+    base part under ``base_pool: concat``, the base round's part alone without the
+    refinement). With no message
     delivered every attention is fully masked, so the context is zero and no gradient reaches
     the messenger (``zero_when_silent``).
 
@@ -65,8 +68,16 @@ class SeqCommMessenger(Communication):
             (an ablation; needs ``base_round: true``): receivers hear the base round only, the
             messages are the base messages and the order is unused.
         base_attention: the base round attends over the senders (``true``); ``false``: each
-            receiver gets the plain mean of the delivered others' values, CommNet's channel
-            when ``base_message: hidden`` (the base query and key are then unused).
+            receiver gets the delivered others' values pooled by ``base_pool`` (the base
+            query and key are then unused).
+        base_pool: without base attention, ``"mean"``: the plain mean of the delivered
+            others' values, CommNet's channel under ``base_message: hidden``; ``"concat"``:
+            every sender's value in a slot of its own (sender index order, the receiver's own
+            and undelivered senders' slots zero), so the base context is ``n`` times wider
+            and says who sent what, as SeqComm's negotiation hands every agent each other
+            agent's hidden state. The mean superposes what the senders' states encode alike
+            (hospital's "a risk I see", whoever sees it): with 4 specialists the leader's
+            context read the bit it needs at 0.56-0.77 (docs/results.md, section 42).
         refinement_gate: followers add the leaders' refined messages through a learned scalar
             gate that starts at zero (with the base round): a receiver starts from the base
             round's context alone and TD opens the refinement as far as it pays (on 3m sight
@@ -108,6 +119,7 @@ class SeqCommMessenger(Communication):
         refinement_gate: bool = False,
         refinement_detach: bool = False,
         refinement_dropout: float = 0.0,
+        base_pool: BasePool = "mean",
     ) -> None:
         super().__init__(hidden_dim, n_agents)
         if base_message not in BASE_MESSAGES:
@@ -118,6 +130,11 @@ class SeqCommMessenger(Communication):
         if not refinement and not base_round:
             raise ValueError("refinement: false leaves only the base round; it needs "
                              "base_round: true")
+        if base_pool not in BASE_POOLS:
+            raise ValueError(f"base_pool={base_pool!r}; choose one of {BASE_POOLS}")
+        if base_pool != "mean" and (base_attention or not base_round):
+            raise ValueError(f"base_pool={base_pool!r} pools the base round without attention; "
+                             "it needs base_round: true and base_attention: false")
         if not 0.0 <= refinement_dropout < 1.0:
             raise ValueError(f"refinement_dropout={refinement_dropout}; a probability in [0, 1)")
         if message == "discrete" and not straight_through and base_round:
@@ -131,12 +148,14 @@ class SeqCommMessenger(Communication):
         self.base_message = base_message
         self.refinement = refinement
         self.base_attention = base_attention
+        self.base_pool = base_pool
         self.refinement_detach = refinement_detach
         self.refinement_dropout = refinement_dropout
         # the base round's keys and values read phi(h_i), or h_i itself under "hidden"
         base_in = hidden_dim if base_message == "hidden" else msg_dim
-        self.ctx_dim = (base_in + msg_dim if refinement else base_in) if base_round else msg_dim
-        self.base_ctx_dim = base_in if base_round else 0  # the context's leading base part
+        heard = n_agents * base_in if base_pool == "concat" else base_in
+        self.ctx_dim = (heard + msg_dim if refinement else heard) if base_round else msg_dim
+        self.base_ctx_dim = heard if base_round else 0  # the context's leading base part
         self.discrete = self.encoder.discrete
         self.scores_labels = self.discrete and not base_round
         raw_dim = self.encoder.raw_dim
@@ -208,6 +227,8 @@ class SeqCommMessenger(Communication):
                 heard = masked_attention(
                     self.base_query(h), self.base_key(sent), self.base_value(sent), others
                 )
+            elif self.base_pool == "concat":  # [*B, n_recv, n_send * d]: one slot per sender
+                heard = (others.unsqueeze(-1) * self.base_value(sent).unsqueeze(-3)).flatten(-2)
             else:
                 heard = masked_mean(others, self.base_value(sent))
             ctx = heard if ctx is None else torch.cat([heard, ctx], dim=-1)
