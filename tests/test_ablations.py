@@ -299,11 +299,22 @@ def refinement_switch(name: str):
     return check
 
 
+def base_pool_switch(name: str):
+    def check(metrics, config):
+        args = msg_args(config)  # the context's width per pool: tests/test_seqcomm_messenger.py
+        assert args["base_pool"] == name and args["base_attention"] is False
+        assert args["base_message"] == "hidden"
+        logged = values(metrics, "comm/bits_per_step")  # the same states broadcast either way
+        assert logged and set(logged) == {bits(config)}
+        assert values(metrics, "loss/va"), "the value-aware loss did not run"
+    return check
+
+
 SWITCHES = {"gradient": gradient_switch, "messages": messages_switch,
             "ordering": ordering_switch, "value_aware": value_aware_switch,
             "evaluator": evaluator_switch, "confidence": confidence_switch,
             "receiver_state": receiver_state_switch, "channel": channel_switch,
-            "refinement": refinement_switch}
+            "refinement": refinement_switch, "base_pool": base_pool_switch}
 
 
 @pytest.mark.parametrize("ablation", ABLATIONS)
