@@ -77,7 +77,8 @@ class SeqCommMessenger(Communication):
             and says who sent what, as SeqComm's negotiation hands every agent each other
             agent's hidden state. The mean superposes what the senders' states encode alike
             (hospital's "a risk I see", whoever sees it): with 4 specialists the leader's
-            context read the bit it needs at 0.56-0.77 (docs/results.md, section 42).
+            context read the bit it needs at 0.74-0.85, with slots at 1.00 (docs/results.md,
+            section 42).
             CommNet's ``sender_slots`` is the same remedy for CommNet's mean (section 34).
         refinement_gate: followers add the leaders' refined messages through a learned scalar
             gate that starts at zero (with the base round): a receiver starts from the base
