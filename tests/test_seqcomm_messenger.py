@@ -147,6 +147,22 @@ def test_concatenated_base_round_gives_every_sender_a_slot():
         SeqCommMessenger(H, N, base_message="hidden", base_pool="concat")
 
 
+def test_both_pools_put_the_mean_before_the_slots():
+    """``base_pool: both``: the base context is the mean pool's, then the concat pool's slots
+    (same weights, same seed), then the refinement part."""
+    kw = dict(ordering="fixed", msg_dim=4, base_message="hidden", base_attention=False)
+    nets = {}
+    for pool in ("mean", "concat", "both"):
+        torch.manual_seed(0)
+        nets[pool] = SeqCommMessenger(H, N, base_pool=pool, **kw)
+    assert nets["both"].base_ctx_dim == (N + 1) * H
+    h = torch.randn(5, N, H)
+    deliver = torch.tensor([1.0, 0.0, 1.0])
+    both, mean, concat = (nets[p](h, deliver)[0] for p in ("both", "mean", "concat"))
+    assert torch.allclose(both[..., :H], mean[..., :H], atol=1e-6)
+    assert torch.allclose(both[..., H:], concat, atol=1e-6)
+
+
 def test_refinement_gate_starts_closed_and_learns():
     """``refinement_gate``: at initialisation the followers' refinement context is exactly
     zero (the base round's part is untouched), the gate gets gradient, and an open gate gives

@@ -30,7 +30,7 @@ from seqcomm.comm.ordering import Ordering, OrderingMode
 
 BaseMessage = Literal["encoded", "hidden"]
 BASE_MESSAGES: tuple[str, ...] = get_args(BaseMessage)
-BasePool = Literal["mean", "concat"]
+BasePool = Literal["mean", "concat", "both"]
 BASE_POOLS: tuple[str, ...] = get_args(BasePool)
 
 
@@ -80,6 +80,9 @@ class SeqCommMessenger(Communication):
             context read the bit it needs at 0.74-0.85, with slots at 1.00 (docs/results.md,
             section 42).
             CommNet's ``sender_slots`` is the same remedy for CommNet's mean (section 34).
+            ``"both"``: the mean followed by the slots (``n + 1`` values wide): one set of
+            receiver weights for what a state says whoever sends it, learned from every
+            sender, beside the slots' weights per sender.
         refinement_gate: followers add the leaders' refined messages through a learned scalar
             gate that starts at zero (with the base round): a receiver starts from the base
             round's context alone and TD opens the refinement as far as it pays (on 3m sight
@@ -155,7 +158,7 @@ class SeqCommMessenger(Communication):
         self.refinement_dropout = refinement_dropout
         # the base round's keys and values read phi(h_i), or h_i itself under "hidden"
         base_in = hidden_dim if base_message == "hidden" else msg_dim
-        heard = n_agents * base_in if base_pool == "concat" else base_in
+        heard = base_in * {"mean": 1, "concat": n_agents, "both": n_agents + 1}[base_pool]
         self.ctx_dim = (heard + msg_dim if refinement else heard) if base_round else msg_dim
         self.base_ctx_dim = heard if base_round else 0  # the context's leading base part
         self.discrete = self.encoder.discrete
@@ -229,10 +232,12 @@ class SeqCommMessenger(Communication):
                 heard = masked_attention(
                     self.base_query(h), self.base_key(sent), self.base_value(sent), others
                 )
-            elif self.base_pool == "concat":  # [*B, n_recv, n_send * d]: one slot per sender
-                heard = (others.unsqueeze(-1) * self.base_value(sent).unsqueeze(-3)).flatten(-2)
             else:
-                heard = masked_mean(others, self.base_value(sent))
+                values = self.base_value(sent)
+                pooled = [masked_mean(others, values)] if self.base_pool != "concat" else []
+                if self.base_pool != "mean":  # [*B, n_recv, n_send * d]: one slot per sender
+                    pooled.append((others.unsqueeze(-1) * values.unsqueeze(-3)).flatten(-2))
+                heard = torch.cat(pooled, -1)
             ctx = heard if ctx is None else torch.cat([heard, ctx], dim=-1)
         probs = None
         if labels is not None:
