@@ -2,7 +2,8 @@
 run's ``version_k`` directory or its parent, and one line naming what is there otherwise; and
 ``benchmarks/late_evaluations.late_figures`` and ``benchmarks/learning_signals.windowed`` on a
 hand-written run; ``benchmarks/update_cost.breakdown`` on a profiled call; the hospital
-read-out's per-receiver shares and its routing probe on hand-made data."""
+read-out's per-receiver shares and its routing probe on hand-made data; the base-round
+attention read-out's weights and their sharpness."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from base_attention_use import base_weights, sharpness  # noqa: E402
 from hospital_decisions import balanced_accuracy, run_directory, shares  # noqa: E402
 from late_evaluations import late_figures  # noqa: E402
 from learning_signals import windowed  # noqa: E402
@@ -122,3 +124,18 @@ def test_the_routing_probe_reads_a_bit_that_is_there_and_not_one_that_is_not():
     held = torch.cat([noise, bits.float() * 2 - 1], -1)  # the bits among noise columns
     assert balanced_accuracy(held, bits, mask, train, updates=300) > 0.97
     assert abs(balanced_accuracy(noise, bits, mask, train, updates=300) - 0.5) < 0.05
+
+
+def test_base_weights_skip_the_receiver_and_sharpness_tells_uniform_from_one_sender():
+    import torch
+
+    n, d = 4, 8
+    uniform = base_weights(torch.zeros(2, n, d), torch.randn(2, n, d))
+    assert torch.allclose(uniform, (1 - torch.eye(n)) / (n - 1))  # nobody weighs itself
+    assert sharpness(uniform) == pytest.approx((1.0, 1 / (n - 1), 0.0))
+    key = torch.eye(n, d) * 100  # receiver j's query matches sender (j + 1) % n's key only
+    query = key.roll(-1, dims=0)
+    one = base_weights(query, key)
+    assert one.argmax(-1).tolist() == [(j + 1) % n for j in range(n)]
+    entropy, largest, sharp = sharpness(one)
+    assert entropy < 1e-3 and largest > 0.999 and sharp == 1.0
