@@ -23,13 +23,14 @@ import torch
 from hospital_decisions import load_run
 from message_use import greedy_metrics
 
+from seqcomm.comm.messages import masked_attention
+
 
 def base_weights(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     """The base round's weights ``[..., n_recv, n_send]`` over the other agents, everyone
-    delivered (greedy play)."""
-    logits = query @ key.transpose(-1, -2) / math.sqrt(query.shape[-1])
-    eye = torch.eye(query.shape[-2], dtype=torch.bool, device=query.device)
-    return torch.softmax(logits.masked_fill(eye, float("-inf")), -1)
+    delivered (greedy play): the messenger's own attention with the identity as values."""
+    eye = torch.eye(query.shape[-2], dtype=query.dtype, device=query.device)
+    return masked_attention(query, key, eye.expand(*query.shape[:-1], -1), 1 - eye)
 
 
 def sharpness(weights: torch.Tensor) -> tuple[float, float, float]:
