@@ -302,9 +302,10 @@ def refinement_switch(name: str):
 def base_pool_switch(name: str):
     def check(metrics, config):
         args = msg_args(config)  # the context's width per pool: tests/test_seqcomm_messenger.py
-        attends = name == "attention"  # attention reads the states unpooled (pool: mean unused)
+        attends = name.startswith("attention")  # unpooled states (pool: mean unused)
         assert args["base_pool"] == ("mean" if attends else name)
         assert args["base_attention"] is attends
+        assert args["base_attention_detach"] is (name == "attention_detached")
         assert args["base_message"] == "hidden"
         logged = values(metrics, "comm/bits_per_step")  # the same states broadcast either way
         assert logged and set(logged) == {bits(config)}

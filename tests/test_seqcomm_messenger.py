@@ -116,6 +116,31 @@ def test_mean_base_round_is_commnets_channel():
     assert _grad(ctx[:, 0, :H], h, 1).abs().sum() > 0
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_base_attention_detach_keeps_the_weights_off_the_bodies(detach):
+    """``base_attention_detach``: the base round's weights still learn, but with constant
+    values (zero value weights) its context reaches the bodies through the weights only, so
+    the bodies get gradient exactly when the query and key read undetached states; the
+    forward pass is unchanged."""
+    kw = dict(ordering="fixed", msg_dim=4, base_message="hidden", refinement=False)
+    torch.manual_seed(0)
+    m = SeqCommMessenger(H, N, base_attention_detach=detach, **kw)
+    torch.manual_seed(0)
+    plain = SeqCommMessenger(H, N, **kw)
+    bias = torch.randn(H)
+    with torch.no_grad():
+        for net in (m, plain):
+            net.base_value.weight.zero_()
+            net.base_value.bias.copy_(bias)
+    h = torch.randn(5, N, H, requires_grad=True)
+    ctx, _ = m(h)
+    assert torch.allclose(ctx, plain(h)[0])
+    (g,) = torch.autograd.grad(ctx.pow(2).sum(), h, retain_graph=True)
+    assert (g.abs().sum() == 0) == detach
+    (gq,) = torch.autograd.grad(ctx.pow(2).sum(), m.base_query.weight)
+    assert gq.abs().sum() > 0
+
+
 def test_concatenated_base_round_gives_every_sender_a_slot():
     """``base_pool: concat``: receiver j's base context is sender i's ``base_value(h_i)`` in
     slot i, zero in its own slot and in undelivered senders' slots; the refinement part is the

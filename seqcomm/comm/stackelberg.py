@@ -70,6 +70,10 @@ class SeqCommMessenger(Communication):
         base_attention: the base round attends over the senders (``true``); ``false``: each
             receiver gets the delivered others' values pooled by ``base_pool`` (the base
             query and key are then unused).
+        base_attention_detach: the base round's query and key read detached states, so TD
+            trains the attention's own weights but reaches the bodies only through the
+            values, as under the mean (its query and key otherwise pass gradient into every
+            agent's body).
         base_pool: without base attention, ``"mean"``: the plain mean of the delivered
             others' values, CommNet's channel under ``base_message: hidden``; ``"concat"``:
             every sender's value in a slot of its own (sender index order, the receiver's own
@@ -126,6 +130,7 @@ class SeqCommMessenger(Communication):
         refinement_detach: bool = False,
         refinement_dropout: float = 0.0,
         base_pool: BasePool = "mean",
+        base_attention_detach: bool = False,
     ) -> None:
         super().__init__(hidden_dim, n_agents)
         if base_message not in BASE_MESSAGES:
@@ -155,6 +160,7 @@ class SeqCommMessenger(Communication):
         self.refinement = refinement
         self.base_attention = base_attention
         self.base_pool = base_pool
+        self.base_attention_detach = base_attention_detach
         self.refinement_detach = refinement_detach
         self.refinement_dropout = refinement_dropout
         # the base round's keys and values read phi(h_i), or h_i itself under "hidden"
@@ -230,8 +236,10 @@ class SeqCommMessenger(Communication):
             others = others_mask(h, deliver)
             sent = h if self.base_message == "hidden" else base
             if self.base_attention:
+                h_qk = h.detach() if self.base_attention_detach else h
+                sent_qk = sent.detach() if self.base_attention_detach else sent
                 heard = masked_attention(
-                    self.base_query(h), self.base_key(sent), self.base_value(sent), others
+                    self.base_query(h_qk), self.base_key(sent_qk), self.base_value(sent), others
                 )
             else:
                 values = self.base_value(sent)
