@@ -139,6 +139,8 @@ def test_base_attention_detach_keeps_the_weights_off_the_bodies(detach):
     assert (g.abs().sum() == 0) == detach
     (gq,) = torch.autograd.grad(ctx.pow(2).sum(), m.base_query.weight)
     assert gq.abs().sum() > 0
+    with pytest.raises(ValueError, match="base_attention: true"):
+        SeqCommMessenger(H, N, base_attention=False, base_attention_detach=True)
 
 
 def test_concatenated_base_round_gives_every_sender_a_slot():

@@ -146,6 +146,9 @@ class SeqCommMessenger(Communication):
         if base_pool != "mean" and (base_attention or not base_round):
             raise ValueError(f"base_pool={base_pool!r} pools the base round without attention; "
                              "it needs base_round: true and base_attention: false")
+        if base_attention_detach and not (base_attention and base_round):
+            raise ValueError("base_attention_detach detaches the base round's attention; it "
+                             "needs base_round: true and base_attention: true")
         if not 0.0 <= refinement_dropout < 1.0:
             raise ValueError(f"refinement_dropout={refinement_dropout}; a probability in [0, 1)")
         if message == "discrete" and not straight_through and base_round:
