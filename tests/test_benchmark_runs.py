@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -77,8 +78,6 @@ def test_learning_signals_average_each_span_of_updates(tmp_path):
 
 
 def test_the_breakdown_lists_package_functions_by_cumulative_time_per_update():
-    import torch
-
     order = torch.arange(3).repeat(64, 1)
     profiler = cProfile.Profile()
     profiler.enable()
@@ -96,8 +95,6 @@ def test_the_breakdown_lists_package_functions_by_cumulative_time_per_update():
 
 
 def test_hospital_shares_per_receiver_and_pooled():
-    import torch
-
     counts = {"messages treat|treatable": torch.tensor([1.0, 3.0]),
               "messages treat|not": torch.tensor([0.0, 1.0]),
               "masked treat|treatable": torch.tensor([2.0, 2.0]),
@@ -114,8 +111,6 @@ def test_hospital_shares_per_receiver_and_pooled():
 
 
 def test_the_routing_probe_reads_a_bit_that_is_there_and_not_one_that_is_not():
-    import torch
-
     torch.manual_seed(0)
     bits = torch.rand(4000, 3) < 0.5
     mask = torch.rand(4000, 3) < 0.7
@@ -127,8 +122,6 @@ def test_the_routing_probe_reads_a_bit_that_is_there_and_not_one_that_is_not():
 
 
 def test_base_weights_skip_the_receiver_and_sharpness_tells_uniform_from_one_sender():
-    import torch
-
     n, d = 4, 8
     uniform = base_weights(torch.zeros(2, n, d), torch.randn(2, n, d))
     assert torch.allclose(uniform, (1 - torch.eye(n)) / (n - 1))  # nobody weighs itself

@@ -239,10 +239,10 @@ class SeqCommMessenger(Communication):
             others = others_mask(h, deliver)
             sent = h if self.base_message == "hidden" else base
             if self.base_attention:
-                h_qk = h.detach() if self.base_attention_detach else h
-                sent_qk = sent.detach() if self.base_attention_detach else sent
+                detach = self.base_attention_detach
+                q_in, k_in = (h.detach(), sent.detach()) if detach else (h, sent)
                 heard = masked_attention(
-                    self.base_query(h_qk), self.base_key(sent_qk), self.base_value(sent), others
+                    self.base_query(q_in), self.base_key(k_in), self.base_value(sent), others
                 )
             else:
                 values = self.base_value(sent)
