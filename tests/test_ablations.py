@@ -306,6 +306,7 @@ def base_pool_switch(name: str):
         assert args["base_pool"] == ("mean" if attends else name)
         assert args["base_attention"] is attends
         assert args["base_attention_detach"] is (name == "attention_detached")
+        assert args["base_query_zero_init"] is (name == "attention_from_mean")
         assert args["base_message"] == "hidden"
         logged = values(metrics, "comm/bits_per_step")  # the same states broadcast either way
         assert logged and set(logged) == {bits(config)}

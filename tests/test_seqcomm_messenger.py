@@ -373,3 +373,26 @@ def test_bits_per_step_counts_only_heard_messages():
 def test_bad_deliver_shape_fails_early():
     with pytest.raises(ValueError, match="deliver"):
         SeqCommMessenger(H, N)(torch.randn(2, N, H), torch.ones(2, N + 1))
+
+
+def test_base_query_zero_init_starts_as_the_mean():
+    """``base_query_zero_init``: the base round's attention starts as the plain mean of the
+    others' values (``base_pool: mean`` with the same values), every other parameter is the
+    one drawn without it, and TD moves the query off zero."""
+    kw = dict(ordering="fixed", msg_dim=4, base_message="hidden", refinement=False)
+    torch.manual_seed(0)
+    m = SeqCommMessenger(H, N, base_query_zero_init=True, **kw)
+    torch.manual_seed(0)
+    plain = SeqCommMessenger(H, N, **kw)
+    mean = SeqCommMessenger(H, N, base_attention=False, **kw)
+    mean.base_value.load_state_dict(m.base_value.state_dict())
+    for (name, p), q in zip(m.named_parameters(), plain.parameters(), strict=True):
+        assert torch.equal(p, q) != name.startswith("base_query"), name
+    h = torch.randn(5, N, H)
+    ctx, _ = m(h)
+    assert torch.allclose(ctx, mean(h)[0], atol=1e-6)
+    assert not torch.allclose(ctx, plain(h)[0], atol=1e-3)
+    (gq,) = torch.autograd.grad(ctx.pow(2).sum(), m.base_query.weight)
+    assert gq.abs().sum() > 0
+    with pytest.raises(ValueError, match="base_attention: true"):
+        SeqCommMessenger(H, N, base_attention=False, base_query_zero_init=True)

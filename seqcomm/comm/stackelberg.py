@@ -74,6 +74,10 @@ class SeqCommMessenger(Communication):
             trains the attention's own weights but reaches the bodies only through the
             values, as under the mean (its query and key otherwise pass gradient into every
             agent's body).
+        base_query_zero_init: the base round's query starts at zero (weights and bias), so
+            its weights start uniform, the plain mean of ``base_pool: mean``, and TD moves
+            them off the mean as far as selecting a sender pays (the other parameters are
+            drawn as without it, so a seed's runs differ only there).
         base_pool: without base attention, ``"mean"``: the plain mean of the delivered
             others' values, CommNet's channel under ``base_message: hidden``; ``"concat"``:
             every sender's value in a slot of its own (sender index order, the receiver's own
@@ -131,6 +135,7 @@ class SeqCommMessenger(Communication):
         refinement_dropout: float = 0.0,
         base_pool: BasePool = "mean",
         base_attention_detach: bool = False,
+        base_query_zero_init: bool = False,
     ) -> None:
         super().__init__(hidden_dim, n_agents)
         if base_message not in BASE_MESSAGES:
@@ -146,9 +151,11 @@ class SeqCommMessenger(Communication):
         if base_pool != "mean" and (base_attention or not base_round):
             raise ValueError(f"base_pool={base_pool!r} pools the base round without attention; "
                              "it needs base_round: true and base_attention: false")
-        if base_attention_detach and not (base_attention and base_round):
-            raise ValueError("base_attention_detach detaches the base round's attention; it "
-                             "needs base_round: true and base_attention: true")
+        for name, on in (("base_attention_detach", base_attention_detach),
+                         ("base_query_zero_init", base_query_zero_init)):
+            if on and not (base_attention and base_round):
+                raise ValueError(f"{name} changes the base round's attention; it needs "
+                                 "base_round: true and base_attention: true")
         if not 0.0 <= refinement_dropout < 1.0:
             raise ValueError(f"refinement_dropout={refinement_dropout}; a probability in [0, 1)")
         if message == "discrete" and not straight_through and base_round:
@@ -179,6 +186,9 @@ class SeqCommMessenger(Communication):
         self.base_query = nn.Linear(hidden_dim, attn_dim) if attends else None
         self.base_key = nn.Linear(base_in, attn_dim) if attends else None
         self.base_value = nn.Linear(base_in, base_in) if base_round else None
+        if base_query_zero_init:  # after every draw, so the other parameters are unchanged
+            nn.init.zeros_(self.base_query.weight)
+            nn.init.zeros_(self.base_query.bias)
         # refinement rho: attend from h_{pi_k} to its own and its predecessors' base messages;
         # receiver context: attend from h_j to predecessors' refined messages
         self.refine_query = self.refine_key = self.refine_value = self.rho = None
