@@ -17,6 +17,7 @@ import torch
 from tensordict import TensorDictBase
 
 from seqcomm.agent import Body, Receiver
+from seqcomm.comm.base import MessageOutput
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE, EnvInfo, metric_name
 from seqcomm.envs.reference import evaluate_policy
 from seqcomm.errors import NonFiniteError
@@ -129,7 +130,7 @@ class QLearner(L.LightningModule):
         q_tot = self.net.mix(chosen, batch[STATE])
         with torch.no_grad():
             h_target, h_target_next = self.recurrent_states(self.target, batch)
-            q_next = self.next_utilities(h_target_next, h_next, batch[NEXT, *MASK], h, q)
+            q_next = self.next_utilities(h_target_next, h_next, batch[NEXT, *MASK], h, q, aux)
             q_tot_next = self.target.mix(q_next, batch[NEXT, STATE])
             target = self.bootstrap(batch[NEXT, "reward"], batch[NEXT, "terminated"], q_tot_next)
         # padded steps do not exist: every stored step is a real transition
@@ -138,33 +139,42 @@ class QLearner(L.LightningModule):
                  "aux": aux, "target": target}
         return loss, cache
 
-    def online_next_utilities(self, h: torch.Tensor, h_next: torch.Tensor,
-                              q: torch.Tensor) -> torch.Tensor:
+    def online_next_utilities(self, h: torch.Tensor, h_next: torch.Tensor, q: torch.Tensor,
+                              aux: MessageOutput | None = None) -> torch.Tensor:
         """Online utilities at the next states ``[B, T, n, A]`` (no graph). Where
         ``h_next[:, t]`` equals ``h[:, t + 1]`` (the episode goes on), they are ``q[:, t + 1]``
-        already; one messenger and head pass runs on the other steps only. A messenger that
-        samples (``Communication.samples``) gets a fresh pass everywhere, as its draws must not be
-        shared (as does a value network without one)."""
+        already; one messenger and head pass runs on the other steps only. A messenger whose
+        only draw is its context's dropout (``Communication.redraws``) reuses the chunk's
+        undropped contexts (``aux``) the same way and draws the dropout afresh over every step
+        before one head pass: the draws are not shared, and they are the very numbers a fresh
+        pass would draw. Any other sampling messenger gets a fresh pass everywhere."""
         comm = getattr(self.net, "comm", None)
-        if comm is None or comm.samples():
+        if comm is None or comm.samples() and not (comm.redraws() and aux is not None):
             return self.net.utilities(h_next)[0]
         same = (h_next[:, :-1] == h[:, 1:]).flatten(2).all(-1)
         b, t = torch.cat([~same, same.new_ones(same.shape[0], 1)], 1).nonzero(as_tuple=True)
-        q = q.detach()
-        fresh = self.net.utilities(h_next[b, t])[0]
-        return torch.cat([q[:, 1:], q[:, -1:]], 1).index_put((b, t), fresh)
+
+        def shifted(chunk: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+            return torch.cat([chunk[:, 1:], chunk[:, -1:]], 1).index_put((b, t), fresh)
+
+        if not comm.samples():
+            return shifted(q.detach(), self.net.utilities(h_next[b, t])[0])
+        ctx = shifted(aux.undropped_ctx.detach(), comm(h_next[b, t], draw=False)[0])
+        return self.net.agent.q(h_next, comm.redraw(ctx))
 
     def next_utilities(self, h_target_next: torch.Tensor, h_online_next: torch.Tensor | None,
                        next_mask: torch.Tensor, h_online: torch.Tensor | None = None,
-                       q_online: torch.Tensor | None = None) -> torch.Tensor:
+                       q_online: torch.Tensor | None = None,
+                       aux: MessageOutput | None = None) -> torch.Tensor:
         """Target utilities of the bootstrap action ``[*B, n]``: the online argmax under
         ``double_q`` (when online next states are given), else the target's own argmax.
-        With the chunk's online states and utilities (``h_online``, ``q_online``), the next
-        states' utilities reuse them (``online_next_utilities``)."""
+        With the chunk's online states, utilities and messenger output (``h_online``,
+        ``q_online``, ``aux``), the next states' utilities reuse them
+        (``online_next_utilities``)."""
         q_next_t, _ = self.target.utilities(h_target_next)
         if self.hparams.double_q and h_online_next is not None:
             q_on = (self.net.utilities(h_online_next)[0] if q_online is None
-                    else self.online_next_utilities(h_online, h_online_next, q_online))
+                    else self.online_next_utilities(h_online, h_online_next, q_online, aux))
             a_next = masked_argmax(q_on, next_mask)
         else:
             a_next = masked_argmax(q_next_t, next_mask)
@@ -178,13 +188,15 @@ class QLearner(L.LightningModule):
 
     # -- optimisation -------------------------------------------------------------------
     def configure_optimizers(self):
-        return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)
+        # foreach (one multi-tensor kernel per step; torch's default only on CUDA): every
+        # optimiser and gradient clip of the package, 1-2 CPU-ms per update (issue 9)
+        return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr, foreach=True)
 
     def step_optimizer(self, opt, loss: torch.Tensor, params) -> torch.Tensor:
         """zero_grad, backward, clip, step; returns the pre-clip gradient norm."""
         opt.zero_grad()
         self.manual_backward(loss)
-        norm = torch.nn.utils.clip_grad_norm_(params, self.hparams.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(params, self.hparams.grad_clip, foreach=True)
         opt.step()
         return norm
 

@@ -263,9 +263,10 @@ class RGMCommLearner(QLearner):
 
     def configure_optimizers(self):
         hp = self.hparams
-        return [torch.optim.Adam(self.value_parameters(), lr=hp.lr),
-                torch.optim.Adam(self.critic.parameters(), lr=hp.critic_lr),
-                torch.optim.Adam(self.net.comm.label_head.parameters(), lr=hp.cluster_lr)]
+        return [torch.optim.Adam(self.value_parameters(), lr=hp.lr, foreach=True),
+                torch.optim.Adam(self.critic.parameters(), lr=hp.critic_lr, foreach=True),
+                torch.optim.Adam(self.net.comm.label_head.parameters(), lr=hp.cluster_lr,
+                                 foreach=True)]
 
     def training_step(self, dataloader_iter) -> None:
         batch, _, _ = next(dataloader_iter)
@@ -289,7 +290,8 @@ class RGMCommLearner(QLearner):
                                        self.critic_regression_target(batch, cache))
         critic_opt.zero_grad()
         self.manual_backward(critic_loss)
-        torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.hparams.grad_clip)
+        torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.hparams.grad_clip,
+                                       foreach=True)
         critic_opt.optimizer.step()  # raw, as above
         self.update_targets()
         self.log_training({"loss/td": td, "loss/receiver": receiver, "loss/critic": critic_loss,

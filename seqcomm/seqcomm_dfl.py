@@ -910,7 +910,7 @@ class SeqCommDFL(QLearner):
         opt.zero_grad()
         for p, g in zip(params, average_gradients(grads, params), strict=True):
             p.grad = None if g is None else g.detach()
-        torch.nn.utils.clip_grad_norm_(params, self.hparams.grad_clip)
+        torch.nn.utils.clip_grad_norm_(params, self.hparams.grad_clip, foreach=True)
         (opt if counted else opt.optimizer).step()
 
     def step_w(self, opt, inner: torch.Tensor, w) -> None:
@@ -969,8 +969,9 @@ class SeqCommDFL(QLearner):
     def configure_optimizers(self):
         """Adam for ``w`` (+ the decoder), for the team critic and for the world model."""
         params = list(self.net.parameters()) + self.auxiliary_parameters()
-        opts = [torch.optim.Adam(params, lr=self.hparams.lr),
-                torch.optim.Adam(self.critic.parameters(), lr=self.hparams.lr)]
+        opts = [torch.optim.Adam(params, lr=self.hparams.lr, foreach=True),
+                torch.optim.Adam(self.critic.parameters(), lr=self.hparams.lr, foreach=True)]
         if self.world_model is not None:
-            opts.append(torch.optim.Adam(self.world_model.parameters(), lr=self.hparams.model_lr))
+            opts.append(torch.optim.Adam(self.world_model.parameters(), lr=self.hparams.model_lr,
+                                         foreach=True))
         return opts

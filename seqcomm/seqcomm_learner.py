@@ -137,8 +137,8 @@ class SeqCommLearner(QLearner):
     # -- optimisation ----------------------------------------------------------------------
     def configure_optimizers(self):
         hp = self.hparams
-        return [torch.optim.Adam(self.net.parameters(), lr=hp.lr),
-                torch.optim.Adam(self.world_model.parameters(), lr=hp.model_lr)]
+        return [torch.optim.Adam(self.net.parameters(), lr=hp.lr, foreach=True),
+                torch.optim.Adam(self.world_model.parameters(), lr=hp.model_lr, foreach=True)]
 
     def training_step(self, dataloader_iter) -> None:
         batch, _, _ = next(dataloader_iter)
@@ -148,7 +148,8 @@ class SeqCommLearner(QLearner):
         model_loss = self.model_loss(batch)
         model_opt.zero_grad()
         self.manual_backward(model_loss)
-        torch.nn.utils.clip_grad_norm_(self.world_model.parameters(), self.hparams.grad_clip)
+        torch.nn.utils.clip_grad_norm_(self.world_model.parameters(), self.hparams.grad_clip,
+                                       foreach=True)
         model_opt.optimizer.step()  # raw: Lightning counts one step per update
         self.update_targets()
         spread = cache["intention"].amax(-1) - cache["intention"].amin(-1)

@@ -128,3 +128,43 @@ def test_recurrent_states_match_definition(last_action: bool, body: str) -> None
     grads_ref = torch.autograd.grad((h_ref * w).sum() + (h_next_ref * w_next).sum(), params)
     for a, b in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("comm", ["dropout", "commnet", "gumbel"])
+def test_next_state_utilities_equal_a_fresh_pass(comm: str) -> None:
+    """``online_next_utilities`` reusing the chunk's pass equals a fresh pass over every next
+    state: exactly the same numbers for a deterministic messenger (CommNet); for the
+    refinement's dropout, the same draws as a fresh pass under the same seed, and not the
+    chunk's draws; a Gumbel-sampling messenger falls back to the fresh pass."""
+    from seqcomm.comm.commnet import CommNet
+    from seqcomm.comm.stackelberg import SeqCommMessenger
+
+    B, T, n, D, A, H = 6, 9, 3, 5, 4, 16
+    torch.manual_seed(0)
+    make = {"dropout": lambda h, k: SeqCommMessenger(h, k, ordering="fixed",
+                                                     refinement_dropout=0.5),
+            "commnet": lambda h, k: CommNet(h, k, ctx_dim=8),
+            "gumbel": lambda h, k: SeqCommMessenger(h, k, message="discrete", ordering="fixed",
+                                                    refinement_dropout=0.5)}[comm]
+    info = SimpleNamespace(obs_dim=D, state_dim=2, n_agents=n, n_actions=A)
+    net = TeamQ(info, make, hidden_dim=H)
+    obs, is_init, _ = _chunk(B, T, n, D, A, 0)
+    state = torch.randn(B, T, 2)
+    next_obs = torch.cat([obs[:, 1:], torch.randn(B, 1, n, D)], 1)
+    next_obs[2, 4] += 1.0  # a stored next observation that is not the next step's
+    batch = TensorDict({"is_init": is_init.unsqueeze(-1), ACTION: torch.randint(A, (B, T, n)),
+                        OBS: obs, STATE: state, ("next", *OBS): next_obs,
+                        ("next", STATE): torch.cat([state[:, 1:], state[:, -1:]], 1)},
+                       batch_size=[B, T])
+    h, h_next = QLearner.recurrent_states(None, net, batch)
+    q, aux = net.utilities(h)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        fresh = net.utilities(h_next)[0]
+        torch.manual_seed(1)
+        reused = QLearner.online_next_utilities(SimpleNamespace(net=net), h, h_next, q, aux)
+    torch.testing.assert_close(reused, fresh, atol=1e-5, rtol=1e-5)
+    cont = torch.cat([~is_init[:, 1:], is_init.new_zeros(B, 1)], 1)
+    cont[2, 4] = False
+    shared = (reused[:, :-1][cont[:, :-1]] - q[:, 1:][cont[:, :-1]].detach()).abs().amax()
+    assert (shared == 0) == (comm == "commnet"), shared  # a sampling messenger's draws differ

@@ -32,6 +32,8 @@ class MessageOutput(NamedTuple):
         signatures: TarMAC's keys ``[*B, n, key_dim]``.
         ctx: the receivers' context ``[*B, n, ctx_dim]``; set by ``TeamQ.utilities`` (for
             losses that reuse it), never by a messenger.
+        undropped_ctx: the context before the messenger's dropout draw (``Communication.
+            redraw``), where it has one.
     """
 
     messages: torch.Tensor | None = None
@@ -43,6 +45,7 @@ class MessageOutput(NamedTuple):
     order: torch.Tensor | None = None
     signatures: torch.Tensor | None = None
     ctx: torch.Tensor | None = None
+    undropped_ctx: torch.Tensor | None = None
 
 
 class Communication(nn.Module):
@@ -96,6 +99,16 @@ class Communication(nn.Module):
         """Whether a forward pass draws random numbers (so two passes on the same states may
         differ and must not be shared by the learner); subclasses that never do say so."""
         return True
+
+    def redraws(self) -> bool:
+        """Whether a pass's only random draw is a dropout on the context it returns: a learner
+        may then take a pass's ``MessageOutput.undropped_ctx`` (or a pass with ``draw=False``)
+        and ``redraw`` it instead of running a new pass."""
+        return False
+
+    def redraw(self, ctx: torch.Tensor) -> torch.Tensor:
+        """A fresh dropout draw on an undropped context (where ``redraws``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no context dropout")
 
 
 class NoComm(Communication):

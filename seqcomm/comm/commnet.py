@@ -55,6 +55,10 @@ class CommNet(Communication):
         """The broadcast hidden state's size."""
         return self.hidden_dim
 
+    def samples(self) -> bool:
+        """Deterministic: the learner may reuse a pass's utilities at the next states."""
+        return False
+
     def bits_per_step(self) -> float:
         """Every agent broadcasts its hidden state (32-bit floats)."""
         return 32.0 * self.hidden_dim

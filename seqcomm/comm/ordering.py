@@ -70,8 +70,9 @@ class Ordering(nn.Module):
             if self.fixed_order is not None and len(self.fixed_order) != n:
                 raise ValueError(f"fixed_order has {len(self.fixed_order)} entries for {n} agents")
             fixed = self.fixed_order if self.fixed_order is not None else list(range(n))
-            order = torch.tensor(fixed, device=h.device).expand(batch)
-            return gp_pred, precedence_from_order(order).to(h.dtype), order
+            order = torch.tensor(fixed, device=h.device)  # one order: views over the batch
+            precedence = precedence_from_order(order).to(h.dtype).expand(*batch, n)
+            return gp_pred, precedence, order.expand(batch)
         if self.mode == "random":
             if scores is None:
                 shape = [1 if h.stride(d) == 0 else s for d, s in enumerate(batch)]

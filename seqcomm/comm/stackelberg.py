@@ -210,8 +210,10 @@ class SeqCommMessenger(Communication):
         h: torch.Tensor,
         deliver: torch.Tensor | None = None,
         scores: torch.Tensor | None = None,
+        draw: bool = True,
     ) -> tuple[torch.Tensor, MessageOutput]:
-        """Return ``(ctx [*B, n, ctx_dim], out)``.
+        """Return ``(ctx [*B, n, ctx_dim], out)``; ``draw=False`` skips the refinement's
+        dropout (``redraw``).
 
         ``out``: ``messages`` (refined, ``[*B, n, msg_dim]``), ``base_messages``, ``gp_pred``
         ``[*B, n]``, ``precedence`` ``[*B, n, n]`` (``[..., j, i] = 1`` iff i speaks before
@@ -240,9 +242,6 @@ class SeqCommMessenger(Communication):
             )
             if self.refinement_gate is not None:
                 ctx = self.refinement_gate * ctx
-            if self.refinement_dropout > 0 and self.training:  # one draw per receiver
-                keep = torch.rand_like(ctx[..., :1]) >= self.refinement_dropout
-                ctx = ctx * keep / (1.0 - self.refinement_dropout)
         else:
             refined, messages, labels, ctx = raw, base, base_labels, None
         if self.base_round:
@@ -264,15 +263,37 @@ class SeqCommMessenger(Communication):
         probs = None
         if labels is not None:
             probs = torch.softmax(self.encoder.logits(refined), dim=-1)
+        undropped = ctx
+        if draw and self.drops():
+            ctx = self.redraw(ctx)
         return ctx, MessageOutput(messages=messages, base_messages=base, labels=labels,
                                   label_probs=probs, gp_pred=gp_pred, precedence=precedence,
-                                  order=order)
+                                  order=order, undropped_ctx=undropped)
+
+    def drops(self) -> bool:
+        """Whether the refinement's dropout is on (``refinement_dropout > 0``, training)."""
+        return self.refinement and self.refinement_dropout > 0 and self.training
+
+    def redraw(self, ctx: torch.Tensor) -> torch.Tensor:
+        """The refinement's dropout on an undropped context ``[*B, n, ctx_dim]``: one draw
+        per receiver zeroes its trailing refinement part (``msg_dim`` wide) or scales it by
+        ``1 / (1 - p)``; the base part is untouched."""
+        p, d = self.refinement_dropout, self.encoder.msg_dim
+        keep = torch.rand_like(ctx[..., :1]) >= p
+        heard, refined = ctx.split([ctx.shape[-1] - d, d], dim=-1)
+        return torch.cat([heard, refined * keep / (1.0 - p)], dim=-1)
+
+    def redraws(self) -> bool:
+        """The refinement's dropout is this messenger's only draw unless labels are sampled
+        or the order is random."""
+        gumbel = self.encoder.discrete and self.encoder.gumbel_noise and self.training
+        return not gumbel and self.ordering.mode != "random"
 
     def samples(self) -> bool:
         """Gumbel labels and the refinement's dropout in training mode, and random orders, draw
         random numbers."""
         gumbel = self.encoder.discrete and self.encoder.gumbel_noise and self.training
-        dropout = self.refinement and self.refinement_dropout > 0 and self.training
+        dropout = self.drops()
         return bool(gumbel or dropout or self.ordering.mode == "random")
 
     @property

@@ -47,6 +47,10 @@ class TarMAC(Communication):
         ctx = masked_attention(self.query(h), keys, values, others)
         return ctx, MessageOutput(messages=values, signatures=keys)
 
+    def samples(self) -> bool:
+        """Deterministic: the learner may reuse a pass's utilities at the next states."""
+        return False
+
     def bits_per_step(self) -> float:
         """Signature and value per agent (32-bit floats)."""
         return 32.0 * (self.key_dim + self.value_dim)
