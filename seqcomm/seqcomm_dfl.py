@@ -799,11 +799,14 @@ class SeqCommDFL(QLearner):
         """``W_theta(s, o, a, M)`` on the real batch (messages detached), or ``None``."""
         if self.world_model is None:
             return None
-        if cache["aux"].ctx is not None and not self.net.comm.samples():  # td_loss's, same h
-            ctx = cache["aux"].ctx.detach()
+        aux, comm = cache["aux"], self.net.comm
+        if aux.ctx is not None and not comm.samples():  # td_loss's, same h
+            ctx = aux.ctx
+        elif aux.undropped_ctx is not None and comm.redraws():  # a fresh pass's draws
+            ctx = comm.redraw(aux.undropped_ctx.detach())
         else:
-            ctx = self.net.comm(cache["h"].detach())[0].detach()
-        return self.world_model(batch[STATE], batch[OBS], batch[ACTION], ctx)
+            ctx = comm(cache["h"].detach())[0]
+        return self.world_model(batch[STATE], batch[OBS], batch[ACTION], ctx.detach())
 
     def imagined_td_loss(self, batch: TensorDictBase, cache: dict,
                          pred) -> tuple[torch.Tensor, torch.Tensor]:

@@ -292,9 +292,7 @@ class SeqCommMessenger(Communication):
     def samples(self) -> bool:
         """Gumbel labels and the refinement's dropout in training mode, and random orders, draw
         random numbers."""
-        gumbel = self.encoder.discrete and self.encoder.gumbel_noise and self.training
-        dropout = self.drops()
-        return bool(gumbel or dropout or self.ordering.mode == "random")
+        return self.drops() or not self.redraws()
 
     @property
     def message_dim(self) -> int:
