@@ -48,8 +48,8 @@ def test_specs_and_smac_sizes(map_name, obs_dim, state_dim, n_actions):
 
 
 def test_bad_arguments_fail_early():
-    with pytest.raises(ValueError, match="unknown map '4m'.*3m"):
-        MicroCombat(map_name="4m")
+    with pytest.raises(ValueError, match="unknown map '6m'.*3m"):
+        MicroCombat(map_name="6m")
     with pytest.raises(ValueError, match="sight_range must be > 0"):
         MicroCombat(sight_range=0.0)
     with pytest.raises(ValueError, match="episode_limit"):

@@ -77,6 +77,9 @@ def _team(*groups: tuple[str, int]) -> tuple[str, ...]:
 
 MAPS: dict[str, MapSpec] = {
     "3m": MapSpec(_team(("marine", 3)), _team(("marine", 3)), 60),
+    # not a SMAC map: a size between 3m and 8m for checking a 3m result at another team size
+    # (SMACv2 draws team sizes freely); 3m's limit, since a 4-on-4 fight is fought in parallel
+    "4m": MapSpec(_team(("marine", 4)), _team(("marine", 4)), 60),
     "8m": MapSpec(_team(("marine", 8)), _team(("marine", 8)), 120),
     "2s3z": MapSpec(_team(("stalker", 2), ("zealot", 3)), _team(("stalker", 2), ("zealot", 3)),
                     120),
