@@ -32,12 +32,14 @@ def step(env: MicroCombat, actions: list[int]):
 
 
 @pytest.mark.parametrize("map_name, obs_dim, state_dim, n_actions",
-                         [("3m", 30, 48, 9), ("2s3z", 80, 120, 11)])
+                         [("3m", 30, 48, 9), ("2s3z", 80, 120, 11), ("4m", 40, 68, 10)])
 def test_specs_and_smac_sizes(map_name, obs_dim, state_dim, n_actions):
     env = MicroCombat(num_envs=3, map_name=map_name)
     check_env_specs(env)
     info = env_info(env)
-    # SMAC's sizes for these maps (state includes the last actions, SMAC's default)
+    # SMAC's sizes for these maps (state includes the last actions, SMAC's default); 4m is not
+    # a SMAC map, its sizes follow SMAC's layout: obs 4 + 4 x 5 + 3 x 5 + 1, state 4 x 4 + 4 x 3
+    # + 4 x 10
     assert (info.obs_dim, info.state_dim, info.n_actions) == (obs_dim, state_dim, n_actions)
     assert info.n_agents == len(MAPS[map_name].allies)
     assert info.episode_limit == MAPS[map_name].limit
