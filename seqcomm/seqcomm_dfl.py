@@ -127,7 +127,7 @@ class SeqCommDFL(QLearner):
         lambda_inf: weight of ``L_inf``.
         lambda_aware: weight of ``L_aware``.
         lambda_gp: weight of the guidance-potential regression of the ordering head; 0 skips
-            it (its greedy passes and critic calls too). Under ``ordering: fixed`` or
+            it (its greedy passes, critic calls and the head's forward pass too). Under ``ordering: fixed`` or
             ``random`` nothing reads the head it trains, so 0 only saves time there (but for
             the global gradient-norm clip, which no longer counts the head's gradient); under
             ``prosocial`` the order then follows the untrained head.
@@ -304,6 +304,8 @@ class SeqCommDFL(QLearner):
             self.world_model = world_model(info.state_dim, info.obs_dim, info.n_agents,
                                            info.n_actions, self.net.comm.ctx_dim)
         self.critic = critic(info.state_dim, info.n_agents, info.n_actions)
+        if getattr(self.net.comm, "ordering", None) is not None:  # psi only where it is read
+            self.net.comm.ordering.predict = lambda_gp > 0
         self.decoder = None
         if not value_aware and self.net.comm.ctx_dim > 0:
             # decodes the sent message
@@ -390,7 +392,7 @@ class SeqCommDFL(QLearner):
         if aux.label_probs is not None:
             out["mi"], out["entropy"] = self.label_losses(aux.label_probs)
         cf = self.counterfactual_utilities(batch, cache)
-        if aux.gp_pred is not None:
+        if aux.order is not None:
             out["order_entropy"] = order_entropy(aux.order.reshape(-1, n))
         if self.regresses_order(aux):
             out["gp"], out["gp_mean"] = self.guidance_potential_loss(batch, cache, cf)

@@ -120,3 +120,19 @@ def test_order_gradients_stop_at_the_agents_state():
     (gp_pred.sum() + (precedence * torch.randn(5, 3, 3)).sum()).backward()
     assert h.grad is None
     assert ordering.psi[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", ["fixed", "random", "prosocial"])
+def test_predict_off_skips_psi_only_where_the_order_does_not_read_it(mode):
+    """``predict = False`` leaves the order and precedence as they were; psi still runs where
+    it is the sort key (``prosocial`` without given scores)."""
+    ordering = Ordering(8, mode)
+    h = torch.randn(5, 3, 8)
+    torch.manual_seed(1)
+    gp_on, precedence_on, order_on = ordering(h)
+    ordering.predict = False
+    torch.manual_seed(1)
+    gp_off, precedence_off, order_off = ordering(h)
+    assert torch.equal(order_on, order_off) and torch.equal(precedence_on, precedence_off)
+    assert (gp_off is None) == (mode != "prosocial")
+    assert ordering(h, scores=torch.randn(5, 3))[0] is None

@@ -295,7 +295,8 @@ def test_value_aware_losses_start_at_va_start_fraction():
 @pytest.mark.parametrize("lambda_gp", [0.0, 1.0])
 def test_lambda_gp_zero_skips_the_guidance_potential_regression(lambda_gp, monkeypatch):
     """``lambda_gp: 0``: no guidance-potential target is computed, the loss is zero and the
-    ordering head gets no gradient; otherwise the regression trains the head."""
+    ordering head does not even run (``gp_pred`` is None); otherwise the regression trains
+    the head."""
     torch.manual_seed(0)
     env = MatrixGame(8, seed=1)
     model = SeqCommDFL(env_info(env), comm=functools.partial(SeqCommMessenger, ordering="fixed"),
@@ -308,6 +309,7 @@ def test_lambda_gp_zero_skips_the_guidance_potential_regression(lambda_gp, monke
     _, cache = model.td_loss(batch)
     out = model.message_losses(batch, cache)
     assert len(calls) == int(lambda_gp > 0)
+    assert (cache["aux"].gp_pred is not None) == (lambda_gp > 0)
     assert out["gp"].requires_grad == (lambda_gp > 0)
     if lambda_gp > 0:
         out["gp"].backward()

@@ -46,6 +46,9 @@ class Ordering(nn.Module):
         if tau <= 0:
             raise ValueError(f"ordering tau must be positive, got {tau}")
         self.mode, self.tau = mode, tau
+        # whether psi runs when the order does not need it (``fixed``, ``random`` or given
+        # ``scores``): a learner that never regresses it turns this off (``SeqCommDFL``)
+        self.predict = True
         self.psi = nn.Sequential(
             nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, 1)
         )
@@ -53,7 +56,8 @@ class Ordering(nn.Module):
     def forward(
         self, h: torch.Tensor, scores: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return ``(gp_pred [*B, n], precedence [*B, n, n], order [*B, n])``.
+        """Return ``(gp_pred [*B, n], precedence [*B, n, n], order [*B, n])``; ``gp_pred`` is
+        ``None`` when ``predict`` is off and the order does not read it.
 
         ``scores`` (``[*B, n]``) replaces ``psi(h)`` as the sort key in ``prosocial`` mode and
         the random keys in ``random`` mode (so a caller can fix one permutation across
@@ -64,7 +68,8 @@ class Ordering(nn.Module):
         # psi reads a detached state: the order's straight-through gradient (and the GP
         # regression) must not reach the agents' GRU. With it, a TD-trained messenger stayed
         # idle on hospital (seed 0, 400k steps: -177); with a fixed order it reached -38.
-        gp_pred = self.psi(h.detach()).squeeze(-1)
+        sorts = self.mode == "prosocial" and scores is None
+        gp_pred = self.psi(h.detach()).squeeze(-1) if self.predict or sorts else None
         batch, n = h.shape[:-1], h.shape[-2]
         if self.mode == "fixed":
             if self.fixed_order is not None and len(self.fixed_order) != n:
