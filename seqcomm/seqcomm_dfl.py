@@ -127,7 +127,8 @@ class SeqCommDFL(QLearner):
         lambda_inf: weight of ``L_inf``.
         lambda_aware: weight of ``L_aware``.
         lambda_gp: weight of the guidance-potential regression of the ordering head; 0 skips
-            it (its greedy passes, critic calls and the head's forward pass too). Under ``ordering: fixed`` or
+            it (its greedy passes, critic calls and, unless the order sorts by it, the head's
+            forward pass). Under ``ordering: fixed`` or
             ``random`` nothing reads the head it trains, so 0 only saves time there (but for
             the global gradient-norm clip, which no longer counts the head's gradient); under
             ``prosocial`` the order then follows the untrained head.
