@@ -132,3 +132,30 @@ def test_base_weights_skip_the_receiver_and_sharpness_tells_uniform_from_one_sen
     assert one.argmax(-1).tolist() == [(j + 1) % n for j in range(n)]
     entropy, largest, sharp = sharpness(one)
     assert entropy < 1e-3 and largest > 0.999 and sharp == 1.0
+
+
+def test_imagined_targets_from_the_real_next_step_are_the_real_targets():
+    """``imagined_targets.target_gaps``: fed the batch's own (terminal) next step, the
+    imagined path gives the real TD targets; an untrained world model's do not, and the trust
+    region only brings them closer."""
+    import functools
+
+    from imagined_targets import target_gaps
+
+    from seqcomm.comm.stackelberg import SeqCommMessenger
+    from seqcomm.envs.base import ACTION, env_info
+    from seqcomm.envs.matrix import MatrixGame
+    from seqcomm.seqcomm_dfl import SeqCommDFL
+
+    torch.manual_seed(0)
+    env = MatrixGame(8, seed=1)
+    model = SeqCommDFL(env_info(env), comm=functools.partial(SeqCommMessenger, ordering="fixed"),
+                       hidden_dim=8)
+    td = env.reset()
+    td[ACTION] = torch.randint(0, 2, (8, 2))
+    td["next"] = env.step(td)["next"]
+    td["is_init"] = torch.ones(8, 1, dtype=torch.bool)
+    gaps = target_gaps(model, td.unsqueeze(1))
+    assert gaps["perfect_raw_abs"] < 1e-6
+    assert gaps["model_raw_abs"] > 1e-3
+    assert gaps["model_clipped_abs"] <= gaps["model_raw_abs"] + 1e-6
