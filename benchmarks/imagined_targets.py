@@ -7,14 +7,27 @@ regresses on (``SeqCommDFL.imagined_td_loss``: bootstrapped from the model's pre
 signed and absolute difference before and after the trust region, in reward units and in
 units of the RMS real TD residual. The same path fed the real next step instead of the
 model's prediction (``perfect``) shows what the bootstrap rule itself adds (the imagined path
-takes the target network's own argmax; the real targets follow ``double_q``).
+takes the target network's own argmax; the real targets follow ``double_q``); the model's
+prediction with the real next *state* in place of its own (``real s'``) shows how much of the
+gap enters through the mixer's reading of the predicted state.
+
+``--steps K`` then asks which part of the world model's update moves its targets: from the
+run's final model, ``K`` more model steps (a fresh Adam at ``model_lr``, the value networks
+fixed) by each of ``--rules``: ``run`` (the run's own rule: the clipped hypergradient plus
+``mle_weight`` x the prediction loss's gradient), ``mle`` (the prediction loss alone),
+``hypergradient`` (the hypergradient alone) and ``per_tensor`` (the run's rule with each
+tensor's hypergradient capped at ``--ratio`` x its anchor), each followed on ``--samples``
+held-out replay batches: the imagined targets' mean absolute gap to the real ones in RMS
+real residuals, and the prediction loss (the messenger in eval mode: both deterministic).
 
     python benchmarks/imagined_targets.py runs/ladder/seqcomm_dfl_s0/version_0 [RUN ...]
+    python benchmarks/imagined_targets.py RUN --steps 200 --rules run mle per_tensor --ratio 0.1
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 import torch
@@ -23,6 +36,11 @@ from hospital_decisions import load_run  # benchmarks/ is the script's directory
 from seqcomm.dfl.world_model import WorldModelPrediction
 from seqcomm.envs.base import OBS, STATE
 from seqcomm.learner import NEXT
+
+#: rule -> the learner's settings it runs under (``run``: as configured; ``per_tensor``: the
+#: hypergradient capped in each tensor at ``--ratio`` x that tensor's anchor)
+RULES = {"run": {}, "mle": {"world_model_gradient": "mle"}, "hypergradient": {"mle_weight": 0.0},
+         "per_tensor": {"hypergradient_per_tensor": True}}
 
 
 def real_step(batch) -> WorldModelPrediction:
@@ -41,7 +59,9 @@ def target_gaps(model, batch) -> dict[str, float]:
     _, cache = model.td_loss(batch)
     real = cache["target"]
     out = {"rms_residual": (cache["q_tot"] - real).pow(2).mean().sqrt().item()}
-    for name, pred in (("model", model.imagine(batch, cache)), ("perfect", real_step(batch))):
+    own = model.imagine(batch, cache)
+    for name, pred in (("model", own), ("perfect", real_step(batch)),
+                       ("state", own._replace(next_state=batch[NEXT, STATE]))):
         imagined = model.imagined_td_loss(batch, cache, pred)[1]
         for kind, target in (("raw", imagined), ("clipped", model.trust_region(imagined, cache))):
             gap = target - real
@@ -50,15 +70,80 @@ def target_gaps(model, batch) -> dict[str, float]:
     return out
 
 
+@torch.no_grad()
+def held_out_gap(model, batches) -> tuple[float, float]:
+    """Mean absolute imagined-minus-real target gap in RMS real residuals, and the prediction
+    loss, over ``batches`` (the messenger in eval mode: no dropout draws)."""
+    model.eval()
+    gaps, losses = [], []
+    for batch in batches:
+        _, cache = model.td_loss(batch)
+        pred = model.imagine(batch, cache)
+        gap = model.imagined_td_loss(batch, cache, pred)[1] - cache["target"]
+        gaps.append(gap.abs().mean() / (cache["q_tot"] - cache["target"]).pow(2).mean().sqrt())
+        losses.append(model.world_model.prediction_loss(
+            pred, batch[NEXT, STATE], batch[NEXT, *OBS], batch[NEXT, "reward"],
+            batch[NEXT, "terminated"]))
+    model.train()
+    return torch.stack(gaps).mean().item(), torch.stack(losses).mean().item()
+
+
+def continue_world_model(model, rule: str, batches, ratio: float = 0.1) -> None:
+    """One world-model step per batch by ``rule`` (``RULES``; ``per_tensor`` at ``ratio``),
+    from a fresh Adam at the run's ``model_lr``; the value networks are not stepped. The inner
+    objective is the training step's (``L_model + lambda_aware L_aware``)."""
+    settings = dict(RULES[rule], **({"hypergradient_ratio": ratio} if rule == "per_tensor"
+                                    else {}))
+    saved = {k: model.hparams[k] for k in settings}
+    model.hparams.update(settings)
+    opt = torch.optim.Adam(model.world_model.parameters(), lr=model.hparams.model_lr)
+    try:
+        for batch in batches:
+            td, cache = model.td_loss(batch)
+            pred = model.imagine(batch, cache)
+            inner = model.imagined_td_loss(batch, cache, pred)[0]
+            if model.hparams.lambda_aware and model.net.comm.ctx_dim:
+                inner = inner + model.hparams.lambda_aware * model.awareness_loss(batch, cache)
+            grads, _ = model.world_model_gradients(batch, cache, td, inner, pred)
+            model.hand_step(opt, list(model.world_model.parameters()), grads, counted=True)
+    finally:
+        model.hparams.update(saved)
+
+
+def rule_table(model, data, steps: int, rules: list[str], samples: int,
+               ratio: float) -> list[str]:
+    """Rows ``| rule | steps | gap | prediction loss |`` from the run's final world model."""
+    held = [data.buffer.sample() for _ in range(samples)]
+    batches = [data.buffer.sample() for _ in range(steps)]
+    start = copy.deepcopy(model.world_model.state_dict())
+    def row(rule: str, k: int) -> str:
+        gap, loss = held_out_gap(model, held)
+        return f"| {rule} | {k} | {gap:.2f} | {loss:.3f} |"
+    rows = [row("final model", 0)]
+    for rule in rules:
+        model.world_model.load_state_dict(start)
+        continue_world_model(model, rule, batches, ratio)
+        rows.append(row(rule, steps))
+    model.world_model.load_state_dict(start)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--samples", type=int, default=8, help="replay batches per run")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=0,
+                        help="world-model steps per rule from the final model (0: none)")
+    parser.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
+    parser.add_argument("--ratio", type=float, default=0.1, help="the per_tensor rule's cap")
     args = parser.parse_args()
+    if args.steps < 0 or args.samples < 1 or args.ratio <= 0:
+        parser.error(f"--steps {args.steps} must be >= 0, --samples {args.samples} >= 1 and "
+                     f"--ratio {args.ratio} > 0")
     print("| run | RMS residual | model: signed / abs | clipped: signed / abs "
-          "| perfect: signed / abs |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+          "| perfect: signed / abs | real s': abs |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for run in args.runs:
         torch.manual_seed(args.seed)
         model, data = load_run(run, replay=True)
@@ -70,7 +155,13 @@ def main() -> None:
         print(f"| {run} | {m['rms_residual']:.3f} | {m['model_raw_signed']:+.3f} / "
               f"{m['model_raw_abs']:.3f} | {m['model_clipped_signed']:+.3f} / "
               f"{m['model_clipped_abs']:.3f} | {m['perfect_raw_signed']:+.3f} / "
-              f"{m['perfect_raw_abs']:.3f} |")
+              f"{m['perfect_raw_abs']:.3f} | {m['state_raw_abs']:.3f} |")
+        if args.steps:
+            print(f"\n{run}: the world model's targets after more steps by each rule "
+                  f"(held-out batches)\n\n| rule | steps | abs gap / RMS residual "
+                  f"| prediction loss |\n| --- | ---: | ---: | ---: |")
+            print("\n".join(rule_table(model, data, args.steps, args.rules, args.samples,
+                                        args.ratio)) + "\n")
 
 
 if __name__ == "__main__":

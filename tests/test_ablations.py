@@ -428,6 +428,9 @@ def test_hypergradient_ratio_caps_the_decision_focused_step_against_the_anchor(f
 
     pure = model_mle(*stack("ablations/gradient/mle.yaml"))
     capped = model_mle("--model.init_args.hypergradient_ratio=1e-9")
+    per_tensor = model_mle("--model.init_args.hypergradient_ratio=1e-9",
+                           "--model.init_args.hypergradient_per_tensor=true")
     default = model_mle()
     assert len(pure) > 1 and capped == pytest.approx(pure, rel=1e-6)
+    assert per_tensor == pytest.approx(pure, rel=1e-6)
     assert default != pytest.approx(pure, rel=1e-6)

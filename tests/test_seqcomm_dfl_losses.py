@@ -18,7 +18,7 @@ from seqcomm.dfl.critic import TeamCritic
 from seqcomm.dfl.implicit_gradient import ImplicitSolver
 from seqcomm.dfl.value_aware import decision_value, value_aware_loss
 from seqcomm.dfl.world_model import WorldModel
-from seqcomm.envs.base import ACTION, MASK, STATE, EnvInfo, env_info
+from seqcomm.envs.base import ACTION, MASK, OBS, STATE, EnvInfo, env_info
 from seqcomm.envs.matrix import MatrixGame
 from seqcomm.seqcomm_dfl import SeqCommDFL
 from seqcomm.team_q import TeamQ
@@ -218,6 +218,39 @@ def test_trust_region_bounds_imagined_targets_by_the_real_residual():
     assert gap[2] == pytest.approx(0.01, rel=1e-3) and gap[3] == 0
     with pytest.raises(ValueError, match="target_radius"):
         learner(target_radius=-1.0)
+
+
+def test_per_tensor_cap_holds_each_world_model_tensor_to_its_anchor():
+    """``hypergradient_per_tensor``: the hypergradient part of every world-model tensor's
+    gradient is at most ``hypergradient_ratio`` x that tensor's weighted anchor, and the
+    setting needs a ratio."""
+    torch.manual_seed(0)
+    env = MatrixGame(8, seed=1)
+    model = SeqCommDFL(env_info(env), comm=functools.partial(SeqCommMessenger, ordering="fixed"),
+                       hidden_dim=8, mle_weight=2.0, hypergradient_ratio=0.01,
+                       hypergradient_per_tensor=True)
+    td = env.reset()
+    td[ACTION] = torch.randint(0, 2, (8, 2))
+    td["next"] = env.step(td)["next"]
+    td["is_init"] = torch.ones(8, 1, dtype=torch.bool)
+    batch = td.unsqueeze(1)
+    loss, cache = model.td_loss(batch)
+    pred = model.imagine(batch, cache)
+    inner = model.imagined_td_loss(batch, cache, pred)[0]
+    grads, _ = model.world_model_gradients(batch, cache, loss, inner, pred)
+    mle = model.world_model.prediction_loss(pred, batch["next", STATE], batch["next", *OBS],
+                                            batch["next", "reward"], batch["next", "terminated"])
+    theta = list(model.world_model.parameters())
+    anchor = torch.autograd.grad(mle, theta, retain_graph=True)
+    model.hparams.hypergradient_per_tensor, model.hparams.mle_weight = False, 0.0
+    hyper, _ = model.world_model_gradients(batch, cache, loss, inner, pred)
+    ratios = [((g - 2.0 * a).norm() / (2.0 * a.norm())).item()
+              for g, a in zip(grads, anchor, strict=True) if a.norm() > 0]
+    assert max(ratios) <= 0.01 + 1e-4
+    assert max(h.norm() / (2.0 * a.norm()) for h, a in zip(hyper, anchor, strict=True)
+               if a.norm() > 0) > 0.01  # the cap binds: uncapped, some tensor is above it
+    with pytest.raises(ValueError, match="hypergradient_per_tensor"):
+        learner(hypergradient_per_tensor=True)
 
 
 def test_evaluation_runs_in_eval_mode_and_restores_the_mode(monkeypatch):
