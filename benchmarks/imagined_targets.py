@@ -11,7 +11,9 @@ takes the target network's own argmax; the real targets follow ``double_q``); th
 prediction with the real next *state* in place of its own (``real s'``) shows how much of the
 gap enters through the mixer's reading of the predicted state.
 
-``--steps K`` then asks which part of the world model's update moves its targets: from the
+``--tensors`` prints, per world-model tensor, the hypergradient's norm (after the run's own
+cap) over the weighted prediction anchor's, and how well the hypergradient agrees between
+batches. ``--steps K`` then asks which part of the world model's update moves its targets: from the
 run's final model, ``K`` more model steps (a fresh Adam at ``model_lr``, the value networks
 fixed) by each of ``--rules``: ``run`` (the run's own rule: the clipped hypergradient plus
 ``mle_weight`` x the prediction loss's gradient), ``mle`` (the prediction loss alone),
@@ -99,15 +101,44 @@ def continue_world_model(model, rule: str, batches, ratio: float = 0.1) -> None:
     opt = torch.optim.Adam(model.world_model.parameters(), lr=model.hparams.model_lr)
     try:
         for batch in batches:
-            td, cache = model.td_loss(batch)
-            pred = model.imagine(batch, cache)
-            inner = model.imagined_td_loss(batch, cache, pred)[0]
-            if model.hparams.lambda_aware and model.net.comm.ctx_dim:
-                inner = inner + model.hparams.lambda_aware * model.awareness_loss(batch, cache)
-            grads, _ = model.world_model_gradients(batch, cache, td, inner, pred)
+            grads, _ = model.world_model_gradients(batch, *outer_step_inputs(model, batch))
             model.hand_step(opt, list(model.world_model.parameters()), grads, counted=True)
     finally:
         model.hparams.update(saved)
+
+
+def outer_step_inputs(model, batch) -> tuple:
+    """``(cache, L_true, L_model + lambda_aware L_aware, prediction)`` as the training step
+    builds them for ``SeqCommDFL.world_model_gradients``."""
+    td, cache = model.td_loss(batch)
+    pred = model.imagine(batch, cache)
+    inner = model.imagined_td_loss(batch, cache, pred)[0]
+    if model.hparams.lambda_aware and model.net.comm.ctx_dim:
+        inner = inner + model.hparams.lambda_aware * model.awareness_loss(batch, cache)
+    return cache, td, inner, pred
+
+
+def tensor_ratios(model, batches) -> tuple[dict[str, float], float]:
+    """Per world-model tensor, the hypergradient's norm after the run's own cap (the run's
+    gradient minus its weighted anchor) over the weighted anchor's, averaged over
+    ``batches``; and the mean cosine of that hypergradient between batches."""
+    theta = list(model.world_model.parameters())
+    ratios, flat = [], []
+    for batch in batches:
+        cache, td, inner, pred = outer_step_inputs(model, batch)
+        grads, _ = model.world_model_gradients(batch, cache, td, inner, pred)
+        mle = model.world_model.prediction_loss(pred, batch[NEXT, STATE], batch[NEXT, *OBS],
+                                                batch[NEXT, "reward"], batch[NEXT, "terminated"])
+        anchor = [model.hparams.mle_weight * a for a in torch.autograd.grad(mle, theta)]
+        hyper = [g - a for g, a in zip(grads, anchor, strict=True)]
+        ratios.append([(h.norm() / (a.norm() + 1e-12)).item()
+                       for h, a in zip(hyper, anchor, strict=True)])
+        flat.append(torch.cat([h.flatten() for h in hyper]))
+    names = [n for n, _ in model.world_model.named_parameters()]
+    cosines = [torch.nn.functional.cosine_similarity(flat[i], flat[j], 0).item()
+               for i in range(len(flat)) for j in range(i + 1, len(flat))]
+    return ({n: sum(r[k] for r in ratios) / len(ratios) for k, n in enumerate(names)},
+            sum(cosines) / max(len(cosines), 1))
 
 
 def rule_table(model, data, steps: int, rules: list[str], samples: int,
@@ -137,6 +168,8 @@ def main() -> None:
                         help="world-model steps per rule from the final model (0: none)")
     parser.add_argument("--rules", nargs="+", default=list(RULES), choices=list(RULES))
     parser.add_argument("--ratio", type=float, default=0.1, help="the per_tensor rule's cap")
+    parser.add_argument("--tensors", action="store_true",
+                        help="per world-model tensor: the hypergradient over its anchor")
     args = parser.parse_args()
     if args.steps < 0 or args.samples < 1 or args.ratio <= 0:
         parser.error(f"--steps {args.steps} must be >= 0, --samples {args.samples} >= 1 and "
@@ -156,6 +189,12 @@ def main() -> None:
               f"{m['model_raw_abs']:.3f} | {m['model_clipped_signed']:+.3f} / "
               f"{m['model_clipped_abs']:.3f} | {m['perfect_raw_signed']:+.3f} / "
               f"{m['perfect_raw_abs']:.3f} | {m['state_raw_abs']:.3f} |")
+        if args.tensors:
+            ratios, cosine = tensor_ratios(model, [data.buffer.sample()
+                                                   for _ in range(args.samples)])
+            print(f"\n{run}: the hypergradient over the weighted anchor, per tensor (its "
+                  f"cosine between batches: {cosine:+.2f})\n\n| tensor | ratio |\n| --- | ---: |")
+            print("\n".join(f"| {n} | {r:.3f} |" for n, r in ratios.items()) + "\n")
         if args.steps:
             print(f"\n{run}: the world model's targets after more steps by each rule "
                   f"(held-out batches)\n\n| rule | steps | abs gap / RMS residual "

@@ -164,10 +164,10 @@ def test_imagined_targets_from_the_real_next_step_are_the_real_targets():
 def test_world_model_rules_step_the_model_only_and_restore_the_settings():
     """``imagined_targets.continue_world_model``: each rule moves the world model and not the
     value networks, leaves the learner's settings as they were, and the prediction-loss rule
-    lowers that loss on the batch it steps on."""
+    lowers that loss on the batch it steps on; ``tensor_ratios`` reads the per-tensor cap."""
     import functools
 
-    from imagined_targets import continue_world_model, held_out_gap
+    from imagined_targets import continue_world_model, held_out_gap, tensor_ratios
 
     from seqcomm.comm.stackelberg import SeqCommMessenger
     from seqcomm.envs.base import ACTION, env_info
@@ -196,3 +196,7 @@ def test_world_model_rules_step_the_model_only_and_restore_the_settings():
     assert held_out_gap(model, [batch])[1] < 0.5 * before
     assert all(torch.equal(v, values[k]) for k, v in model.net.state_dict().items())
     assert dict(model.hparams) == settings
+    model.hparams.update(hypergradient_ratio=0.01, hypergradient_per_tensor=True)
+    ratios, _ = tensor_ratios(model, [batch, batch])
+    assert set(ratios) == {n for n, _ in model.world_model.named_parameters()}
+    assert max(ratios.values()) <= 0.01 + 1e-4
