@@ -118,9 +118,9 @@ class SeqCommDFL(QLearner):
             of the (weighted) anchor's instead of at ``grad_clip``, so the decision-focused
             term cannot outgrow the prediction loss as the model fits (0 = the clip).
         hypergradient_per_tensor: apply ``hypergradient_ratio`` to each world-model tensor
-            against the same tensor's anchor, not to the global norms: on 4m sight the
-            hypergradient is 2-10% of the anchor in most tensors but as large in the
-            next-state and next-observation heads, the ones the imagined targets read
+            against the same tensor's anchor, not to the global norms: on 3m and 4m sight
+            the hypergradient is about a tenth of the anchor in most tensors but 0.6-10x it
+            in the next-state and next-observation heads, the ones the imagined targets read
             (docs/results.md, 55). Needs ``hypergradient_ratio`` > 0.
         implicit_params: the inner parameters ``w`` the implicit/unrolled gradient
             differentiates through: ``head`` (the agents' utility head and the mixer, the
