@@ -37,6 +37,27 @@ def matrix_frames(updates: int) -> int:
     return warmup + (updates - 1) * per_collect
 
 
+def matrix_dfl_step(**kw):
+    """A small ``SeqCommDFL`` (fixed-order messenger, world model) on the 8-copy matrix game
+    and one real step of it as a ``[8, 1]`` replay batch; ``kw``: the learner's settings."""
+    import functools
+
+    from seqcomm.comm.stackelberg import SeqCommMessenger
+    from seqcomm.envs.base import ACTION, env_info
+    from seqcomm.envs.matrix import MatrixGame
+    from seqcomm.seqcomm_dfl import SeqCommDFL
+
+    torch.manual_seed(0)
+    env = MatrixGame(8, seed=1)
+    model = SeqCommDFL(env_info(env), comm=functools.partial(SeqCommMessenger, ordering="fixed"),
+                       hidden_dim=8, **kw)
+    td = env.reset()
+    td[ACTION] = torch.randint(0, 2, (8, 2))
+    td["next"] = env.step(td)["next"]
+    td["is_init"] = torch.ones(8, 1, dtype=torch.bool)
+    return model, td.unsqueeze(1)
+
+
 def read_metrics(run_dir: Path) -> dict[str, dict[int, float]]:
     """``metrics.csv`` as ``{column: {step: value}}`` (empty cells left out)."""
     out: dict[str, dict[int, float]] = {}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, matrix_dfl_step
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from base_attention_use import base_weights, sharpness  # noqa: E402
@@ -138,24 +138,10 @@ def test_imagined_targets_from_the_real_next_step_are_the_real_targets():
     """``imagined_targets.target_gaps``: fed the batch's own (terminal) next step, the
     imagined path gives the real TD targets; an untrained world model's do not, and the trust
     region only brings them closer."""
-    import functools
-
     from imagined_targets import target_gaps
 
-    from seqcomm.comm.stackelberg import SeqCommMessenger
-    from seqcomm.envs.base import ACTION, env_info
-    from seqcomm.envs.matrix import MatrixGame
-    from seqcomm.seqcomm_dfl import SeqCommDFL
-
-    torch.manual_seed(0)
-    env = MatrixGame(8, seed=1)
-    model = SeqCommDFL(env_info(env), comm=functools.partial(SeqCommMessenger, ordering="fixed"),
-                       hidden_dim=8)
-    td = env.reset()
-    td[ACTION] = torch.randint(0, 2, (8, 2))
-    td["next"] = env.step(td)["next"]
-    td["is_init"] = torch.ones(8, 1, dtype=torch.bool)
-    gaps = target_gaps(model, td.unsqueeze(1))
+    model, batch = matrix_dfl_step()
+    gaps = target_gaps(model, batch)
     assert gaps["perfect_raw_abs"] < 1e-6
     assert gaps["model_raw_abs"] > 1e-3
     assert gaps["model_clipped_abs"] <= gaps["model_raw_abs"] + 1e-6
@@ -165,29 +151,14 @@ def test_world_model_rules_step_the_model_only_and_restore_the_settings():
     """``imagined_targets.continue_world_model``: each rule moves the world model and not the
     value networks, leaves the learner's settings as they were, and the prediction-loss rule
     lowers that loss on the batch it steps on; ``tensor_ratios`` reads the per-tensor cap."""
-    import functools
-
     from imagined_targets import continue_world_model, held_out_gap, tensor_ratios
 
-    from seqcomm.comm.stackelberg import SeqCommMessenger
-    from seqcomm.envs.base import ACTION, env_info
-    from seqcomm.envs.matrix import MatrixGame
-    from seqcomm.seqcomm_dfl import SeqCommDFL
-
-    torch.manual_seed(0)
-    env = MatrixGame(8, seed=1)
-    model = SeqCommDFL(env_info(env), comm=functools.partial(SeqCommMessenger, ordering="fixed"),
-                       hidden_dim=8)
-    td = env.reset()
-    td[ACTION] = torch.randint(0, 2, (8, 2))
-    td["next"] = env.step(td)["next"]
-    td["is_init"] = torch.ones(8, 1, dtype=torch.bool)
-    batch = td.unsqueeze(1)
+    model, batch = matrix_dfl_step()
     values = {k: v.clone() for k, v in model.net.state_dict().items()}
     settings = dict(model.hparams)
     start = {k: v.clone() for k, v in model.world_model.state_dict().items()}
     before = held_out_gap(model, [batch])[1]
-    for rule in ("run", "hypergradient"):
+    for rule in ("run", "hypergradient", "per_tensor"):
         model.world_model.load_state_dict(start)
         continue_world_model(model, rule, [batch])
         assert any(not torch.equal(v, start[k]) for k, v in model.world_model.state_dict().items())

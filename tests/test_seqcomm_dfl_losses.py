@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import ROOT, read_metrics
+from conftest import ROOT, matrix_dfl_step, read_metrics
 from tensordict import TensorDict
 from torch import nn
 
@@ -224,16 +224,8 @@ def test_per_tensor_cap_holds_each_world_model_tensor_to_its_anchor():
     """``hypergradient_per_tensor``: the hypergradient part of every world-model tensor's
     gradient is at most ``hypergradient_ratio`` x that tensor's weighted anchor, and the
     setting needs a ratio."""
-    torch.manual_seed(0)
-    env = MatrixGame(8, seed=1)
-    model = SeqCommDFL(env_info(env), comm=functools.partial(SeqCommMessenger, ordering="fixed"),
-                       hidden_dim=8, mle_weight=2.0, hypergradient_ratio=0.01,
-                       hypergradient_per_tensor=True)
-    td = env.reset()
-    td[ACTION] = torch.randint(0, 2, (8, 2))
-    td["next"] = env.step(td)["next"]
-    td["is_init"] = torch.ones(8, 1, dtype=torch.bool)
-    batch = td.unsqueeze(1)
+    model, batch = matrix_dfl_step(mle_weight=2.0, hypergradient_ratio=0.01,
+                                   hypergradient_per_tensor=True)
     loss, cache = model.td_loss(batch)
     pred = model.imagine(batch, cache)
     inner = model.imagined_td_loss(batch, cache, pred)[0]
