@@ -190,6 +190,9 @@ def main() -> None:
               f"{m['model_clipped_abs']:.3f} | {m['perfect_raw_signed']:+.3f} / "
               f"{m['perfect_raw_abs']:.3f} | {m['state_raw_abs']:.3f} |")
         if args.tensors:
+            if model.hparams.world_model_gradient == "mle" or model.hparams.mle_weight <= 0:
+                raise SystemExit(f"{run}: --tensors compares a hypergradient with its anchor; "
+                                 "this run has no hypergradient or no anchor (mle_weight 0)")
             ratios, cosine = tensor_ratios(model, [data.buffer.sample()
                                                    for _ in range(args.samples)])
             print(f"\n{run}: the hypergradient over the weighted anchor, per tensor (its "
