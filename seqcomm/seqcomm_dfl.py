@@ -49,6 +49,7 @@ ImplicitParams = Literal["head", "all"]
 VaReceiver = Literal["frozen", "online", "soft"]
 MessageGradient = Literal["sum", "project"]
 VaMessages = Literal["all", "refined"]
+ImaginedActions = Literal["taken", "greedy", "uniform"]
 TD_LOSSES = ("td", "model_td")
 GRADIENTS: tuple[str, ...] = get_args(WorldModelGradient)
 EVALUATORS: tuple[str, ...] = get_args(Evaluator)
@@ -57,6 +58,7 @@ IMPLICIT_PARAMS: tuple[str, ...] = get_args(ImplicitParams)
 VA_RECEIVERS: tuple[str, ...] = get_args(VaReceiver)
 MESSAGE_GRADIENTS: tuple[str, ...] = get_args(MessageGradient)
 VA_MESSAGES: tuple[str, ...] = get_args(VaMessages)
+IMAGINED_ACTIONS: tuple[str, ...] = get_args(ImaginedActions)
 MESSAGE_LOSSES: tuple[str, ...] = ("va", "inf", "aware", "gp", "recon", "state", "mi", "entropy",
                                    "critic")
 
@@ -105,6 +107,12 @@ class SeqCommDFL(QLearner):
             ``L_model + lambda_aware L_aware`` alone (docs/method.md §3.2).
         model_td_weight: weight of the imagined-transition TD loss ``L_model`` in the value
             parameters' step.
+        imagined_actions: the joint actions the world model imagines from at the replay's
+            ``(s, o, M)``: ``taken`` (the replay's, DESIGN.md §3: the real target already
+            exists there, so the imagined one adds only the model's error), ``greedy`` (the
+            online greedy joint action) or ``uniform`` (each agent's uniform draw among its
+            available actions): joint actions the replay may not hold. Their bootstrap uses
+            the real next step's action masks.
         mle_weight: weight of the prediction loss added to the world model's hypergradient
             (``implicit``, ``unrolled``): an anchor that keeps imagined states in the range
             the value networks were trained on (without it ``L_model`` diverged on hospital).
@@ -230,6 +238,7 @@ class SeqCommDFL(QLearner):
         model_lr: float = 1e-3,
         real_td_weight: float = 1.0,
         model_td_weight: float = 0.5,
+        imagined_actions: ImaginedActions = "taken",
         mle_weight: float = 1.0,
         hypergradient_ratio: float = 0.0,
         hypergradient_per_tensor: bool = False,
@@ -271,7 +280,8 @@ class SeqCommDFL(QLearner):
                    "implicit_params": (implicit_params, IMPLICIT_PARAMS),
                    "va_receiver": (va_receiver, VA_RECEIVERS),
                    "message_gradient": (message_gradient, MESSAGE_GRADIENTS),
-                   "va_messages": (va_messages, VA_MESSAGES)}
+                   "va_messages": (va_messages, VA_MESSAGES),
+                   "imagined_actions": (imagined_actions, IMAGINED_ACTIONS)}
         for name, (value, allowed) in choices.items():  # LightningCLI checks the Literals too
             if value not in allowed:
                 raise ValueError(f"model.{name}={value!r}; choose one of {allowed}")
@@ -810,7 +820,8 @@ class SeqCommDFL(QLearner):
 
     # -- world model ----------------------------------------------------------------------
     def imagine(self, batch: TensorDictBase, cache: dict):
-        """``W_theta(s, o, a, M)`` on the real batch (messages detached), or ``None``."""
+        """``W_theta(s, o, a', M)`` on the real batch (messages detached) at the joint actions
+        ``a'`` of ``imagined_actions`` (kept in ``cache``), or ``None``."""
         if self.world_model is None:
             return None
         aux, comm = cache["aux"], self.net.comm
@@ -820,11 +831,24 @@ class SeqCommDFL(QLearner):
             ctx = comm.redraw(aux.undropped_ctx.detach())
         else:
             ctx = comm(cache["h"].detach())[0]
-        return self.world_model(batch[STATE], batch[OBS], batch[ACTION], ctx.detach())
+        cache["imagined_action"] = self.imagined_joint_actions(batch, cache)
+        return self.world_model(batch[STATE], batch[OBS], cache["imagined_action"],
+                                ctx.detach())
+
+    def imagined_joint_actions(self, batch: TensorDictBase, cache: dict) -> torch.Tensor:
+        """``a' [B, T, n]``: the replay's joint actions, the online greedy ones, or uniform
+        draws among each agent's available actions (``imagined_actions``)."""
+        mode = self.hparams.imagined_actions
+        if mode == "taken":
+            return batch[ACTION]
+        mask = batch[MASK]
+        score = cache["q"].detach() if mode == "greedy" else torch.rand(mask.shape,
+                                                                         device=mask.device)
+        return masked_argmax(score, mask)
 
     def imagined_td_loss(self, batch: TensorDictBase, cache: dict,
                          pred) -> tuple[torch.Tensor, torch.Tensor]:
-        """``L_model(w; theta)``: the QMIX TD loss of the online ``Q_tot(s, a)`` against
+        """``L_model(w; theta)``: the QMIX TD loss of the online ``Q_tot(s, a')`` against
         targets bootstrapped (target networks) from the imagined ``(s', o', r, terminated)``;
         returns the loss and those targets."""
         inputs = self.target.inputs(pred.next_obs, pred.next_state)
@@ -832,24 +856,46 @@ class SeqCommDFL(QLearner):
         q_next = self.next_utilities(h_next, None, batch[NEXT, *MASK])
         q_tot_next = self.target.mix(q_next, pred.next_state)
         target = self.bootstrap(pred.reward, torch.sigmoid(pred.terminated_logit), q_tot_next)
-        return (cache["q_tot"] - self.trust_region(target, cache)).pow(2).mean(), target
+        q_tot, center = cache["q_tot"], cache["target"].detach()
+        action = cache.get("imagined_action", batch[ACTION])
+        if self.hparams.imagined_actions != "taken":  # no real target off the replay's a
+            chosen = cache["q"].gather(-1, action.unsqueeze(-1)).squeeze(-1)
+            q_tot = self.net.mix(chosen, batch[STATE])
+            center = torch.where(self.taken_rows(batch, action), center, q_tot.detach())
+        return (q_tot - self.trust_region(target, cache, center)).pow(2).mean(), target
 
-    def trust_region(self, imagined: torch.Tensor, cache: dict) -> torch.Tensor:
+    @staticmethod
+    def taken_rows(batch: TensorDictBase, action: torch.Tensor) -> torch.Tensor:
+        """``[B, T, 1]``: where the imagined joint action is the replay's."""
+        return (action == batch[ACTION]).all(-1, keepdim=True)
+
+    def trust_region(self, imagined: torch.Tensor, cache: dict,
+                     center: torch.Tensor | None = None) -> torch.Tensor:
         """Imagined targets softly clipped to ``target_radius`` x RMS(real TD residual)
-        around the real targets (identity when ``target_radius`` is 0)."""
+        around ``center``: the real targets (default), or, at joint actions the replay did
+        not take, the online ``Q_tot`` there (identity when ``target_radius`` is 0)."""
         if self.hparams.target_radius <= 0:
             return imagined
         real = cache["target"].detach()
+        center = real if center is None else center
         radius = self.hparams.target_radius * (cache["q_tot"] - real).detach().pow(2).mean(
         ).sqrt().clamp_min(1e-6)
-        return real + radius * torch.tanh((imagined - real) / radius)
+        return center + radius * torch.tanh((imagined - center) / radius)
 
     @torch.no_grad()
     def imagination_errors(self, batch: TensorDictBase, cache: dict, pred,
                            target: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Where the imagined transitions part from the real ones (same ``(s, a)``)."""
-        return {"dfl/target_error": (target - cache["target"]).abs().mean(),
-                "dfl/reward_error": (pred.reward - batch[NEXT, "reward"]).abs().mean(),
+        """Where the imagined transitions part from the real ones, on the rows whose imagined
+        joint action is the replay's (all of them under ``imagined_actions: taken``)."""
+        taken = self.taken_rows(batch, cache.get("imagined_action", batch[ACTION])).float()
+        count = taken.sum().clamp_min(1.0)
+
+        def mean(x: torch.Tensor) -> torch.Tensor:
+            return (x * taken).sum() / count
+
+        return {"dfl/target_error": mean((target - cache["target"]).abs()),
+                "dfl/reward_error": mean((pred.reward - batch[NEXT, "reward"]).abs()),
+                "dfl/imagined_taken": taken.mean(),
                 "dfl/obs_range": pred.next_obs.abs().max()}
 
     def inner_parameters(self) -> dict[str, torch.nn.Parameter]:

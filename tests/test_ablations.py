@@ -314,11 +314,24 @@ def base_pool_switch(name: str):
     return check
 
 
+def imagined_switch(name: str):
+    def check(metrics, config):
+        assert config["model"]["init_args"]["imagined_actions"] == name
+        taken = values(metrics, "dfl/imagined_taken")  # share of rows at the replay's action
+        assert taken and min(values(metrics, "loss/model_td")) > 0
+        if name == "taken":
+            assert set(taken) == {1.0}
+        else:  # early, near-random collection: some imagined joint actions differ
+            assert all(0 <= v <= 1 for v in taken) and min(taken) < 1
+    return check
+
+
 SWITCHES = {"gradient": gradient_switch, "messages": messages_switch,
             "ordering": ordering_switch, "value_aware": value_aware_switch,
             "evaluator": evaluator_switch, "confidence": confidence_switch,
             "receiver_state": receiver_state_switch, "channel": channel_switch,
-            "refinement": refinement_switch, "base_pool": base_pool_switch}
+            "refinement": refinement_switch, "base_pool": base_pool_switch,
+            "imagined": imagined_switch}
 
 
 @pytest.mark.parametrize("ablation", ABLATIONS)

@@ -21,7 +21,7 @@ from seqcomm.dfl.world_model import WorldModel
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE, EnvInfo, env_info
 from seqcomm.envs.matrix import MatrixGame
 from seqcomm.seqcomm_dfl import SeqCommDFL
-from seqcomm.team_q import TeamQ
+from seqcomm.team_q import TeamQ, masked_argmax
 
 INFO = EnvInfo(n_agents=3, obs_dim=4, state_dim=5, n_actions=3, episode_limit=5)
 
@@ -218,6 +218,42 @@ def test_trust_region_bounds_imagined_targets_by_the_real_residual():
     assert gap[2] == pytest.approx(0.01, rel=1e-3) and gap[3] == 0
     with pytest.raises(ValueError, match="target_radius"):
         learner(target_radius=-1.0)
+
+
+@pytest.mark.parametrize("mode", ["greedy", "uniform"])
+def test_imagined_actions_off_the_replay_move_q_tot_at_those_actions(mode):
+    """``imagined_actions``: the world model imagines from the online greedy joint action or
+    from uniform draws, both among the available actions; the imagined TD loss reaches each
+    agent's utility at the imagined action only, and the trust region centres the rows at
+    the replay's joint action on the real target, the others on the online ``Q_tot``."""
+    model, batch = matrix_dfl_step(imagined_actions=mode, target_radius=1.0)
+    mask = batch[MASK].clone()
+    mask[:, :, 0, 0] = False  # agent 0 may not take action 0
+    batch[MASK] = mask
+    batch[ACTION][..., 0] = 1
+    if mode == "greedy":  # half the rows took the greedy joint action, half did not
+        greedy = masked_argmax(model.td_loss(batch)[1]["q"].detach(), mask)
+        batch[ACTION][:4] = greedy[:4]
+        batch[ACTION][4:, :, 1] = 1 - greedy[4:, :, 1]
+    loss, cache = model.td_loss(batch)
+    pred = model.imagine(batch, cache)
+    action = cache["imagined_action"]
+    assert mask.gather(-1, action.unsqueeze(-1)).all()
+    if mode == "greedy":
+        assert torch.equal(action, masked_argmax(cache["q"].detach(), mask))
+    taken = model.taken_rows(batch, action)
+    assert taken.any() and not taken.all()  # both kinds of row in the batch
+    inner, target = model.imagined_td_loss(batch, cache, pred)
+    grad = torch.autograd.grad(inner, cache["q"])[0]
+    at = torch.zeros_like(grad, dtype=torch.bool).scatter(-1, action.unsqueeze(-1), True)
+    assert (grad[~at] == 0).all() and (grad[at] != 0).any()
+    q_tot = model.net.mix(cache["q"].gather(-1, action.unsqueeze(-1)).squeeze(-1), batch[STATE])
+    center = torch.where(taken, cache["target"], q_tot)
+    radius = (cache["q_tot"] - cache["target"]).pow(2).mean().sqrt()
+    expected = center + radius * torch.tanh((target - center) / radius)
+    assert inner.item() == pytest.approx((q_tot - expected).pow(2).mean().item(), rel=1e-5)
+    with pytest.raises(ValueError, match="imagined_actions"):
+        learner(imagined_actions="random")
 
 
 def test_per_tensor_cap_holds_each_world_model_tensor_to_its_anchor():
