@@ -9,7 +9,9 @@ units of the RMS real TD residual. The same path fed the real next step instead 
 model's prediction (``perfect``) shows what the bootstrap rule itself adds (the imagined path
 takes the target network's own argmax; the real targets follow ``double_q``); the model's
 prediction with the real next *state* in place of its own (``real s'``) shows how much of the
-gap enters through the mixer's reading of the predicted state.
+gap enters through the mixer's reading of the predicted state. Runs trained with
+``imagined_actions`` other than ``taken`` are read (and continued) at the replay's joint
+actions, the only ones with a real target.
 
 ``--tensors`` prints, per world-model tensor, the hypergradient's norm (after the run's own
 cap) over the weighted prediction anchor's, and how well the hypergradient agrees between
@@ -183,6 +185,7 @@ def main() -> None:
         if getattr(model, "world_model", None) is None:
             raise SystemExit(f"{run}: no world model in this run (world_model_gradient none?)")
         model.train()  # the training step's messenger (its dropout included)
+        model.hparams.imagined_actions = "taken"  # real targets exist at the replay's actions
         rows = [target_gaps(model, data.buffer.sample()) for _ in range(args.samples)]
         m = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
         print(f"| {run} | {m['rms_residual']:.3f} | {m['model_raw_signed']:+.3f} / "
