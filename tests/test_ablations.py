@@ -326,12 +326,24 @@ def imagined_switch(name: str):
     return check
 
 
+def hypergradient_switch(name: str):
+    def check(metrics, config):
+        hp = config["model"]["init_args"]
+        assert hp["hypergradient_ratio"] == (0.0 if name == "clip" else 0.1)
+        assert hp["hypergradient_per_tensor"] is (name == "per_tensor")
+        kept = values(metrics, "dfl/hypergradient_kept")  # share of the hypergradient's norm
+        assert kept and all(0 < v <= 1 + 1e-6 for v in kept)
+        if name == "per_tensor":  # some tensors' hypergradient outgrows their own anchor
+            assert max(kept) < 1
+    return check
+
+
 SWITCHES = {"gradient": gradient_switch, "messages": messages_switch,
             "ordering": ordering_switch, "value_aware": value_aware_switch,
             "evaluator": evaluator_switch, "confidence": confidence_switch,
             "receiver_state": receiver_state_switch, "channel": channel_switch,
             "refinement": refinement_switch, "base_pool": base_pool_switch,
-            "imagined": imagined_switch}
+            "imagined": imagined_switch, "hypergradient": hypergradient_switch}
 
 
 @pytest.mark.parametrize("ablation", ABLATIONS)
