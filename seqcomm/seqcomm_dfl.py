@@ -952,8 +952,8 @@ class SeqCommDFL(QLearner):
                     limit = hp.hypergradient_ratio * hp.mle_weight * torch.linalg.vector_norm(
                         torch.stack([a.norm() for a in anchor]))
                 scales = [torch.clamp(limit / (norm + 1e-12), max=1.0)] * len(grads)
-            kept = torch.linalg.vector_norm(
-                torch.stack([(c * g).norm() for c, g in zip(scales, grads, strict=True)]))
+            kept = torch.linalg.vector_norm(  # ||c g|| = c ||g||: no gradient-sized copies
+                torch.stack([c * g.norm() for c, g in zip(scales, grads, strict=True)]))
             logs["dfl/hypergradient_kept"] = kept / (norm + 1e-12)  # 1: the cap did not bind
             grads = [c * g + hp.mle_weight * a
                      for c, g, a in zip(scales, grads, anchor, strict=True)]
