@@ -1,14 +1,20 @@
-"""Diagnostic: can RGMComm's receivers use a perfect one-bit label on maze?
+"""Diagnostic: can receivers on maze use a perfect one-bit message, and where must it enter?
 
-Runs ``seqcomm fit`` on ``conf/maze.yaml`` + ``conf/methods/rgmcomm.yaml`` (plus any overrides
-given) with every delivered label replaced by its sender's reachability bit: can the sender
-still reach the high landmark in the moves left, read off its own observation (label 1 = yes).
-Clustering still runs; its labels are just not the ones heard. If these runs beat the
-no-communication optimum 0.5, the receivers can use the bit and a miss of RGMComm on maze is
-its labels' (docs/results.md section 11).
+Runs ``seqcomm fit`` on ``conf/maze.yaml`` with every heard message replaced by its sender's
+reachability bit: can the sender still reach the high landmark in the moves left, read off its
+own observation (label 1 = yes). Three placements (``--into``):
 
-    python benchmarks/maze_true_bit.py --seed_everything=0 \
-        --trainer.default_root_dir=runs/maze_true_bit --run_name=true_bit_s0
+- ``head`` (default): RGMComm (``conf/methods/rgmcomm.yaml``) whose delivered labels are the
+  bits. Clustering still runs; its labels are just not the ones heard. If these runs beat the
+  no-communication optimum 0.5, the receivers can use the bit and a miss of RGMComm on maze is
+  its labels' (docs/results.md section 11).
+- ``head_q``: the same label channel on plain QLearner (no critic, no clustering): separates
+  the RGMComm learner from the receiver's reading of the bit.
+- ``input``: QLearner, the agents' bits appended to every agent's recurrent input (the way
+  the oracle channel's observations enter, ``conf/methods/oracle.yaml``), no message head.
+
+    python benchmarks/maze_true_bit.py --into input --seed_everything=0 \
+        --trainer.default_root_dir=runs/maze_true_bit --run_name=true_bit_input_s0
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ import sys
 import torch
 from maze_label_use import observed_reachability
 
+from seqcomm.agent import RNNAgent
 from seqcomm.cli import main
 from seqcomm.comm.rgmcomm import RGMComm
 from seqcomm.team_q import TeamQ
 
 SIZE, STEPS = 4, 3  # conf/maze.yaml
+PLACEMENTS = ("head", "head_q", "input")
 
 
 def reachability(obs: torch.Tensor) -> torch.Tensor:
@@ -32,30 +40,89 @@ def reachability(obs: torch.Tensor) -> torch.Tensor:
     return observed_reachability(obs, SIZE, STEPS)
 
 
-def patch() -> None:
-    """TeamQ keeps the bits of the observations it last encoded; RGMComm's label logits
-    become those bits wherever their shapes line up (the heard labels), else its own."""
-    inputs, utilities, label_logits = TeamQ.inputs, TeamQ.utilities, RGMComm.label_logits
+class Bits:
+    """The bits of the observations behind recent recurrent states, found again by value.
 
-    def keep_bits(self, obs, state):
-        self.true_bits = reachability(obs)
-        return inputs(self, obs, state)
+    A label function sees states, not observations, and the learner hands it states of the
+    step, of the next step and of subsets of both; so every state the agent computes is kept
+    with its input's bit, and a state's bit is that of the kept row equal to it. (A side
+    channel holding "the last observations encoded" gives the learner's current steps their
+    next step's bits: the learner encodes the next observations last.)"""
 
-    def hand_bits(self, h, deliver=None):
-        self.comm.true_bits = getattr(self, "true_bits", None)
-        return utilities(self, h, deliver)
+    def __init__(self, keep: int = 16) -> None:
+        self.keep, self.rows, self.bits = keep, [], []
+
+    def add(self, inputs: torch.Tensor, h: torch.Tensor) -> None:
+        self.rows = [*self.rows, h.detach().reshape(-1, h.shape[-1])][-self.keep :]
+        self.bits = [*self.bits, reachability(inputs).reshape(-1)][-self.keep :]
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        """``[*B, n]`` bits of states ``h [*B, n, H]``."""
+        kept, query = torch.cat(self.rows), h.detach().reshape(-1, h.shape[-1])
+        _, ids = torch.unique(torch.cat([kept, query]), dim=0, return_inverse=True)
+        table = torch.full((int(ids.max()) + 1,), -1, dtype=torch.long)
+        table[ids[: len(kept)]] = torch.cat(self.bits)
+        found = table[ids[len(kept) :]]
+        if (found < 0).any():
+            raise RuntimeError("maze_true_bit: a state whose observation is not kept")
+        return found.reshape(h.shape[:-1])
+
+
+def patch_labels() -> None:
+    """Every state the agent computes is kept with its observation's bit; RGMComm's label
+    logits become the bits of the states they read."""
+    encode, unroll = RNNAgent.encode, RNNAgent.unroll
+    bits = Bits()
+
+    def kept_encode(self, obs, h, prev_action=None):
+        out = encode(self, obs, h, prev_action)
+        bits.add(obs, out)
+        return out
+
+    def kept_unroll(self, obs, is_init, prev_action=None):
+        out = unroll(self, obs, is_init, prev_action)
+        bits.add(obs, out)
+        return out
 
     def bit_logits(self, h):
-        bits = getattr(self, "true_bits", None)
-        if bits is None or bits.shape != h.shape[-1 - bits.dim() : -1]:
-            return label_logits(self, h)
-        onehot = torch.nn.functional.one_hot(bits, self.n_labels).to(h.dtype)
-        return onehot.expand(*h.shape[:-1], self.n_labels)
+        return torch.nn.functional.one_hot(bits(h), self.n_labels).to(h.dtype)
 
-    TeamQ.inputs, TeamQ.utilities, RGMComm.label_logits = keep_bits, hand_bits, bit_logits
+    RNNAgent.encode, RNNAgent.unroll, RGMComm.label_logits = kept_encode, kept_unroll, bit_logits
+
+
+def patch_inputs() -> None:
+    """Under ``oracle_obs`` the oracle's slot (all agents' observations) carries all agents'
+    bits instead, zero-padded to the slot's width (zero inputs get no weight gradient)."""
+
+    def bit_inputs(self, obs, state):
+        bits = reachability(obs).to(obs.dtype)  # [*B, n]
+        slot = torch.zeros(*obs.shape[:-1], obs.shape[-2] * obs.shape[-1], dtype=obs.dtype)
+        slot[..., : bits.shape[-1]] = bits.unsqueeze(-2)
+        return torch.cat([obs, slot], dim=-1)
+
+    TeamQ.inputs = bit_inputs
+
+
+def arguments(into: str) -> list[str]:
+    """The configs and overrides of a placement."""
+    if into == "input":
+        return ["--config", "conf/methods/oracle.yaml"]
+    rgmcomm = ["--config", "conf/methods/rgmcomm.yaml"]
+    if into == "head_q":
+        return [*rgmcomm, "--model.class_path=seqcomm.learner.QLearner",
+                "--model.init_args.comm=seqcomm.comm.rgmcomm.RGMComm",
+                "--model.init_args.comm.init_args.n_labels=2"]
+    return rgmcomm
 
 
 if __name__ == "__main__":
-    patch()
-    main(["fit", "--config", "conf/maze.yaml", "--config", "conf/methods/rgmcomm.yaml",
-          "--wandb", "false", *sys.argv[1:]])
+    argv, into = sys.argv[1:], "head"
+    if "--into" in argv:
+        k = argv.index("--into")
+        into = argv[k + 1] if k + 1 < len(argv) else ""
+        del argv[k : k + 2]
+    if into not in PLACEMENTS:
+        print(f"maze_true_bit: --into {into!r}; choose one of {PLACEMENTS}", file=sys.stderr)
+        sys.exit(2)
+    patch_inputs() if into == "input" else patch_labels()
+    main(["fit", "--config", "conf/maze.yaml", *arguments(into), "--wandb", "false", *argv])
