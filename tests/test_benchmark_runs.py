@@ -3,7 +3,7 @@ run's ``version_k`` directory or its parent, and one line naming what is there o
 ``benchmarks/late_evaluations.late_figures`` and ``benchmarks/learning_signals.windowed`` on a
 hand-written run; ``benchmarks/update_cost.breakdown`` on a profiled call; the hospital
 read-out's per-receiver shares and its routing probe on hand-made data; the base-round
-attention read-out's weights and their sharpness."""
+attention read-out's weights and their sharpness; the maze diagnostic's bit of each state."""
 
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ from base_attention_use import base_weights, sharpness  # noqa: E402
 from hospital_decisions import balanced_accuracy, run_directory, shares  # noqa: E402
 from late_evaluations import late_figures  # noqa: E402
 from learning_signals import windowed  # noqa: E402
+from maze_true_bit import Bits  # noqa: E402
 from update_cost import breakdown  # noqa: E402
 
+from seqcomm.agent import RNNAgent  # noqa: E402
 from seqcomm.comm.ordering import order_entropy, precedence_from_order  # noqa: E402
 
 
@@ -171,3 +173,29 @@ def test_world_model_rules_step_the_model_only_and_restore_the_settings():
     ratios, _ = tensor_ratios(model, [batch, batch])
     assert set(ratios) == {n for n, _ in model.world_model.named_parameters()}
     assert max(ratios.values()) <= 0.01 + 1e-4
+
+
+def maze_obs(cell: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """4x4, 3-step maze observations: own cell one-hot, then the step one-hot."""
+    return torch.cat([torch.nn.functional.one_hot(cell, 16),
+                      torch.nn.functional.one_hot(t, 4)], -1).float()
+
+
+def test_each_maze_state_hears_its_own_steps_bit_not_the_last_encoded():
+    torch.manual_seed(0)
+    agent = RNNAgent(obs_dim=20, n_agents=2, n_actions=5, hidden_dim=8)
+    cell = torch.randint(0, 16, (4, 3, 2))
+    t = torch.randint(0, 3, (4, 3, 2))
+    obs, next_obs = maze_obs(cell, t), maze_obs(15 - cell, t + 1)  # the far corner: bits differ
+    bit = (cell // 4 + cell % 4 <= 3 - t).long()
+    next_bit = ((15 - cell) // 4 + (15 - cell) % 4 <= 2 - t).long()
+    assert (bit != next_bit).any()
+    bits = Bits()
+    h = agent.unroll(obs, torch.zeros(4, 3, dtype=torch.bool))
+    bits.add(obs, h)
+    h_next = agent.encode(next_obs, h)  # encoded last, as the learner does
+    bits.add(next_obs, h_next)
+    assert torch.equal(bits(h), bit) and torch.equal(bits(h_next), next_bit)
+    assert torch.equal(bits(h_next[1:3, 2]), next_bit[1:3, 2])
+    with pytest.raises(RuntimeError, match="not kept"):
+        bits(torch.zeros(1, 2, 8))
