@@ -124,5 +124,8 @@ if __name__ == "__main__":
     if into not in PLACEMENTS:
         print(f"maze_true_bit: --into {into!r}; choose one of {PLACEMENTS}", file=sys.stderr)
         sys.exit(2)
-    patch_inputs() if into == "input" else patch_labels()
+    if into == "input":
+        patch_inputs()
+    else:
+        patch_labels()
     main(["fit", "--config", "conf/maze.yaml", *arguments(into), "--wandb", "false", *argv])
