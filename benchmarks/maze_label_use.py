@@ -2,9 +2,10 @@
 
 Loads a finished run (``config.yaml``, ``checkpoints/last.ckpt``) and plays its greedy policy
 from every pair of start cells once (the maze's dynamics, ``seqcomm.envs.maze.Maze``), with
-the labels as sent and with every label heard replaced: all 0, all 1, and the reachability
-bit (can the sender reach the high landmark in the moves left; the information the task
-needs, in the label value the sender uses for it). Also prints how often each sender's first
+the labels as sent and with every label heard replaced (at the utility head, or in the
+recurrent input for ``into: input`` runs): all 0, all 1, and the reachability bit (can the
+sender reach the high landmark in the moves left; the information the task needs, in the
+label value the sender uses for it). Also prints how often each sender's first
 label equals that bit (up to renaming). A receiver that acts on its messages changes return
 when the labels are replaced. Last, on three replay samples of the run's own buffer drawn as
 its clustering draws them, each sender's Eq. 13 loss (``clustering_loss`` on the Eq. 5
@@ -49,9 +50,13 @@ def play(model, env: Maze, starts: torch.Tensor, mode: str) -> tuple[float, list
     h = torch.zeros(env.num_envs, 2, net.agent.hidden_dim)
     done = torch.zeros(env.num_envs, dtype=torch.bool)
     total, agree = torch.zeros(env.num_envs), None
+    into_input = comm.into == "input"  # labels of o_i, heard in the recurrent input
     for _ in range(env.steps):
-        h = net.agent.encode(net.inputs(td[OBS], td[STATE]), h)
-        labels = comm.label_logits(h).argmax(-1)  # [E, 2]
+        if into_input:
+            labels = comm.label_logits(td[OBS]).argmax(-1)  # [E, 2]
+        else:
+            h = net.agent.encode(net.inputs(td[OBS], td[STATE]), h)
+            labels = comm.label_logits(h).argmax(-1)
         bit = reachable(env).long()
         if agree is None:
             same = (labels == bit).float().mean(0)
@@ -66,6 +71,10 @@ def play(model, env: Maze, starts: torch.Tensor, mode: str) -> tuple[float, list
             labels = torch.where(bit == 1, value, 1 - value)
         onehot = torch.nn.functional.one_hot(labels, comm.n_labels).to(h.dtype)
         ctx = torch.einsum("eim,imd->eid", onehot, comm.embedding).flip(1)  # 2 agents
+        if into_input:
+            own = net.inputs(td[OBS], td[STATE])[..., : -comm.input_dim]
+            h = net.agent.encode(torch.cat([own, ctx], -1), h)
+            ctx = ctx[..., :0]
         action = masked_argmax(net.agent.q(h, ctx), td[MASK])
         out = env._step(TensorDict({ACTION: action}, batch_size=[env.num_envs]))
         total += torch.where(done, 0.0, out["reward"].squeeze(-1))
@@ -92,7 +101,7 @@ def eq13_labels_vs_bit(model, data, size: int, steps: int, samples: int = 3) -> 
     for _ in range(samples):
         sample = model.cluster_sample(data.buffer)
         _, x = model.cluster_vectors(sample)  # [n, N, D]
-        h, obs = sample["h"], sample[OBS]
+        h, obs = sample["sender"], sample[OBS]
         for labels in (comm.label_logits(h).argmax(-1),
                        observed_reachability(obs, size, steps)):
             probs = torch.nn.functional.one_hot(labels.T, comm.n_labels).to(x.dtype)

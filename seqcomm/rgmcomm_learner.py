@@ -166,20 +166,25 @@ class RGMCommLearner(QLearner):
             net.comm.active.fill_(on)
 
     def freeze_labels(self) -> None:
-        """Staged schedule: the label function and the recurrent encoder it reads stop."""
-        for module in (self.net.comm.label_head, *self.net.agent.encoder):
+        """Staged schedule: the label function stops (and the recurrent encoder it reads,
+        ``into="head"``)."""
+        comm = self.net.comm
+        reads = self.net.agent.encoder if comm.into == "head" else ()
+        for module in (comm.label_head, *reads):
             module.requires_grad_(False)
 
     def restart_receivers(self) -> None:
         """Staged ``stage_restart``: new receivers for the frozen labels. The utility head,
         the label embeddings and the mixer are re-initialised (the target copies them), the
-        value optimiser's moments are dropped and epsilon anneals again from this frame."""
+        value optimiser's moments are dropped and epsilon anneals again from this frame. With
+        ``into="input"`` the labels enter the recurrent input: the whole agent restarts."""
         net = self.net
-        for module in (*net.agent.head.modules(), *net.mixer.modules()):
-            if isinstance(module, torch.nn.Linear):
+        agent = net.agent.head if net.comm.into == "head" else net.agent
+        for module in (*agent.modules(), *net.mixer.modules()):
+            if isinstance(module, torch.nn.Linear | torch.nn.GRUCell):
                 module.reset_parameters()
         net.comm.reset_embedding()
-        for module in (net.agent.head, net.mixer, net.comm):
+        for module in (agent, net.mixer, net.comm):
             broadcast_module(module)  # every DDP rank starts from rank 0's draw
         self.target.load_state_dict(net.state_dict())
         self.optimizers()[0].optimizer.state.clear()
@@ -205,15 +210,18 @@ class RGMCommLearner(QLearner):
     @torch.no_grad()
     def cluster_sample(self, buffer=None) -> TensorDictBase:
         """``K1`` replay steps (whole chunks sampled from ``buffer``, default the run's,
-        flattened, cut), with the senders' recurrent states under ``"h"``."""
+        flattened, cut), with what the label functions read (``RGMComm.sender_inputs``) under
+        ``"sender"``."""
         buffer = self.trainer.datamodule.buffer if buffer is None else buffer
         K1 = self.hparams.cluster_samples
         # on the module's device: after fit Lightning has moved the module to the CPU
         chunks = buffer.sample(max(1, math.ceil(K1 / self.info.episode_limit))).to(self.device)
-        h = self.net.agent.unroll(self.net.inputs(chunks[OBS], chunks[STATE]),
-                                  chunks["is_init"].squeeze(-1))
+        comm = self.net.comm
+        h = (self.net.agent.unroll(self.net.inputs(chunks[OBS], chunks[STATE]),
+                                   chunks["is_init"].squeeze(-1)) if comm.into == "head" else None)
+        sender = comm.sender_inputs(h, chunks[OBS])
         flat = chunks.select(OBS, ACTION, MASK).reshape(-1)
-        flat.set("h", h.reshape(-1, *h.shape[2:]))
+        flat.set("sender", sender.reshape(-1, *sender.shape[2:]))
         return flat[:K1]
 
     @torch.no_grad()
@@ -232,7 +240,7 @@ class RGMCommLearner(QLearner):
         hp = self.hparams
         sample = self.cluster_sample()
         qv, x = self.cluster_vectors(sample)
-        h = sample["h"].detach()  # [N, n, H]
+        h = sample["sender"].detach()  # [N, n, .]
         head = self.net.comm.label_head
         opt = self.optimizers()[2].optimizer  # raw: Lightning counts one step per update
         given = (receiver_conditional(qv.same_receivers, hp.pair_prior)
@@ -330,7 +338,7 @@ class RGMCommLearner(QLearner):
             values = self.critic.switch_values(obs.flatten(-2), batch[ACTION].flatten(0, -2))
             N, n = obs.shape[:2]
             eye = torch.eye(n, dtype=obs.dtype, device=obs.device)
-            labels = cache["aux"].labels.flatten(0, -3) * self.net.comm.active.to(obs.dtype)
+            labels = self.heard_labels(batch, cache).flatten(0, -3)
             # [N, j, i, M]: what j heard from i (nothing from itself)
             heard = labels.unsqueeze(1).expand(N, n, n, -1) * (1 - eye).view(1, n, n, 1)
             ids = eye.expand(N, n, n)
@@ -340,6 +348,12 @@ class RGMCommLearner(QLearner):
         logq = masked_log_softmax(cache["q"].flatten(0, -3), 1.0, mask).flatten(0, 1)
         ce = -logq.gather(-1, best.unsqueeze(-1)).squeeze(-1)
         return spread * (ce * decided).mean()
+
+    def heard_labels(self, batch: TensorDictBase, cache: dict) -> torch.Tensor:
+        """The labels the batch's receivers heard ``[B, T, n, M]`` (zero while undelivered)."""
+        comm = self.net.comm
+        labels = cache["aux"].labels if comm.into == "head" else comm.heard(batch[OBS])[1].labels
+        return labels * comm.active.to(labels.dtype)
 
     def on_train_start(self) -> None:
         super().on_train_start()
@@ -363,7 +377,7 @@ class RGMCommLearner(QLearner):
             return
         sample = self.cluster_sample()
         with torch.no_grad():
-            labels = self.net.comm.label_logits(sample["h"]).argmax(-1)  # [N, n]
+            labels = self.net.comm.label_logits(sample["sender"]).argmax(-1)  # [N, n]
         tables = label_table(sample[OBS].transpose(0, 1), labels.T)
         write_label_map(run_dir, tables, self.net.comm.n_labels)
 

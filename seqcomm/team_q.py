@@ -53,20 +53,23 @@ class TeamQ(nn.Module):
         self.info, self.full_obs, self.oracle_obs = info, full_obs, oracle_obs
         self.comm = comm(hidden_dim, info.n_agents) if comm is not None else NoComm(
             hidden_dim, info.n_agents)
+        self.comm.observe(info.obs_dim)
         in_dim = (info.obs_dim + (info.state_dim if full_obs else 0)
-                  + (info.n_agents * info.obs_dim if oracle_obs else 0))
+                  + (info.n_agents * info.obs_dim if oracle_obs else 0) + self.comm.input_dim)
         self.agent = RNNAgent(in_dim, info.n_agents, info.n_actions, hidden_dim,
                               self.comm.ctx_dim, receiver, last_action, agent_body)
         self.mixer = MonotonicMixer(info.state_dim, info.n_agents, mixer_embed_dim)
 
     def inputs(self, obs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """Agent inputs: the observation, plus the global state under ``full_obs`` and every
-        agent's observation under ``oracle_obs``."""
+        """Agent inputs: the observation, plus the global state under ``full_obs``, every
+        agent's observation under ``oracle_obs`` and a messenger's ``input_context``."""
         parts = [obs]
         if self.full_obs:
             parts.append(state.unsqueeze(-2).expand(*obs.shape[:-1], -1))
         if self.oracle_obs:
             parts.append(obs.flatten(-2).unsqueeze(-2).expand(*obs.shape[:-1], -1))
+        if self.comm.input_dim:
+            parts.append(self.comm.input_context(obs))
         return torch.cat(parts, dim=-1) if len(parts) > 1 else obs
 
     def previous_actions(self, action: torch.Tensor, is_init: torch.Tensor):

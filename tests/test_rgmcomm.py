@@ -27,7 +27,7 @@ from seqcomm.comm.rgmcomm import (
 )
 from seqcomm.dfl.critic import TeamCritic
 from seqcomm.dfl.label_lookahead import pool_best_actions
-from seqcomm.envs.base import ACTION, MASK, OBS, env_info
+from seqcomm.envs.base import ACTION, MASK, OBS, STATE, env_info
 from seqcomm.envs.matrix import RGMCOMM_TABLE, MatrixGame, best_message_value, random_table
 from seqcomm.rgmcomm_learner import (
     RGMCommLearner,
@@ -208,10 +208,10 @@ def test_label_renaming_keeps_label_identity_per_sender():
 
 
 # -- the learner -----------------------------------------------------------------------
-def _learner(**kwargs) -> RGMCommLearner:
+def _learner(into: str = "head", **kwargs) -> RGMCommLearner:
     info = env_info(MatrixGame(1))
-    return RGMCommLearner(env_info=info, comm=lambda H, n: RGMComm(H, n, n_labels=2),
-                          hidden_dim=16, **kwargs)
+    return RGMCommLearner(env_info=info, hidden_dim=16, **kwargs,
+                          comm=lambda H, n: RGMComm(H, n, n_labels=2, into=into))
 
 
 def _batch(B: int = 8) -> TensorDict:
@@ -249,6 +249,42 @@ def test_labels_receive_no_td_gradient():
     assert torch.equal(ctx_masked[:, 0], ctx[:, 0])
 
 
+def test_labels_into_the_recurrent_input_come_from_observations():
+    """``into="input"``: the label function reads the senders' observations, the receivers
+    hear them in their recurrent input at the same step (another sender's observation moves
+    a receiver's state), the head reads no context, and TD reaches the embeddings only."""
+    torch.manual_seed(0)
+    info = env_info(MatrixGame(1))
+    model = _learner(into="input")
+    net, comm = model.net, model.net.comm
+    assert comm.ctx_dim == 0 and comm.label_head.w1.shape[1] == info.obs_dim
+    assert net.agent.fc.in_features == info.obs_dim + comm.input_dim + info.n_agents
+    assert net.agent.head.in_features == 16  # no context at the head
+    batch = _batch(16)
+    loss, cache = model.td_loss(batch)
+    loss.backward()
+    assert all(p.grad is None for p in comm.label_head.parameters())
+    assert comm.embedding.grad.abs().sum() > 0
+    obs = batch[OBS][:, 0]  # [B, n, D]
+    heard = comm.input_context(obs)
+    labels = comm.label_logits(obs).argmax(-1)
+    torch.testing.assert_close(heard[:, 0], comm.embedding[1, labels[:, 1]].detach())
+    torch.testing.assert_close(heard[:, 1], comm.embedding[0, labels[:, 0]].detach())
+    # what sender 1 says moves receiver 0's state at this step, never its own
+    inputs = net.inputs(obs, batch[STATE][:, 0])
+    assert inputs.shape[-1] == info.obs_dim + comm.input_dim
+    h0 = obs.new_zeros(16, 2, 16)
+    with torch.no_grad():
+        h = net.agent.encode(inputs, h0)
+        comm.embedding[1] += 1.0
+        h_moved = net.agent.encode(net.inputs(obs, batch[STATE][:, 0]), h0)
+    assert (h_moved[:, 0] - h[:, 0]).abs().amax(-1).min() > 0
+    torch.testing.assert_close(h_moved[:, 1], h[:, 1])  # no agent hears itself
+    assert comm(torch.randn(3, 2, 16))[0].shape == (3, 2, 0)
+    with pytest.raises(ValueError, match="into"):
+        RGMComm(16, 2, into="mixer")
+
+
 def test_staged_schedule_delivers_nothing_before_clustering():
     model = _learner(schedule="staged")
     h = torch.randn(3, 2, 16)
@@ -258,11 +294,13 @@ def test_staged_schedule_delivers_nothing_before_clustering():
     assert model.net.comm(h)[0].abs().sum() > 0
 
 
-def test_staged_restart_gives_the_frozen_labels_new_receivers(monkeypatch):
+@pytest.mark.parametrize("into", ["head", "input"])
+def test_staged_restart_gives_the_frozen_labels_new_receivers(monkeypatch, into):
     """At the stage the utility head, label embeddings and mixer start over (target too),
-    the encoder the labels read stays, the value optimiser forgets, epsilon re-anneals."""
+    the encoder the labels read stays (``head``; with ``input`` it is a receiver and starts
+    over too), the value optimiser forgets, epsilon re-anneals."""
     torch.manual_seed(0)
-    model = _learner(schedule="staged", eps_anneal_frames=1000)
+    model = _learner(schedule="staged", eps_anneal_frames=1000, into=into)
     opt = torch.optim.Adam(model.value_parameters())
     model.td_loss(_batch())[0].backward()
     opt.step()
@@ -273,10 +311,13 @@ def test_staged_restart_gives_the_frozen_labels_new_receivers(monkeypatch):
     model.freeze_labels()
     model.restart_receivers()
     after = model.net.state_dict()
-    for prefix in ("agent.head.", "mixer.", "comm.embedding"):
-        keys = [k for k in before if k.startswith(prefix) and k.endswith(("weight", "embedding"))]
+    encoder = ("agent.fc.", "agent.rnn.")
+    restarted = ("agent.head.", "mixer.", "comm.embedding") + (encoder if into == "input" else ())
+    for prefix in restarted:
+        keys = [k for k in before if k.startswith(prefix) and ("weight" in k or "embedding" in k)]
         assert keys and all(not torch.equal(before[k], after[k]) for k in keys), prefix
-    for prefix in ("agent.fc.", "agent.rnn.", "comm.label_head."):
+    assert model.net.agent.fc.weight.requires_grad == (into == "input")
+    for prefix in (*(encoder if into == "head" else ()), "comm.label_head."):
         keys = [k for k in before if k.startswith(prefix)]
         assert keys and all(torch.equal(before[k], after[k]) for k in keys), prefix
     assert all(torch.equal(v, model.target.state_dict()[k]) for k, v in after.items())
@@ -292,6 +333,8 @@ def test_staged_restart_gives_the_frozen_labels_new_receivers(monkeypatch):
 @pytest.mark.parametrize("schedule, options", [
     ("online", []), ("staged", []),
     ("online", ["--model.init_args.mi_given=receivers", "--model.init_args.critic_target=optimal"]),
+    ("staged", ["--model.init_args.comm.init_args.into=input",
+                "--model.init_args.receiver_weight=1.0"]),
 ])
 def test_fit_logs_return_gap_and_writes_label_map(fit_matrix, schedule, options):
     run = fit_matrix("--config", METHOD, f"--data.total_frames={matrix_frames(3)}",

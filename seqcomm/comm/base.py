@@ -57,6 +57,9 @@ class Communication(nn.Module):
     """
 
     ctx_dim: int = 0
+    #: size of the context a messenger adds to the receivers' recurrent input instead
+    #: (``input_context``; its senders then read their raw observations)
+    input_dim: int = 0
     #: True when the messages are discrete labels (``MessageOutput.labels`` and
     #: ``label_probs`` are set; bits per step are then log2 |M|).
     discrete: bool = False
@@ -79,6 +82,15 @@ class Communication(nn.Module):
         losses and logs (messages, order, guidance potential, ...) that this messenger
         produces."""
         raise NotImplementedError
+
+    def observe(self, obs_dim: int) -> None:
+        """Told the size of one agent's observation by ``TeamQ`` (for senders that read it)."""
+
+    def input_context(self, obs: torch.Tensor) -> torch.Tensor:
+        """``[*B, n, input_dim]``: what each receiver hears at this step, from the senders'
+        observations ``obs [*B, n, D]``, appended to its recurrent input (where
+        ``input_dim > 0``)."""
+        raise NotImplementedError(f"{type(self).__name__} speaks to the utility head")
 
     @property
     def message_dim(self) -> int:

@@ -12,6 +12,7 @@ label is the deterministic argmax.
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -19,6 +20,9 @@ from torch.nn import functional as F
 
 from seqcomm.comm.base import Communication, MessageOutput
 from seqcomm.comm.messages import entropy, expand_to_deliver, others_mask
+
+Into = Literal["head", "input"]
+INTO: tuple[str, ...] = get_args(Into)
 
 
 def cosine_distance_matrix(x: torch.Tensor) -> torch.Tensor:
@@ -257,14 +261,19 @@ class LabelHeads(nn.Module):
 
 
 class RGMComm(Communication):
-    """Deterministic discrete labels per sender; ``ctx_j`` = sum of the other delivered
-    senders' label embeddings (one embedding table per sender, so the receiver knows who
-    said what), read by the receiver's head together with its own state.
+    """Deterministic discrete labels per sender; a receiver hears the sum of the other
+    delivered senders' label embeddings (one embedding table per sender, so the receiver knows
+    who said what).
 
-    The label function ``g(h_i)`` reads the sender's recurrent state detached (its
-    observation history, the paper's ``o_i``) and emits ``argmax``: no TD gradient reaches
-    it or, through it, the sender; only ``clustering_loss`` trains ``label_logits``. The
-    embeddings are the receivers' reading of a label and learn by TD.
+    The label function emits ``argmax`` of ``g(x_i)``: no TD gradient reaches it or, through
+    it, the sender; only ``clustering_loss`` trains ``label_logits``. The embeddings are the
+    receivers' reading of a label and learn by TD. Where the labels go (``into``):
+
+    - ``head``: ``g`` reads the sender's recurrent state ``h_i`` (detached), and the context
+      goes to the receiver's utility head beside its own state.
+    - ``input``: ``g`` reads the sender's observation ``o_i`` (the paper's ``g(o_i)``), and
+      the context enters the receiver's recurrent input at the same step (``input_context``),
+      so its state carries what it heard (docs/results.md section 59).
 
     Args:
         hidden_dim: size of the agent's recurrent state ``h_i``.
@@ -272,47 +281,73 @@ class RGMComm(Communication):
         n_labels: alphabet size ``|M|``.
         embed_dim: size of a label embedding (and of the context).
         label_hidden: width of the label function's hidden layer.
+        into: ``head`` or ``input`` (above).
     """
 
     discrete = True
 
     def __init__(self, hidden_dim: int = 64, n_agents: int = 2, n_labels: int = 2,
-                 embed_dim: int = 16, label_hidden: int = 64) -> None:
+                 embed_dim: int = 16, label_hidden: int = 64, into: Into = "head") -> None:
         super().__init__(hidden_dim, n_agents)
         if n_labels < 2:
             raise ValueError(f"RGMComm needs n_labels >= 2, got {n_labels}")
-        self.n_labels, self.ctx_dim = n_labels, embed_dim
+        if into not in INTO:
+            raise ValueError(f"RGMComm into={into!r}; choose one of {INTO}")
+        self.n_labels, self.into, self.label_hidden = n_labels, into, label_hidden
+        self.ctx_dim, self.input_dim = (embed_dim, 0) if into == "head" else (0, embed_dim)
         self.label_head = LabelHeads(n_agents, hidden_dim, label_hidden, n_labels)
         self.embedding = nn.Parameter(torch.empty(n_agents, n_labels, embed_dim))
         self.reset_embedding()
         # False until the staged schedule has clustered: every message is the empty one
         self.register_buffer("active", torch.ones((), dtype=torch.bool))
 
+    def observe(self, obs_dim: int) -> None:
+        """``into="input"``: the label function reads observations of this size."""
+        if self.into == "input":
+            self.label_head = LabelHeads(self.n_agents, obs_dim, self.label_hidden,
+                                         self.n_labels)
+
     def reset_embedding(self) -> None:
         """Fresh receivers' reading of the labels: ``N(0, 1 / n_labels)`` entries."""
         with torch.no_grad():
             self.embedding.copy_(torch.randn_like(self.embedding) / self.n_labels**0.5)
 
-    def label_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Label logits ``[*B, n, M]`` from detached recurrent states."""
-        return self.label_head(h.detach())
+    def label_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Label logits ``[*B, n, M]`` from the senders' detached inputs (``sender_inputs``)."""
+        return self.label_head(x.detach())
+
+    def sender_inputs(self, h: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """What the label function reads: the recurrent states (``head``) or the
+        observations (``input``)."""
+        return h if self.into == "head" else obs
+
+    def heard(
+        self, x: torch.Tensor, deliver: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, MessageOutput]:
+        """``(ctx, out)`` from the senders' inputs ``x [*B, n, .]``; ``out.labels`` (argmax
+        one-hots) and ``out.label_probs``."""
+        if x.shape[-2] != self.n_agents:
+            raise ValueError(
+                f"RGMComm was built for n_agents={self.n_agents} but got {x.shape[-2]} agents"
+            )
+        x, deliver = expand_to_deliver(x, deliver)
+        with torch.no_grad():
+            logits = self.label_logits(x)
+            labels = torch.nn.functional.one_hot(logits.argmax(-1), self.n_labels).to(x.dtype)
+        sent = torch.einsum("...im,imd->...id", labels, self.embedding)
+        ctx = (others_mask(x, deliver) @ sent) * self.active.to(x.dtype)
+        return ctx, MessageOutput(labels=labels, label_probs=torch.softmax(logits, -1))
 
     def forward(
         self, h: torch.Tensor, deliver: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, MessageOutput]:
-        """``(ctx, out)``; ``out.labels`` (argmax one-hots) and ``out.label_probs``."""
-        if h.shape[-2] != self.n_agents:
-            raise ValueError(
-                f"RGMComm was built for n_agents={self.n_agents} but h has {h.shape[-2]} agents"
-            )
-        h, deliver = expand_to_deliver(h, deliver)
-        with torch.no_grad():
-            logits = self.label_logits(h)
-            labels = torch.nn.functional.one_hot(logits.argmax(-1), self.n_labels).to(h.dtype)
-        sent = torch.einsum("...im,imd->...id", labels, self.embedding)
-        others = others_mask(h, deliver)
-        ctx = (others @ sent) * self.active.to(h.dtype)
-        return ctx, MessageOutput(labels=labels, label_probs=torch.softmax(logits, -1))
+        """``heard(h)`` (``head``); with ``input`` the head hears nothing here."""
+        if self.into == "input":
+            return h.new_zeros(*h.shape[:-1], 0), MessageOutput()
+        return self.heard(h, deliver)
+
+    def input_context(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.heard(obs)[0]
 
     def bits_per_step(self) -> float:
         return math.log2(self.n_labels) if bool(self.active) else 0.0
