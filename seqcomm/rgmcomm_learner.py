@@ -240,15 +240,15 @@ class RGMCommLearner(QLearner):
         hp = self.hparams
         sample = self.cluster_sample()
         qv, x = self.cluster_vectors(sample)
-        h = sample["sender"].detach()  # [N, n, .]
+        sender = sample["sender"].detach()  # [N, n, .]: what the label functions read
         head = self.net.comm.label_head
         opt = self.optimizers()[2].optimizer  # raw: Lightning counts one step per update
         given = (receiver_conditional(qv.same_receivers, hp.pair_prior)
                  if hp.mi_given == "receivers" else None)
-        best = cluster_labels(head, opt, h, x, hp.cluster_steps, hp.cluster_lr,
+        best = cluster_labels(head, opt, sender, x, hp.cluster_steps, hp.cluster_lr,
                               hp.cluster_restarts, hp.mi_weight, hp.refine, given)
         with torch.no_grad():
-            labels = head(h).argmax(-1)
+            labels = head(sender).argmax(-1)
         return self.gap_quantities(qv.values, x, labels.T, best.mean().item())
 
     @torch.no_grad()

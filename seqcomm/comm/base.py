@@ -57,8 +57,8 @@ class Communication(nn.Module):
     """
 
     ctx_dim: int = 0
-    #: size of the context a messenger adds to the receivers' recurrent input instead
-    #: (``input_context``; its senders then read their raw observations)
+    #: size of the context a messenger appends to the receivers' recurrent input
+    #: (``input_context``, from the senders' observations); 0: all it says is in ``ctx``
     input_dim: int = 0
     #: True when the messages are discrete labels (``MessageOutput.labels`` and
     #: ``label_probs`` are set; bits per step are then log2 |M|).
