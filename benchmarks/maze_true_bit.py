@@ -107,7 +107,9 @@ def arguments(into: str) -> list[str]:
     """The configs and overrides of a placement."""
     if into == "input":
         return ["--config", "conf/methods/oracle.yaml"]
-    rgmcomm = ["--config", "conf/methods/rgmcomm.yaml"]
+    # the bits replace labels read from recurrent states: RGMComm's head placement
+    rgmcomm = ["--config", "conf/methods/rgmcomm.yaml",
+               "--model.init_args.comm.init_args.into=head"]
     if into == "head_q":
         return [*rgmcomm, "--model.class_path=seqcomm.learner.QLearner",
                 "--model.init_args.comm=seqcomm.comm.rgmcomm.RGMComm",
