@@ -45,6 +45,14 @@ def load(run_dir: Path) -> QLearner:
     return load_run(run_dir)[0]
 
 
+def require_head_messages(run: Path, model: QLearner) -> None:
+    """Exit with one line when the run's messages enter the recurrent input (read-outs that
+    mask messages at the utility head would report masked = delivered)."""
+    if model.net.comm.input_dim:
+        raise SystemExit(f"{run}: its messages enter the recurrent input (RGMComm into: "
+                         "input); this read-out masks them at the utility head")
+
+
 def run_directory(path: Path) -> Path:
     """``path`` if it holds a finished run, else its only ``version_k``; exits with one line
     saying what is missing otherwise."""
@@ -200,7 +208,9 @@ def main() -> None:
     torch.set_num_threads(1)
     rows = []
     for run in args.runs:
-        counts, record = decisions(load(run), args.envs, args.seed, **ward(run_directory(run)))
+        model = load(run)
+        require_head_messages(run, model)
+        counts, record = decisions(model, args.envs, args.seed, **ward(run_directory(run)))
         row = shares(counts, args.per_agent)
         if args.probe:
             row.update({k: v if args.per_agent else v.mean()

@@ -18,7 +18,7 @@ import types
 from pathlib import Path
 
 import torch
-from hospital_decisions import load_run
+from hospital_decisions import load_run, require_head_messages
 
 from seqcomm.envs.reference import evaluate_policy
 
@@ -68,6 +68,7 @@ def main() -> None:
     rows = []
     for run in args.runs:
         model, data = load_run(run)
+        require_head_messages(run, model)
         if getattr(model.net.comm, "ctx_dim", 0) == 0:
             raise SystemExit(f"{run}: the run sends no messages (model.comm unset; the oracle "
                              "channel is an input, oracle_obs)")
