@@ -30,14 +30,20 @@ from tensordict import TensorDictBase
 from torch.nn import functional as F
 
 from seqcomm.comm.label_map import label_table, write_label_map
-from seqcomm.comm.q_vectors import QVectors, eq5_vectors
+from seqcomm.comm.q_vectors import (
+    QVectors,
+    eq5_vectors,
+    group_counts,
+    group_representatives,
+    local_group_ids,
+    receiver_conditional,
+)
 from seqcomm.comm.rgmcomm import (
     LabelHeads,
     RGMComm,
     activate_q,
     average_cosine_distance,
     clustering_loss,
-    receiver_conditional,
     refine_labelling,
     return_gap_bound,
 )
@@ -234,19 +240,28 @@ class RGMCommLearner(QLearner):
 
     def cluster(self) -> dict[str, float]:
         """Eq. 5 vectors of a replay sample, then ``cluster_steps`` Adam steps of the label
-        functions on Eq. 13 (all senders at once), warm-started and from ``cluster_restarts``
-        fresh initialisations; per sender the lowest loss of the hard labels wins, its labels
+        functions on Eq. 13 (all senders at once) over the distinct inputs of the label
+        functions weighted by their counts, warm-started and from ``cluster_restarts`` fresh
+        initialisations; per sender the lowest loss of the hard labels wins, its labels
         renamed to agree most with the labels in use. Returns the return-gap quantities."""
         hp = self.hparams
         sample = self.cluster_sample()
         qv, x = self.cluster_vectors(sample)
         sender = sample["sender"].detach()  # [N, n, .]: what the label functions read
+        # equal inputs have equal labels and equal Eq. 5 vectors: Eq. 13 over distinct ones
+        group = local_group_ids(sender.transpose(0, 1))  # [n, N]
+        reps = group_representatives(group)  # [n, G]
+        weight = group_counts(group, reps.shape[-1]) / group.shape[-1]
+        inputs = sender.gather(0, reps.T.reshape(*reps.T.shape, *[1] * (sender.dim() - 2))
+                               .expand(-1, -1, *sender.shape[2:]))  # [G, n, .]
+        x_distinct = x.gather(1, reps.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         head = self.net.comm.label_head
         opt = self.optimizers()[2].optimizer  # raw: Lightning counts one step per update
-        given = (receiver_conditional(qv.same_receivers, hp.pair_prior)
+        given = (receiver_conditional(group, qv.receiver_group, hp.pair_prior)
                  if hp.mi_given == "receivers" else None)
-        best = cluster_labels(head, opt, sender, x, hp.cluster_steps, hp.cluster_lr,
-                              hp.cluster_restarts, hp.mi_weight, hp.refine, given)
+        best = cluster_labels(head, opt, inputs, x_distinct, weight, hp.cluster_steps,
+                              hp.cluster_lr, hp.cluster_restarts, hp.mi_weight, hp.refine,
+                              given)
         with torch.no_grad():
             labels = head(sender).argmax(-1)
         return self.gap_quantities(qv.values, x, labels.T, best.mean().item())
@@ -383,26 +398,26 @@ class RGMCommLearner(QLearner):
 
 
 def fit_labels(head: LabelHeads, opt: torch.optim.Optimizer, h: torch.Tensor,
-               x: torch.Tensor, steps: int, mi_weight: float,
+               x: torch.Tensor, weight: torch.Tensor, steps: int, mi_weight: float,
                given: torch.Tensor | None = None) -> torch.Tensor:
-    """``steps`` Adam steps of Eq. 13 on ``head`` (states ``h [N, n, H]``, activated vectors
-    ``x [n, N, D]``, ``given`` as in ``clustering_loss``); returns the loss of its hard
-    labels per sender ``[n]``."""
+    """``steps`` Adam steps of Eq. 13 on ``head`` (inputs ``h [N, n, H]``, activated vectors
+    ``x [n, N, D]``, ``weight [n, N]`` and ``given`` as in ``clustering_loss``); returns the
+    loss of its hard labels per sender ``[n]``."""
     with torch.enable_grad():
         for _ in range(steps):
-            loss = clustering_loss(torch.softmax(head(h), -1).transpose(0, 1), x,
-                                   mi_weight=mi_weight, given=given)
+            loss = clustering_loss(torch.softmax(head(h), -1).transpose(0, 1), x, weight,
+                                   mi_weight, given)
             opt.zero_grad()
             loss.sum().backward()
             opt.step()
     with torch.no_grad():
         hard = F.one_hot(head(h).argmax(-1), head.b2.shape[-1]).to(x.dtype)
-        return clustering_loss(hard.transpose(0, 1), x, mi_weight=mi_weight, given=given)
+        return clustering_loss(hard.transpose(0, 1), x, weight, mi_weight, given)
 
 
 def cluster_labels(head: LabelHeads, opt: torch.optim.Optimizer, h: torch.Tensor,
-                   x: torch.Tensor, steps: int, lr: float, restarts: int,
-                   mi_weight: float, refine: bool = False,
+                   x: torch.Tensor, weight: torch.Tensor, steps: int, lr: float,
+                   restarts: int, mi_weight: float, refine: bool = False,
                    given: torch.Tensor | None = None) -> torch.Tensor:
     """Fit ``head`` warm-started and from ``restarts`` fresh initialisations; per sender the
     lowest hard-label loss wins (Eq. 13 has local minima, e.g. a 3-1 split of the matrix
@@ -411,26 +426,27 @@ def cluster_labels(head: LabelHeads, opt: torch.optim.Optimizer, h: torch.Tensor
     Returns the winning losses ``[n]``."""
     with torch.no_grad():
         old = head(h).argmax(-1)
-    best = fit_labels(head, opt, h, x, steps, mi_weight, given)
+    best = fit_labels(head, opt, h, x, weight, steps, mi_weight, given)
     for _ in range(restarts):
         fresh = copy.deepcopy(head)
         fresh.reset_parameters()
-        loss = fit_labels(fresh, torch.optim.Adam(fresh.parameters(), lr), h, x, steps,
-                          mi_weight, given)
+        loss = fit_labels(fresh, torch.optim.Adam(fresh.parameters(), lr), h, x, weight,
+                          steps, mi_weight, given)
         better = loss < best - 1e-6
         if better.any():
             head.take(fresh, better)
             opt.state.clear()
             best = torch.where(better, loss, best)
     if refine:
-        best = refine_head(head, opt, h, x, best, steps, mi_weight, given)
+        best = refine_head(head, opt, h, x, weight, best, steps, mi_weight, given)
     with torch.no_grad():
-        head.permute_labels(label_renaming(old, head(h).argmax(-1), head.b2.shape[-1]))
+        head.permute_labels(label_renaming(old, head(h).argmax(-1), head.b2.shape[-1],
+                                           weight.T))
     return best
 
 
 def refine_head(head: LabelHeads, opt: torch.optim.Optimizer, h: torch.Tensor, x: torch.Tensor,
-                best: torch.Tensor, steps: int, mi_weight: float,
+                weight: torch.Tensor, best: torch.Tensor, steps: int, mi_weight: float,
                 given: torch.Tensor | None = None) -> torch.Tensor:
     """Hartigan's local search from the head's hard labels (``refine_labelling``; groups are
     identical sender states), then ``steps`` cross-entropy steps of the head towards the
@@ -438,18 +454,19 @@ def refine_head(head: LabelHeads, opt: torch.optim.Optimizer, h: torch.Tensor, x
     n_labels = head.b2.shape[-1]
     with torch.no_grad():
         target = refine_labelling(head(h).argmax(-1).T, x, sender_group_ids(h), n_labels,
-                                  mi_weight, given=given)
+                                  mi_weight, given=given, weight=weight)
     trial = copy.deepcopy(head)
     trial_opt = torch.optim.Adam(trial.parameters(), opt.param_groups[0]["lr"])
     with torch.enable_grad():
         for _ in range(steps):
-            loss = F.cross_entropy(trial(h).flatten(0, 1), target.T.flatten())
+            loss = (F.cross_entropy(trial(h).flatten(0, 1), target.T.flatten(), reduction="none")
+                    * weight.T.flatten()).sum()
             trial_opt.zero_grad()
             loss.backward()
             trial_opt.step()
     with torch.no_grad():
         hard = F.one_hot(trial(h).argmax(-1), n_labels).to(x.dtype)
-        loss = clustering_loss(hard.transpose(0, 1), x, mi_weight=mi_weight, given=given)
+        loss = clustering_loss(hard.transpose(0, 1), x, weight, mi_weight, given)
     better = loss < best - 1e-6
     if better.any():
         head.take(trial, better)
@@ -457,14 +474,17 @@ def refine_head(head: LabelHeads, opt: torch.optim.Optimizer, h: torch.Tensor, x
     return torch.where(better, loss, best)
 
 
-def label_renaming(old: torch.Tensor, new: torch.Tensor, n_labels: int) -> torch.Tensor:
+def label_renaming(old: torch.Tensor, new: torch.Tensor, n_labels: int,
+                   weight: torch.Tensor | None = None) -> torch.Tensor:
     """``perm [n, M]`` for ``LabelHeads.permute_labels``: per sender, the renaming of the
-    labels ``new [N, n]`` that agrees most with ``old [N, n]`` (so labels keep their meaning
-    for the receivers across re-clusterings)."""
+    labels ``new [N, n]`` that agrees most with ``old [N, n]`` (samples weighted by
+    ``weight [N, n]``, default 1), so labels keep their meaning for the receivers across
+    re-clusterings."""
     n = old.shape[-1]
+    weight = torch.ones(old.shape) if weight is None else weight
     agree = torch.zeros(n, n_labels, n_labels).index_put_(
         (torch.arange(n).expand_as(old).flatten(), old.flatten().cpu(), new.flatten().cpu()),
-        torch.ones(old.numel()), accumulate=True)
+        weight.flatten().cpu().float(), accumulate=True)
     perm = torch.empty(n, n_labels, dtype=torch.long)
     for i in range(n):  # once per clustering, on M x M tables
         rows, cols = linear_sum_assignment(agree[i].numpy(), maximize=True)

@@ -12,7 +12,13 @@ from conftest import matrix_frames, read_metrics
 from tensordict import TensorDict
 from torch.nn import functional as F
 
-from seqcomm.comm.q_vectors import eq5_vectors
+from seqcomm.comm.q_vectors import (
+    eq5_vectors,
+    group_counts,
+    group_representatives,
+    local_group_ids,
+    receiver_conditional,
+)
 from seqcomm.comm.rgmcomm import (
     LabelHeads,
     RGMComm,
@@ -21,7 +27,6 @@ from seqcomm.comm.rgmcomm import (
     clustering_loss,
     conditional_information_change,
     label_information,
-    receiver_conditional,
     refine_labelling,
     return_gap_bound,
 )
@@ -182,7 +187,8 @@ def test_label_functions_learn_the_split_with_restarts():
         heads = LabelHeads(2, 8, 64, 2)
         h = torch.randn(4, 2, 8)
         opt = torch.optim.Adam(heads.parameters(), lr=1e-2)
-        best = cluster_labels(heads, opt, h, x, steps=150, lr=1e-2, restarts=8, mi_weight=1.0)
+        best = cluster_labels(heads, opt, h, x, torch.full((2, 4), 0.25), steps=150,
+                              lr=1e-2, restarts=8, mi_weight=1.0)
         for i in range(2):
             lab = heads(h)[:, i].argmax(-1).tolist()
             assert lab[0] == lab[2] != lab[1] == lab[3], (seed, i, lab)
@@ -381,7 +387,8 @@ def test_refine_head_splits_a_two_cluster_head_into_four_labels():
         loss.backward()
         opt.step()
     before = clustering_loss(F.one_hot(heads(h).argmax(-1), 4).float().transpose(0, 1), x)
-    best = refine_head(heads, opt, h, x, before.detach(), 200, 1.0)
+    best = refine_head(heads, opt, h, x, torch.full((2, 4), 0.25), before.detach(), 200,
+                       1.0)
     for i in range(2):
         assert sorted(heads(h)[:, i].argmax(-1).tolist()) == [0, 1, 2, 3]
     assert torch.all(best < before - 0.2)
@@ -496,8 +503,7 @@ def test_information_given_the_receivers_credits_only_what_they_do_not_see():
     ``log 2`` both ways. Hartigan's move deltas under ``given`` are the exact changes."""
     step = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     bit = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
-    same = step.unsqueeze(-1) == step.unsqueeze(-2)
-    given = receiver_conditional(same, prior=0.0)
+    given = receiver_conditional(torch.arange(8).unsqueeze(0), step.unsqueeze(0), prior=0.0)[0]
     for labels, conditional in ((step, 0.0), (bit, math.log(2))):
         probs = F.one_hot(labels, 2).float()
         assert label_information(probs).item() == pytest.approx(math.log(2))
@@ -509,7 +515,7 @@ def test_information_given_the_receivers_credits_only_what_they_do_not_see():
     groups = torch.randint(0, G, (n, N))
     groups[:, :G] = torch.arange(G)
     recv = torch.randint(0, 3, (n, N))
-    given = receiver_conditional(recv.unsqueeze(-1) == recv.unsqueeze(-2), prior=1.0)
+    given = receiver_conditional(torch.arange(N).expand(n, N), recv, prior=1.0)
     glab = torch.randint(0, M, (n, G))
     delta = conditional_information_change(given, F.one_hot(groups, G).float(),
                                            F.one_hot(glab, M).float(), glab)
@@ -530,3 +536,34 @@ def test_information_given_the_receivers_credits_only_what_they_do_not_see():
         assert clustering_loss(F.one_hot(moved, M).float(), x[i], given=given[i]) >= loss[i] - 1e-6
     with pytest.raises(ValueError, match="mi_given"):
         _learner(mi_given="sender")
+
+
+def test_eq13_over_distinct_inputs_weighted_by_counts_equals_eq13_over_samples():
+    """Equal sender inputs share labels and Eq. 5 vectors, so the learner scores Eq. 13 (with
+    and without the receivers' term) and runs Hartigan's search over distinct inputs weighted
+    by their counts: the same losses and labels as over all samples."""
+    torch.manual_seed(0)
+    n, N, G, M = 2, 40, 6, 3
+    index = torch.randint(0, G, (n, N))
+    index[:, :G] = torch.arange(G)
+    inputs = torch.randn(G, 3)[index]  # [n, N, 3]: G distinct rows per sender
+    group = local_group_ids(inputs)
+    assert torch.equal(group.unsqueeze(-1) == group.unsqueeze(-2),
+                       (inputs.unsqueeze(2) == inputs.unsqueeze(1)).all(-1))
+    recv = torch.randint(0, 4, (n, N))
+    x_g, probs_g = torch.randn(n, G, 5), torch.softmax(torch.randn(n, G, M), -1)
+    x = x_g.gather(1, group.unsqueeze(-1).expand(-1, -1, 5))
+    probs = probs_g.gather(1, group.unsqueeze(-1).expand(-1, -1, M))
+    reps, weight = group_representatives(group), group_counts(group) / N
+    assert torch.equal(group.gather(1, reps), torch.arange(G).expand(n, G))
+    per_sample = receiver_conditional(torch.arange(N).expand(n, N), recv, prior=1.0)
+    per_group = receiver_conditional(group, recv, prior=1.0)
+    assert torch.allclose(per_sample @ F.one_hot(group, G).float(), per_group, atol=1e-6)
+    for s, g in ((None, None), (per_sample, per_group)):
+        assert torch.allclose(clustering_loss(probs, x, given=s),
+                              clustering_loss(probs_g, x_g, weight, given=g), atol=1e-5)
+        labels = torch.randint(0, M, (n, G))
+        by_sample = refine_labelling(labels.gather(1, group), x, group, M, given=s)
+        by_group = refine_labelling(labels, x_g, torch.arange(G).expand(n, G), M, given=g,
+                                    weight=weight)
+        assert torch.equal(by_sample, by_group.gather(1, group))

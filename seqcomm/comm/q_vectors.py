@@ -18,6 +18,7 @@ import torch
 from torch.nn import functional as F
 
 from seqcomm.dfl.critic import TeamCritic
+from seqcomm.dfl.label_lookahead import sender_group_ids
 
 
 @dataclass
@@ -28,15 +29,15 @@ class QVectors:
         values: ``[n, N, K2 * A]`` weighted action values (zero where not ``valid``).
         valid: ``[n, N, K2 * A]`` available sender action and an existing pair.
         pairs: ``[n, K2]`` sample index of each sender's top receivers' pairs.
-        same_obs: ``[n, N, N]`` whether two samples share the sender's observation.
-        same_receivers: ``[n, N, N]`` whether two samples share the receivers' observations.
+        sender_group: ``[n, N]`` ids of the sender's distinct observations (``0 .. G-1``).
+        receiver_group: ``[n, N]`` ids of the receivers' distinct observations.
     """
 
     values: torch.Tensor
     valid: torch.Tensor
     pairs: torch.Tensor
-    same_obs: torch.Tensor
-    same_receivers: torch.Tensor
+    sender_group: torch.Tensor
+    receiver_group: torch.Tensor
 
 
 def others_index(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -45,28 +46,52 @@ def others_index(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
     return torch.arange(n, device=device).expand(n, n)[~eye].view(n, n - 1)
 
 
-def same_rows(x: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
-    """``[*, N, N]``: rows of ``x [*, N, D]`` that are equal (squared distance under tol)."""
-    return torch.cdist(x, x).pow(2) < tol
+def local_group_ids(x: torch.Tensor) -> torch.Tensor:
+    """``[n, N]`` ids ``0 .. G_i - 1`` of the identical rows of each ``x[i] [N, D]``."""
+    ids = sender_group_ids(x.transpose(0, 1))  # one id space, each agent's ids contiguous
+    return ids - ids.amin(-1, keepdim=True)
 
 
-def top_pairs(key: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices ``[*, k]`` of the ``k`` most frequent distinct rows of ``key [*, N, D]`` (the
-    first sample of each), and whether each exists (fewer than ``k`` distinct rows)."""
-    same = same_rows(key)
-    N = key.shape[-2]
-    earlier = torch.ones(N, N, dtype=torch.bool, device=key.device).tril(-1)
-    first = ~(same & earlier).any(-1)  # the first sample of its class
-    score = same.sum(-1).to(key.dtype) * first
-    top, idx = score.topk(min(k, N), dim=-1)
-    return idx, top > 0
+def group_counts(ids: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """``[n, G]`` samples per group of ``ids [n, N]``."""
+    size = int(ids.max()) + 1 if size is None else size
+    return torch.zeros(ids.shape[0], size, device=ids.device).scatter_add_(
+        1, ids, torch.ones(ids.shape, device=ids.device))
+
+
+def group_representatives(ids: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """``[n, G]`` a sample index of each group of ``ids [n, N]`` (0 for absent groups)."""
+    G = int(ids.max()) + 1 if size is None else size
+    index = torch.arange(ids.shape[-1], device=ids.device).expand_as(ids)
+    return torch.zeros(ids.shape[0], G, dtype=torch.long, device=ids.device).scatter_(
+        1, ids, index)
+
+
+def joint_counts(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``[n, R, C]`` samples per (row group, column group) of ids ``rows``, ``cols [n, N]``."""
+    R, C = int(rows.max()) + 1, int(cols.max()) + 1
+    flat = group_counts(rows * C + cols, R * C)
+    return flat.view(-1, R, C)
+
+
+def receiver_conditional(sender_group: torch.Tensor, receiver_group: torch.Tensor,
+                         prior: float = 1.0) -> torch.Tensor:
+    """``[n, N, G]`` row-stochastic weights of ``p(m | o_-i^p) = sum_g w[p, g] m_g``: the
+    share of sample p's receivers' group held by each sender group g, plus ``prior``
+    pseudo-samples of the pooled marginal (continuous observations form groups of one)."""
+    N = sender_group.shape[-1]
+    table = joint_counts(receiver_group, sender_group)  # [n, R, G]
+    count = group_counts(sender_group, table.shape[-1]).unsqueeze(1)  # [n, 1, G]
+    rows = (table + prior * count / N) / (table.sum(-1, keepdim=True) + prior)
+    return rows.gather(1, receiver_group.unsqueeze(-1).expand(-1, -1, table.shape[-1]))
 
 
 def eq5_vectors(critic: TeamCritic, obs: torch.Tensor, action: torch.Tensor,
                 mask: torch.Tensor, top_k: int = 16, prior: float = 1.0,
                 max_elements: int = 2**25) -> QVectors:
     """Eq. 5 vectors of every sender from samples ``obs [N, n, D]``, ``action [N, n]``,
-    ``mask [N, n, A]`` (one batched pass; no loop over agents).
+    ``mask [N, n, A]`` (one batched pass; no loop over agents). Counts and critic values are
+    taken per distinct observation, so repeated observations cost nothing.
 
     Args:
         critic: ``Q(o, a)`` built with ``state_dim = n * D``.
@@ -79,18 +104,24 @@ def eq5_vectors(critic: TeamCritic, obs: torch.Tensor, action: torch.Tensor,
     oth = others_index(n, obs.device)
     onehot = F.one_hot(action, A).to(obs.dtype)  # [N, n, A]
     recv_obs = obs[:, oth].flatten(-2).transpose(0, 1)  # [n, N, (n-1) D]
-    recv_key = torch.cat([recv_obs, onehot[:, oth].flatten(-2).transpose(0, 1)], -1)
-    pairs, exists = top_pairs(recv_key, top_k)  # [n, K2]
+    recv_act = onehot[:, oth].flatten(-2).transpose(0, 1)
+    own_group = local_group_ids(obs.transpose(0, 1))  # [n, N]
+    recv_group = local_group_ids(recv_obs)
+    pair_group = local_group_ids(torch.cat([recv_obs, recv_act], -1))
+    # K2: the most frequent receivers' (observation, action) pairs
+    size = max(int(pair_group.max()) + 1, min(top_k, N))  # K2 = min(top_k, N) slots
+    top, pair_ids = group_counts(pair_group, size).topk(min(top_k, N), dim=-1)  # [n, K2]
+    pairs = group_representatives(pair_group, size).gather(1, pair_ids)
+    exists = top > 0
     K2 = pairs.shape[-1]
 
     # d(o_-i^k | o_i^p): among samples sharing o_i^p, those whose receivers saw o_-i^k
-    same_obs = same_rows(obs.transpose(0, 1))  # [n, N, N]
-    same_recv = same_rows(recv_obs)  # [n, N, N]
-    hits = same_recv.gather(1, pairs.unsqueeze(-1).expand(n, K2, N)).to(obs.dtype)  # [n, K2, N]
-    joint = same_obs.to(obs.dtype) @ hits.transpose(1, 2)  # [n, N, K2]
-    count = same_obs.sum(-1, keepdim=True).to(obs.dtype)  # [n, N, 1]
-    marginal = hits.mean(-1).unsqueeze(1)  # [n, 1, K2]
-    weight = (joint + prior * marginal) / (count + prior)
+    table = joint_counts(own_group, recv_group)  # [n, G, R]
+    k_recv = recv_group.gather(1, pairs)  # [n, K2]
+    joint = table.gather(2, k_recv.unsqueeze(1).expand(-1, table.shape[1], -1))  # [n, G, K2]
+    count = table.sum(-1, keepdim=True)  # [n, G, 1]
+    marginal = table.sum(1).gather(1, k_recv).unsqueeze(1) / N  # [n, 1, K2]
+    weight = (joint + prior * marginal) / (count + prior)  # [n, G, K2]
 
     # critic values by its first layer's additive split: the sender's slot + the receivers'
     first = critic.net[0]
@@ -99,14 +130,19 @@ def eq5_vectors(critic: TeamCritic, obs: torch.Tensor, action: torch.Tensor,
     slot = torch.einsum("pjd,jdh->pjh", obs, w_obs) + torch.einsum("pja,jah->pjh", onehot, w_act)
     rest = (slot.sum(1, keepdim=True) - slot).transpose(0, 1)  # [n, N, Hc]: all but the sender
     rest = rest.gather(1, pairs.unsqueeze(-1).expand(n, K2, rest.shape[-1]))  # [n, K2, Hc]
+    reps = group_representatives(own_group)  # [n, G]
     own = torch.einsum("pid,idh->iph", obs, w_obs)  # [n, N, Hc]
+    own = own.gather(1, reps.unsqueeze(-1).expand(-1, -1, own.shape[-1]))  # [n, G, Hc]
+    G = reps.shape[-1]
     block = max(1, max_elements // (n * K2 * A * rest.shape[-1]))
-    q = torch.cat([  # blocks of samples bound the memory of [n, block, K2, A, Hc]
+    q = torch.cat([  # blocks of observations bound the memory of [n, block, K2, A, Hc]
         critic.unscale(critic.net[1:](
             own[:, s : s + block, None, None] + w_act[:, None, None] + rest[:, None, :, None]
             + first.bias).squeeze(-1))
-        for s in range(0, N, block)], dim=1)  # [n, N, K2, A]
+        for s in range(0, G, block)], dim=1)  # [n, G, K2, A]
 
+    per_sample = own_group.view(n, N, 1, 1)
+    q = (q * weight.unsqueeze(-1)).gather(1, per_sample.expand(-1, -1, K2, A))
     valid = exists[:, None, :, None] & mask.transpose(0, 1)[:, :, None, :]
-    values = (q * weight.unsqueeze(-1)).masked_fill(~valid, 0.0)
-    return QVectors(values.flatten(-2), valid.flatten(-2), pairs, same_obs, same_recv)
+    values = q.masked_fill(~valid, 0.0)
+    return QVectors(values.flatten(-2), valid.flatten(-2), pairs, own_group, recv_group)

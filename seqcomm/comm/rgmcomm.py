@@ -53,26 +53,18 @@ def label_information(probs: torch.Tensor, weight: torch.Tensor | None = None,
     """RIM's ``I(o; m) = H(E_p m^p) - E_p H(m^p)`` of label distributions ``[*, N, M]``
     (Krause et al. 2010), expectations under sample weights ``[*, N]`` (default uniform).
 
-    ``given [*, N, N]`` (rows summing to 1, ``receiver_conditional``) makes it the information
-    the labels add to what the receivers observe, ``I(o; m | o_-i) = E_p H(m | o_-i^p) -
-    E_p H(m^p)``, with ``p(m | o_-i^p) = sum_q given[p, q] m^q``: labels that only repeat
-    what the receivers see (a shared step counter) earn nothing."""
+    ``given [*, S, N]`` (rows summing to 1, ``q_vectors.receiver_conditional``; one row per
+    replay sample, equally weighted) makes it the information the labels add to what the
+    receivers observe, ``I(o; m | o_-i) = E_s H(m | o_-i^s) - E_p H(m^p)``, with
+    ``p(m | o_-i^s) = sum_p given[s, p] m^p``: labels that only repeat what the receivers see
+    (a shared step counter) earn nothing."""
     if weight is None:
         weight = probs.new_full(probs.shape[:-1], 1.0 / probs.shape[-2])
     if given is None:
         heard = entropy((weight.unsqueeze(-1) * probs).sum(-2))
     else:
-        heard = (weight * entropy(given @ probs)).sum(-1)
+        heard = entropy(given @ probs).mean(-1)
     return heard - (weight * entropy(probs)).sum(-1)
-
-
-def receiver_conditional(same: torch.Tensor, prior: float = 1.0) -> torch.Tensor:
-    """``[*, N, N]`` row-stochastic weights of ``p(m | o_-i)`` from ``same [*, N, N]``
-    (samples whose receivers observe the same): sample p's group, plus ``prior``
-    pseudo-samples of the pooled marginal (continuous observations form groups of one)."""
-    same = same.to(torch.get_default_dtype())
-    N = same.shape[-1]
-    return (same + prior / N) / (same.sum(-1, keepdim=True) + prior)
 
 
 def clustering_loss(
@@ -90,11 +82,12 @@ def clustering_loss(
         q_vectors: ``[*, N, D]`` activated action-value vectors (``activate_q`` of Eq. 5);
             treated as constants.
         weight: ``[*, N]`` visitation probabilities of the observations (default uniform:
-            N replay samples, duplicates included, are already visitation-weighted).
+            N replay samples, duplicates included, are already visitation-weighted; the
+            learner passes distinct observations weighted by their counts).
         mi_weight: ``lambda``. With the kernel below ``L_CD`` lies in ``[-2, 2]`` and
             ``L_MI`` in ``[0, log M]``; ``lambda = 1`` makes a balanced split of
             dissimilar vectors (similarity < ``log 2 / 2``) beat one label.
-        given: ``[*, N, N]``: ``L_MI`` conditioned on the receivers' observations
+        given: ``[*, S, N]``: ``L_MI`` conditioned on the receivers' observations
             (``label_information``); None: the paper's ``I(o; m)``.
 
     Our reading: an all-pairs locality-preserving loss over distinct observations,
@@ -119,7 +112,8 @@ def clustering_loss(
 
 def refine_labelling(labels: torch.Tensor, q_vectors: torch.Tensor, groups: torch.Tensor,
                      n_labels: int, mi_weight: float = 1.0, max_moves: int = 64,
-                     given: torch.Tensor | None = None) -> torch.Tensor:
+                     given: torch.Tensor | None = None,
+                     weight: torch.Tensor | None = None) -> torch.Tensor:
     """Hartigan's local search on Eq. 13 with hard labels, per sender (batched over senders).
 
     Gradient descent on soft labels stops at saddles of Eq. 13 (e.g. two confident clusters
@@ -138,17 +132,20 @@ def refine_labelling(labels: torch.Tensor, q_vectors: torch.Tensor, groups: torc
         n_labels: ``M``.
         mi_weight: ``lambda`` of Eq. 13.
         max_moves: most moves per sender.
-        given: ``[n, N, N]``, the information term conditioned on the receivers'
+        given: ``[n, S, N]``, the information term conditioned on the receivers'
             observations (``label_information``); a move of g from a to b shifts each
             sample's conditional label distribution by g's weight in it, from a to b.
+        weight: ``[n, N]`` as in ``clustering_loss`` (default uniform).
     Returns the refined labels ``[n, N]``.
     """
     N = labels.shape[-1]
     G = int(groups.max()) + 1
+    if weight is None:
+        weight = q_vectors.new_full(labels.shape, 1.0 / N)
     member = F.one_hot(groups, G).to(q_vectors.dtype)  # [n, N, G]
-    sim = (1 - cosine_distance_matrix(q_vectors)) / N**2
+    sim = (1 - cosine_distance_matrix(q_vectors)) * weight.unsqueeze(-1) * weight.unsqueeze(-2)
     s_group = member.transpose(-1, -2) @ sim @ member  # [n, G, G]
-    mass_g = member.sum(-2) / N  # [n, G]
+    mass_g = (member * weight.unsqueeze(-1)).sum(-2)  # [n, G]
     present = mass_g > 0
     glab = (member * labels.unsqueeze(-1)).sum(-2).div(member.sum(-2).clamp_min(1)).round().long()
     idx = torch.arange(labels.shape[0], device=labels.device)
@@ -176,9 +173,10 @@ def refine_labelling(labels: torch.Tensor, q_vectors: torch.Tensor, groups: torc
 
 def conditional_information_change(given: torch.Tensor, member: torch.Tensor,
                                    own: torch.Tensor, glab: torch.Tensor) -> torch.Tensor:
-    """``[n, G, M]``: the change of ``I(o; m | o_-i)`` (hard labels, uniform samples) when
-    group g moves from its label to label b: each sample's conditional distribution
-    ``given @ labels`` loses g's weight in it at the old label and gains it at b."""
+    """``[n, G, M]``: the change of ``I(o; m | o_-i)`` (hard labels; ``given [n, S, N]``'s rows
+    are equally weighted samples) when group g moves from its label to label b: each sample's
+    conditional distribution ``given @ labels`` loses g's weight in it at the old label and
+    gains it at b."""
     def plogp(p: torch.Tensor) -> torch.Tensor:
         return -(p * p.clamp_min(1e-12).log())
 
