@@ -9,8 +9,8 @@ label value the sender uses for it). Also prints how often each sender's first
 label equals that bit (up to renaming). A receiver that acts on its messages changes return
 when the labels are replaced. Last, on three replay samples of the run's own buffer drawn as
 its clustering draws them, each sender's Eq. 13 loss (``clustering_loss`` on the Eq. 5
-vectors of the run's final critic) of its labels and of the reachability bit: does the
-clustering objective prefer the bit?
+vectors of the run's final critic, with the run's ``mi_given``) of its labels and of the
+reachability bit: does the clustering objective prefer the bit?
 
     python benchmarks/maze_label_use.py runs/ladder_maze/rgmcomm_s0/version_0
 """
@@ -25,6 +25,7 @@ import torch
 from hospital_decisions import load_run, run_directory, ward
 from tensordict import TensorDict
 
+from seqcomm.comm.q_vectors import receiver_conditional
 from seqcomm.comm.rgmcomm import clustering_loss
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE
 from seqcomm.envs.maze import Maze
@@ -96,17 +97,19 @@ def eq13_labels_vs_bit(model, data, size: int, steps: int, samples: int = 3) -> 
     """``[2 (labels, bit), n]``: mean over ``samples`` replay samples of each sender's Eq. 13
     loss of its hard labels and of the reachability bit, on the clustering's own inputs."""
     torch.manual_seed(0)
-    comm = model.net.comm
+    comm, hp = model.net.comm, model.hparams
     losses = []
     for _ in range(samples):
         sample = model.cluster_sample(data.buffer)
-        _, x = model.cluster_vectors(sample)  # [n, N, D]
+        qv, x = model.cluster_vectors(sample)  # [n, N, D]
         h, obs = sample["sender"], sample[OBS]
+        each = torch.arange(x.shape[1]).expand(x.shape[:2])
+        given = (receiver_conditional(each, qv.receiver_group, hp.pair_prior)
+                 if hp.mi_given == "receivers" else None)
         for labels in (comm.label_logits(h).argmax(-1),
                        observed_reachability(obs, size, steps)):
             probs = torch.nn.functional.one_hot(labels.T, comm.n_labels).to(x.dtype)
-            losses.append(torch.vmap(clustering_loss, in_dims=(0, 0, None, None))(
-                probs, x, None, model.hparams.mi_weight))
+            losses.append(clustering_loss(probs, x, mi_weight=hp.mi_weight, given=given))
     return torch.stack(losses).view(samples, 2, -1).mean(0)
 
 

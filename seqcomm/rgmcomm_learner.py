@@ -60,6 +60,8 @@ CriticTarget = Literal["policy", "optimal"]
 CRITIC_TARGETS: tuple[str, ...] = get_args(CriticTarget)
 InformationGiven = Literal["nothing", "receivers"]
 INFORMATION_GIVEN: tuple[str, ...] = get_args(InformationGiven)
+Activation = Literal["product", "weighted"]
+ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 MAX_JOINT_ACTIONS = 4096  # critic_target optimal scores every joint action of a next state
 
 
@@ -82,6 +84,11 @@ class RGMCommLearner(QLearner):
         cluster_samples: ``K1``, replay steps per clustering.
         top_pairs: ``K2``, receivers' (observation, action) pairs per Eq. 5 vector.
         pair_prior: pseudo-count of the marginal in ``d(o_-i | o_i)``.
+        activation: ``product``: the paper's ``f`` of each Eq. 5 vector, ``f(Q d)``.
+            ``weighted``: ``d f(Q)``, the activated values weighted by ``d(o_-i | o_i)``;
+            ``f``'s centring moves the product's zero entries (receivers' pairs that never
+            occur with ``o_i``) to one shared negative value, which makes the vectors of
+            observations that never co-occur similar (docs/results.md section 60).
         mi_weight: ``lambda`` of Eq. 13 (see ``clustering_loss``).
         mi_given: ``nothing``: the paper's information term ``I(o; m)``. ``receivers``:
             ``I(o; m | o_-i)``, the information the labels add to what the receivers observe
@@ -124,6 +131,7 @@ class RGMCommLearner(QLearner):
         cluster_samples: int = 512,
         top_pairs: int = 16,
         pair_prior: float = 1.0,
+        activation: Activation = "product",
         mi_weight: float = 1.0,
         mi_given: InformationGiven = "nothing",
         refine: bool = True,
@@ -141,6 +149,8 @@ class RGMCommLearner(QLearner):
             raise ValueError(f"schedule={schedule!r}; choose one of {SCHEDULES}")
         if min(cluster_every, cluster_steps, cluster_samples, top_pairs) < 1:
             raise ValueError("cluster_every, cluster_steps, cluster_samples, top_pairs >= 1")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation={activation!r}; choose one of {ACTIVATIONS}")
         if mi_given not in INFORMATION_GIVEN:
             raise ValueError(f"mi_given={mi_given!r}; choose one of {INFORMATION_GIVEN}")
         if critic_target not in CRITIC_TARGETS:
@@ -236,7 +246,9 @@ class RGMCommLearner(QLearner):
         hp = self.hparams
         qv = eq5_vectors(self.critic, sample[OBS], sample[ACTION], sample[MASK],
                          hp.top_pairs, hp.pair_prior)
-        return qv, activate_q(qv.values, qv.valid)
+        if hp.activation == "product":
+            return qv, activate_q(qv.values, qv.valid)
+        return qv, activate_q(qv.q, qv.valid) * qv.weights
 
     def cluster(self) -> dict[str, float]:
         """Eq. 5 vectors of a replay sample, then ``cluster_steps`` Adam steps of the label

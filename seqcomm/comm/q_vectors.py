@@ -26,18 +26,25 @@ class QVectors:
     """Eq. 5 vectors of every sender over N samples.
 
     Attributes:
-        values: ``[n, N, K2 * A]`` weighted action values (zero where not ``valid``).
+        q: ``[n, N, K2 * A]`` the critic's action values (zero where not ``valid``).
+        weights: ``[n, N, K2 * A]`` their weights ``d(o_-i | o_i)`` (zero where not ``valid``).
         valid: ``[n, N, K2 * A]`` available sender action and an existing pair.
         pairs: ``[n, K2]`` sample index of each sender's top receivers' pairs.
         sender_group: ``[n, N]`` ids of the sender's distinct observations (``0 .. G-1``).
         receiver_group: ``[n, N]`` ids of the receivers' distinct observations.
     """
 
-    values: torch.Tensor
+    q: torch.Tensor
+    weights: torch.Tensor
     valid: torch.Tensor
     pairs: torch.Tensor
     sender_group: torch.Tensor
     receiver_group: torch.Tensor
+
+    @property
+    def values(self) -> torch.Tensor:
+        """``[n, N, K2 * A]`` Eq. 5's vectors, ``Q(o_i, o_-i, a) d(o_-i | o_i)``."""
+        return self.q * self.weights
 
 
 def others_index(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -141,8 +148,10 @@ def eq5_vectors(critic: TeamCritic, obs: torch.Tensor, action: torch.Tensor,
             + first.bias).squeeze(-1))
         for s in range(0, G, block)], dim=1)  # [n, G, K2, A]
 
-    per_sample = own_group.view(n, N, 1, 1)
-    q = (q * weight.unsqueeze(-1)).gather(1, per_sample.expand(-1, -1, K2, A))
+    per_sample = own_group.view(n, N, 1, 1).expand(-1, -1, K2, A)
+    weight = weight.unsqueeze(-1).expand(-1, -1, -1, A).gather(1, per_sample)
     valid = exists[:, None, :, None] & mask.transpose(0, 1)[:, :, None, :]
-    values = q.masked_fill(~valid, 0.0)
-    return QVectors(values.flatten(-2), valid.flatten(-2), pairs, own_group, recv_group)
+    weight = weight.masked_fill(~valid, 0.0)
+    q = q.gather(1, per_sample).masked_fill(~valid, 0.0)
+    return QVectors(q.flatten(-2), weight.flatten(-2), valid.flatten(-2), pairs, own_group,
+                    recv_group)
