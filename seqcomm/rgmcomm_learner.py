@@ -41,7 +41,6 @@ from seqcomm.comm.q_vectors import (
 from seqcomm.comm.rgmcomm import (
     LabelHeads,
     RGMComm,
-    activate_q,
     average_cosine_distance,
     clustering_loss,
     refine_labelling,
@@ -85,10 +84,8 @@ class RGMCommLearner(QLearner):
         top_pairs: ``K2``, receivers' (observation, action) pairs per Eq. 5 vector.
         pair_prior: pseudo-count of the marginal in ``d(o_-i | o_i)``.
         activation: ``product``: the paper's ``f`` of each Eq. 5 vector, ``f(Q d)``.
-            ``weighted``: ``d f(Q)``, the activated values weighted by ``d(o_-i | o_i)``;
-            ``f``'s centring moves the product's zero entries (receivers' pairs that never
-            occur with ``o_i``) to one shared negative value, which makes the vectors of
-            observations that never co-occur similar (docs/results.md section 60).
+            ``weighted``: ``d f(Q)``, the activated values weighted by ``d(o_-i | o_i)``
+            (``QVectors.activated``; docs/results.md section 60).
         mi_weight: ``lambda`` of Eq. 13 (see ``clustering_loss``).
         mi_given: ``nothing``: the paper's information term ``I(o; m)``. ``receivers``:
             ``I(o; m | o_-i)``, the information the labels add to what the receivers observe
@@ -246,9 +243,7 @@ class RGMCommLearner(QLearner):
         hp = self.hparams
         qv = eq5_vectors(self.critic, sample[OBS], sample[ACTION], sample[MASK],
                          hp.top_pairs, hp.pair_prior)
-        if hp.activation == "product":
-            return qv, activate_q(qv.values, qv.valid)
-        return qv, activate_q(qv.q, qv.valid) * qv.weights
+        return qv, qv.activated(hp.activation)
 
     def cluster(self) -> dict[str, float]:
         """Eq. 5 vectors of a replay sample, then ``cluster_steps`` Adam steps of the label

@@ -13,6 +13,7 @@ from tensordict import TensorDict
 from torch.nn import functional as F
 
 from seqcomm.comm.q_vectors import (
+    QVectors,
     eq5_vectors,
     group_counts,
     group_representatives,
@@ -26,6 +27,7 @@ from seqcomm.comm.rgmcomm import (
     average_cosine_distance,
     clustering_loss,
     conditional_information_change,
+    cosine_distance_matrix,
     label_information,
     refine_labelling,
     return_gap_bound,
@@ -567,3 +569,30 @@ def test_eq13_over_distinct_inputs_weighted_by_counts_equals_eq13_over_samples()
         by_group = refine_labelling(labels, x_g, torch.arange(G).expand(n, G), M, given=g,
                                     weight=weight)
         assert torch.equal(by_sample, by_group.gather(1, group))
+
+
+def test_weighted_activation_keeps_observations_that_never_occur_together_apart():
+    """Three phases (like the maze's steps): each sender observation occurs only with its own
+    phase's receivers' pairs; values are non-negative (the maze's rewards). The paper's
+    ``f(Q d)`` centres the zero entries to one shared value, so vectors of different phases
+    look alike; ``d f(Q)`` keeps them orthogonal and leaves vectors with a constant weight as
+    ``f(Q d)`` has them."""
+    torch.manual_seed(0)
+    N, P = 12, 12  # 12 samples, 4 per phase; 4 pairs per phase
+    phase = torch.arange(N) % 3
+    q = torch.rand(1, N, P)
+    weights = (phase.view(N, 1) == torch.arange(P).view(1, P) // 4).float().unsqueeze(0) / 4
+    valid = torch.ones(1, N, P, dtype=torch.bool)
+    qv = QVectors(q, weights, valid, torch.zeros(1, 4, dtype=torch.long), phase.unsqueeze(0),
+                  phase.unsqueeze(0))
+    differ = phase.unsqueeze(-1) != phase.unsqueeze(-2)
+    product = 1 - cosine_distance_matrix(qv.activated("product")[0])
+    weighted = 1 - cosine_distance_matrix(qv.activated("weighted")[0])
+    assert product[differ].mean() > 0.1
+    assert weighted[differ].abs().max() < 1e-6
+    constant = QVectors(q, torch.full_like(q, 0.25), valid, qv.pairs, qv.sender_group,
+                        qv.receiver_group)
+    assert torch.allclose(cosine_distance_matrix(constant.activated("weighted")),
+                          cosine_distance_matrix(constant.activated("product")), atol=1e-5)
+    with pytest.raises(ValueError, match="activation"):
+        _learner(activation="tanh")

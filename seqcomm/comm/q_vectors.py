@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from seqcomm.comm.rgmcomm import activate_q
 from seqcomm.dfl.critic import TeamCritic
 from seqcomm.dfl.label_lookahead import sender_group_ids
 
@@ -45,6 +46,16 @@ class QVectors:
     def values(self) -> torch.Tensor:
         """``[n, N, K2 * A]`` Eq. 5's vectors, ``Q(o_i, o_-i, a) d(o_-i | o_i)``."""
         return self.q * self.weights
+
+    def activated(self, activation: str = "product") -> torch.Tensor:
+        """``[n, N, K2 * A]`` what Eq. 13 clusters: ``product``, the paper's ``f(Q d)``
+        (``activate_q``), or ``weighted``, ``d f(Q)``. ``f`` centres each vector, so the
+        product's zero entries (pairs that never occur with ``o_i``) all become one negative
+        value, and observations that never occur together look alike; ``weighted`` keeps
+        them at zero."""
+        if activation == "product":
+            return activate_q(self.values, self.valid)
+        return activate_q(self.q, self.valid) * self.weights
 
 
 def others_index(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
