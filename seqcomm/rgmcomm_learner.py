@@ -259,8 +259,7 @@ class RGMCommLearner(QLearner):
         group = local_group_ids(sender.transpose(0, 1))  # [n, N]
         reps = group_representatives(group)  # [n, G]
         weight = group_counts(group, reps.shape[-1]) / group.shape[-1]
-        inputs = sender.gather(0, reps.T.reshape(*reps.T.shape, *[1] * (sender.dim() - 2))
-                               .expand(-1, -1, *sender.shape[2:]))  # [G, n, .]
+        inputs = sender[reps.T, torch.arange(reps.shape[0], device=reps.device)]  # [G, n, .]
         x_distinct = x.gather(1, reps.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         head = self.net.comm.label_head
         opt = self.optimizers()[2].optimizer  # raw: Lightning counts one step per update
