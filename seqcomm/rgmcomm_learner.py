@@ -428,8 +428,9 @@ def cluster_labels(head: LabelHeads, opt: torch.optim.Optimizer, h: torch.Tensor
     """Fit ``head`` warm-started and from ``restarts`` fresh initialisations; per sender the
     lowest hard-label loss wins (Eq. 13 has local minima, e.g. a 3-1 split of the matrix
     game's four observations); with ``refine``, Hartigan's local search on the hard labels
-    follows (``refine_head``); labels are then renamed to agree with those in use.
-    Returns the winning losses ``[n]``."""
+    follows (``refine_head``); labels are then renamed to agree with those in use. Inputs
+    ``h [N, n, .]`` with weights ``weight [n, N]`` (``clustering_loss``). Returns the winning
+    losses ``[n]``."""
     with torch.no_grad():
         old = head(h).argmax(-1)
     best = fit_labels(head, opt, h, x, weight, steps, mi_weight, given)
