@@ -99,6 +99,12 @@ class RGMCommLearner(QLearner):
             ``seqcomm.dfl.critic.TeamCritic`` with its ``hidden_dim``, ``normalize``,
             ``norm_rate``); the learner passes the joint observation's size as its state size.
         critic_lr: its Adam rate.
+        critic_steps: the critic's regression steps per update: on the update's batch, then
+            on fresh replay batches (``critic_target=optimal`` only: its targets need no team
+            pass). The labels are only as good as its values (docs/results.md section 61).
+        critic_tau: Polyak rate of the ``optimal`` critic's target network after each of its
+            steps; ``None``: it moves with the team's target networks (``target_tau``). Each
+            of ``Q*``'s bootstraps waits on the target, about ``1 / tau`` updates.
         critic_target: what the critic's values are of. ``policy``: the team's own policy
             (regressed on ``Q_tot``'s TD targets). ``optimal``: the ideal policy with full
             observability that Eq. 5 names, ``Q*`` (centralised Q-learning on joint
@@ -134,6 +140,8 @@ class RGMCommLearner(QLearner):
         refine: bool = True,
         critic: CriticFactory = TeamCritic,
         critic_lr: float = 1e-3,
+        critic_steps: int = 1,
+        critic_tau: float | None = None,
         critic_target: CriticTarget = "policy",
         receiver_weight: float = 0.0,
         label_map: bool = True,
@@ -152,6 +160,11 @@ class RGMCommLearner(QLearner):
             raise ValueError(f"mi_given={mi_given!r}; choose one of {INFORMATION_GIVEN}")
         if critic_target not in CRITIC_TARGETS:
             raise ValueError(f"critic_target={critic_target!r}; choose one of {CRITIC_TARGETS}")
+        if critic_steps < 1 or (critic_steps > 1 and critic_target != "optimal"):
+            raise ValueError(f"critic_steps={critic_steps}: >= 1, and above 1 only with "
+                             "critic_target=optimal")
+        if critic_tau is not None and not (0 < critic_tau <= 1 and critic_target == "optimal"):
+            raise ValueError(f"critic_tau={critic_tau}: in (0, 1], with critic_target=optimal")
         self.save_hyperparameters(ignore=["comm", "critic"])
         info = self.info
         self.critic = critic(info.n_agents * info.obs_dim, info.n_agents, info.n_actions)
@@ -250,7 +263,8 @@ class RGMCommLearner(QLearner):
         functions on Eq. 13 (all senders at once) over the distinct inputs of the label
         functions weighted by their counts, warm-started and from ``cluster_restarts`` fresh
         initialisations; per sender the lowest loss of the hard labels wins, its labels
-        renamed to agree most with the labels in use. Returns the return-gap quantities."""
+        renamed to agree most with the labels in use. Returns the return-gap quantities and
+        ``comm/label_change``, the share of the sample whose label this clustering changed."""
         hp = self.hparams
         sample = self.cluster_sample()
         qv, x = self.cluster_vectors(sample)
@@ -265,12 +279,16 @@ class RGMCommLearner(QLearner):
         opt = self.optimizers()[2].optimizer  # raw: Lightning counts one step per update
         given = (receiver_conditional(group, qv.receiver_group, hp.pair_prior)
                  if hp.mi_given == "receivers" else None)
+        with torch.no_grad():
+            before = head(inputs).argmax(-1)  # [G, n]
         best = cluster_labels(head, opt, inputs, x_distinct, weight, hp.cluster_steps,
                               hp.cluster_lr, hp.cluster_restarts, hp.mi_weight, hp.refine,
                               given)
         with torch.no_grad():
             labels = head(sender).argmax(-1)
-        return self.gap_quantities(qv.values, x, labels.T, best.mean().item())
+            changed = (weight * (head(inputs).argmax(-1) != before).T).sum(-1).mean().item()
+        return {**self.gap_quantities(qv.values, x, labels.T, best.mean().item()),
+                "comm/label_change": changed}
 
     @torch.no_grad()
     def gap_quantities(self, values: torch.Tensor, activated: torch.Tensor,
@@ -314,17 +332,32 @@ class RGMCommLearner(QLearner):
         receiver = self.receiver_loss(batch, cache)
         loss = td + self.hparams.receiver_weight * receiver
         grad_norm = self.step_optimizer(opt, loss, self.value_parameters())
-        joint = F.one_hot(batch[ACTION], self.info.n_actions).to(cache["target"].dtype)
-        critic_loss = self.critic.loss(batch[OBS].flatten(-2), joint,
-                                       self.critic_regression_target(batch, cache))
-        critic_opt.zero_grad()
-        self.manual_backward(critic_loss)
-        torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.hparams.grad_clip,
-                                       foreach=True)
-        critic_opt.optimizer.step()  # raw, as above
+        critic_loss = self.critic_update(critic_opt, batch, cache)
         self.update_targets()
         self.log_training({"loss/td": td, "loss/receiver": receiver, "loss/critic": critic_loss,
                            "train/grad_norm": grad_norm, **self.cluster_logs})
+
+    def critic_update(self, opt, batch: TensorDictBase, cache: dict) -> torch.Tensor:
+        """``critic_steps`` regression steps of the critic (``critic_regression_target``);
+        returns the first step's loss."""
+        hp = self.hparams
+        first = None
+        for step in range(hp.critic_steps):
+            if step:
+                batch = self.trainer.datamodule.buffer.sample().to(self.device)
+            joint = F.one_hot(batch[ACTION], self.info.n_actions).to(cache["target"].dtype)
+            loss = self.critic.loss(batch[OBS].flatten(-2), joint,
+                                    self.critic_regression_target(batch, cache))
+            opt.zero_grad()
+            self.manual_backward(loss)
+            torch.nn.utils.clip_grad_norm_(self.critic.parameters(), hp.grad_clip, foreach=True)
+            opt.optimizer.step()  # raw, as above
+            if hp.critic_tau is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(list(self.target_critic.parameters()),
+                                         list(self.critic.parameters()), hp.critic_tau)
+            first = loss if first is None else first
+        return first
 
     @torch.no_grad()
     def critic_regression_target(self, batch: TensorDictBase, cache: dict) -> torch.Tensor:
@@ -339,7 +372,9 @@ class RGMCommLearner(QLearner):
 
     def target_pairs(self) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
         pairs = super().target_pairs()
-        return pairs if self.target_critic is None else [*pairs, (self.target_critic, self.critic)]
+        if self.target_critic is None or self.hparams.critic_tau is not None:
+            return pairs  # a critic_tau target moves in critic_update
+        return [*pairs, (self.target_critic, self.critic)]
 
     def receiver_loss(self, batch: TensorDictBase, cache: dict) -> torch.Tensor:
         """Each receiver's cross-entropy of ``softmax(Q_j)`` against the best action of its

@@ -352,6 +352,7 @@ def test_fit_logs_return_gap_and_writes_label_map(fit_matrix, schedule, options)
     metrics = read_metrics(run)
     for key in ("loss/cluster", "comm/epsilon", "comm/q_max", "comm/return_gap_bound"):
         assert key in metrics and all(math.isfinite(v) for v in metrics[key].values())
+    assert all(0.0 <= v <= 1.0 for v in metrics["comm/label_change"].values())
     png = run / "labels.png"
     assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
     assert (run / "labels.json").exists()
@@ -596,3 +597,29 @@ def test_weighted_activation_keeps_observations_that_never_occur_together_apart(
                           cosine_distance_matrix(constant.activated("product")), atol=1e-5)
     with pytest.raises(ValueError, match="activation"):
         _learner(activation="tanh")
+
+
+def test_critic_steps_and_critic_tau_train_the_optimal_critic_more_often(fit_matrix):
+    """``critic_steps: 3`` takes three critic steps per update (Adam's step count) and
+    ``critic_tau`` moves the target critic after each of them, off the team's targets;
+    both need ``critic_target: optimal``."""
+    updates = 4
+    run = fit_matrix("--config", METHOD, f"--data.total_frames={matrix_frames(updates)}",
+                     "--model.init_args.critic_target=optimal",
+                     "--model.init_args.critic_steps=3", "--model.init_args.critic_tau=0.5",
+                     run_name="critic_steps")
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == updates
+    steps = {float(s["step"]) for s in checkpoint["optimizer_states"][1]["state"].values()}
+    assert steps == {3.0 * updates}
+    state = checkpoint["state_dict"]
+    online = [k for k in state if k.startswith("critic.") and k.endswith("weight")]
+    assert online and all(not torch.equal(state[k], state["target_" + k]) for k in online)
+    model = _learner(critic_target="optimal", critic_tau=0.5)
+    assert all(t is not model.target_critic for t, _ in model.target_pairs())
+    other = _learner(critic_target="optimal")
+    assert any(t is other.target_critic for t, _ in other.target_pairs())
+    for bad in ({"critic_steps": 2}, {"critic_tau": 0.1}, {"critic_target": "optimal",
+                                                          "critic_steps": 0}):
+        with pytest.raises(ValueError, match="critic_"):
+            _learner(**bad)
