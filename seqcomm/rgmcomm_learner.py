@@ -351,7 +351,7 @@ class RGMCommLearner(QLearner):
             opt.zero_grad()
             self.manual_backward(loss)
             torch.nn.utils.clip_grad_norm_(self.critic.parameters(), hp.grad_clip, foreach=True)
-            opt.optimizer.step()  # raw, as above
+            opt.optimizer.step()  # raw: Lightning counts one step per update
             if hp.critic_tau is not None:
                 with torch.no_grad():
                     torch._foreach_lerp_(list(self.target_critic.parameters()),
