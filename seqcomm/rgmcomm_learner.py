@@ -341,7 +341,6 @@ class RGMCommLearner(QLearner):
         """``critic_steps`` regression steps of the critic (``critic_regression_target``);
         returns the first step's loss."""
         hp = self.hparams
-        first = None
         for step in range(hp.critic_steps):
             if step:
                 batch = self.trainer.datamodule.buffer.sample().to(self.device)
@@ -354,9 +353,11 @@ class RGMCommLearner(QLearner):
             opt.optimizer.step()  # raw: Lightning counts one step per update
             if hp.critic_tau is not None:
                 with torch.no_grad():
-                    torch._foreach_lerp_(list(self.target_critic.parameters()),
-                                         list(self.critic.parameters()), hp.critic_tau)
-            first = loss if first is None else first
+                    for p_t, p in zip(self.target_critic.parameters(), self.critic.parameters(),
+                                      strict=True):
+                        p_t.lerp_(p, hp.critic_tau)
+            if step == 0:
+                first = loss
         return first
 
     @torch.no_grad()

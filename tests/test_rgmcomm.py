@@ -601,20 +601,20 @@ def test_weighted_activation_keeps_observations_that_never_occur_together_apart(
 
 def test_critic_steps_and_critic_tau_train_the_optimal_critic_more_often(fit_matrix):
     """``critic_steps: 3`` takes three critic steps per update (Adam's step count) and
-    ``critic_tau`` moves the target critic after each of them, off the team's targets;
-    both need ``critic_target: optimal``."""
+    ``critic_tau`` moves the target critic after each of them, off the team's targets (at
+    1.0 it is a copy of the critic); both need ``critic_target: optimal``."""
     updates = 4
     run = fit_matrix("--config", METHOD, f"--data.total_frames={matrix_frames(updates)}",
                      "--model.init_args.critic_target=optimal",
-                     "--model.init_args.critic_steps=3", "--model.init_args.critic_tau=0.5",
+                     "--model.init_args.critic_steps=3", "--model.init_args.critic_tau=1.0",
                      run_name="critic_steps")
     checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["global_step"] == updates
     steps = {float(s["step"]) for s in checkpoint["optimizer_states"][1]["state"].values()}
     assert steps == {3.0 * updates}
     state = checkpoint["state_dict"]
-    online = [k for k in state if k.startswith("critic.") and k.endswith("weight")]
-    assert online and all(not torch.equal(state[k], state["target_" + k]) for k in online)
+    online = [k for k in state if k.startswith("critic.net.")]
+    assert online and all(torch.equal(state[k], state["target_" + k]) for k in online)
     model = _learner(critic_target="optimal", critic_tau=0.5)
     assert all(t is not model.target_critic for t, _ in model.target_pairs())
     other = _learner(critic_target="optimal")
