@@ -206,8 +206,7 @@ class QLearner(L.LightningModule):
         tau = self.hparams.target_tau
         for target, online in self.target_pairs():
             if tau > 0:
-                for p_t, p in zip(target.parameters(), online.parameters(), strict=True):
-                    p_t.lerp_(p, tau)
+                polyak(target, online, tau)
             elif self.global_step % self.hparams.target_update_interval == 0:
                 target.load_state_dict(online.state_dict())
 
@@ -276,3 +275,10 @@ class QLearner(L.LightningModule):
             self.log(f"eval/{key}", value, prog_bar=key == "return", batch_size=1)
 
     test_step = validation_step
+
+
+@torch.no_grad()
+def polyak(target: torch.nn.Module, online: torch.nn.Module, tau: float) -> None:
+    """``target <- (1 - tau) target + tau online``, parameter by parameter."""
+    for p_t, p in zip(target.parameters(), online.parameters(), strict=True):
+        p_t.lerp_(p, tau)

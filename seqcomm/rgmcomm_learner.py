@@ -51,7 +51,7 @@ from seqcomm.dfl.label_lookahead import pool_best_actions, sender_group_ids
 from seqcomm.dfl.value_aware import action_spread, masked_log_softmax
 from seqcomm.distributed import broadcast_module
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE
-from seqcomm.learner import NEXT, QLearner
+from seqcomm.learner import NEXT, QLearner, polyak
 
 Schedule = Literal["online", "staged"]
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
@@ -352,10 +352,7 @@ class RGMCommLearner(QLearner):
             torch.nn.utils.clip_grad_norm_(self.critic.parameters(), hp.grad_clip, foreach=True)
             opt.optimizer.step()  # raw: Lightning counts one step per update
             if hp.critic_tau is not None:
-                with torch.no_grad():
-                    for p_t, p in zip(self.target_critic.parameters(), self.critic.parameters(),
-                                      strict=True):
-                        p_t.lerp_(p, hp.critic_tau)
+                polyak(self.target_critic, self.critic, hp.critic_tau)
             if step == 0:
                 first = loss
         return first
