@@ -12,6 +12,12 @@ own observation (label 1 = yes). Three placements (``--into``):
   the RGMComm learner from the receiver's reading of the bit.
 - ``input``: QLearner, the agents' bits appended to every agent's recurrent input (the way
   the oracle channel's observations enter, ``conf/methods/oracle.yaml``), no message head.
+- ``labels_input``: RGMComm as its method file runs it (labels of the senders' observations
+  into the receivers' recurrent input, online clustering) with every label the bit of its
+  sender's observation: RGMComm's channel and learner with perfect labels from the start.
+  With ``--late U`` the labels are a fixed random labelling of the observations (as
+  uninformative as labels before the clustering has found anything) until update ``U``, then
+  the bits: do receivers take right labels that arrive late?
 
     python benchmarks/maze_true_bit.py --into input --seed_everything=0 \
         --trainer.default_root_dir=runs/maze_true_bit --run_name=true_bit_input_s0
@@ -27,10 +33,11 @@ from maze_label_use import observed_reachability
 from seqcomm.agent import RNNAgent
 from seqcomm.cli import main
 from seqcomm.comm.rgmcomm import RGMComm
+from seqcomm.rgmcomm_learner import RGMCommLearner
 from seqcomm.team_q import TeamQ
 
 SIZE, STEPS = 4, 3  # conf/maze.yaml
-PLACEMENTS = ("head", "head_q", "input")
+PLACEMENTS = ("head", "head_q", "input", "labels_input")
 
 
 def reachability(obs: torch.Tensor) -> torch.Tensor:
@@ -90,6 +97,27 @@ def patch_labels() -> None:
     RNNAgent.encode, RNNAgent.unroll, RGMComm.label_logits = kept_encode, kept_unroll, bit_logits
 
 
+def patch_observation_labels(late: int = 0) -> None:
+    """RGMComm's label logits (``into: input``: they read observations) become the bits, from
+    update ``late`` on; before it, a fixed random label per (cell, step) observation."""
+    draw = torch.Generator().manual_seed(7)
+    noise = torch.randint(0, 2, (SIZE * SIZE + STEPS + 1,), generator=draw)
+    step = {"now": 0}
+    train = RGMCommLearner.training_step
+
+    def counted(self, dataloader_iter):
+        step["now"] = self.global_step
+        return train(self, dataloader_iter)
+
+    def bit_logits(self, obs):
+        bits = reachability(obs)
+        if step["now"] < late:  # cell and step one-hots: parity of their random bits
+            bits = ((obs > 0).long() * noise).sum(-1) % 2
+        return torch.nn.functional.one_hot(bits, self.n_labels).to(obs.dtype)
+
+    RGMCommLearner.training_step, RGMComm.label_logits = counted, bit_logits
+
+
 def patch_inputs() -> None:
     """Under ``oracle_obs`` the oracle's slot (all agents' observations) carries all agents'
     bits instead, zero-padded to the slot's width (zero inputs get no weight gradient)."""
@@ -107,6 +135,8 @@ def arguments(into: str) -> list[str]:
     """The configs and overrides of a placement."""
     if into == "input":
         return ["--config", "conf/methods/oracle.yaml"]
+    if into == "labels_input":
+        return ["--config", "conf/methods/rgmcomm.yaml"]
     # the bits replace labels read from recurrent states: RGMComm's head placement
     rgmcomm = ["--config", "conf/methods/rgmcomm.yaml",
                "--model.init_args.comm.init_args.into=head"]
@@ -118,7 +148,11 @@ def arguments(into: str) -> list[str]:
 
 
 if __name__ == "__main__":
-    argv, into = sys.argv[1:], "head"
+    argv, into, late = sys.argv[1:], "head", 0
+    if "--late" in argv:
+        k = argv.index("--late")
+        late = int(argv[k + 1])
+        del argv[k : k + 2]
     if "--into" in argv:
         k = argv.index("--into")
         into = argv[k + 1] if k + 1 < len(argv) else ""
@@ -128,6 +162,8 @@ if __name__ == "__main__":
         sys.exit(2)
     if into == "input":
         patch_inputs()
+    elif into == "labels_input":
+        patch_observation_labels(late)
     else:
         patch_labels()
     main(["fit", "--config", "conf/maze.yaml", *arguments(into), "--wandb", "false", *argv])
