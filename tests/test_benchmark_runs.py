@@ -3,7 +3,8 @@ run's ``version_k`` directory or its parent, and one line naming what is there o
 ``benchmarks/late_evaluations.late_figures`` and ``benchmarks/learning_signals.windowed`` on a
 hand-written run; ``benchmarks/update_cost.breakdown`` on a profiled call; the hospital
 read-out's per-receiver shares and its routing probe on hand-made data; the base-round
-attention read-out's weights and their sharpness; the maze diagnostic's bit of each state."""
+attention read-out's weights and their sharpness; the maze diagnostic's bit of each state and
+its exact-bit labels, uninformative until a late update."""
 
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ from base_attention_use import base_weights, sharpness  # noqa: E402
 from hospital_decisions import balanced_accuracy, run_directory, shares  # noqa: E402
 from late_evaluations import late_figures  # noqa: E402
 from learning_signals import windowed  # noqa: E402
-from maze_true_bit import Bits  # noqa: E402
+from maze_true_bit import Bits, patch_observation_labels  # noqa: E402
 from update_cost import breakdown  # noqa: E402
 
 from seqcomm.agent import RNNAgent  # noqa: E402
 from seqcomm.comm.ordering import order_entropy, precedence_from_order  # noqa: E402
+from seqcomm.comm.rgmcomm import RGMComm  # noqa: E402
+from seqcomm.rgmcomm_learner import RGMCommLearner  # noqa: E402
 
 
 def finished_run(path: Path) -> Path:
@@ -199,3 +202,24 @@ def test_each_maze_state_hears_its_own_steps_bit_not_the_last_encoded():
     assert torch.equal(bits(h_next[1:3, 2]), next_bit[1:3, 2])
     with pytest.raises(RuntimeError, match="not kept"):
         bits(torch.zeros(1, 2, 8))
+
+
+def test_exact_bit_labels_are_uninformative_until_the_late_update(monkeypatch):
+    monkeypatch.setattr(RGMComm, "label_logits", RGMComm.label_logits)  # restored afterwards
+    monkeypatch.setattr(RGMCommLearner, "training_step", lambda self, batches: None)
+    patch_observation_labels(late=5)
+    comm = RGMComm(n_agents=2, n_labels=2, into="input")
+    comm.observe(20)
+    cell, t = torch.arange(16).repeat(3), torch.arange(3).repeat_interleave(16)
+    obs = maze_obs(torch.stack([cell, cell.flip(0)], -1), torch.stack([t, t], -1))
+    bit = (obs[..., :16].argmax(-1) // 4 + obs[..., :16].argmax(-1) % 4 <= 3 - t[:, None]).long()
+
+    def heard() -> torch.Tensor:
+        return comm.heard(obs)[1].labels.argmax(-1)
+
+    early = heard()
+    assert 0.3 < (early == bit).float().mean() < 0.7  # neither the bit nor its renaming
+    RGMCommLearner.training_step(argparse.Namespace(global_step=4), None)
+    assert torch.equal(heard(), early)
+    RGMCommLearner.training_step(argparse.Namespace(global_step=5), None)
+    assert torch.equal(heard(), bit)
