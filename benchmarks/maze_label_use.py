@@ -5,12 +5,14 @@ from every pair of start cells once (the maze's dynamics, ``seqcomm.envs.maze.Ma
 the labels as sent and with every label heard replaced (at the utility head, or in the
 recurrent input for ``into: input`` runs): all 0, all 1, and the reachability bit (can the
 sender reach the high landmark in the moves left; the information the task needs, in the
-label value the sender uses for it). Also prints how often each sender's first
-label equals that bit (up to renaming). A receiver that acts on its messages changes return
-when the labels are replaced. Last, on three replay samples of the run's own buffer drawn as
-its clustering draws them, each sender's Eq. 13 loss (``clustering_loss`` on the Eq. 5
-vectors of the run's final critic, with the run's ``mi_given``) of its labels and of the
-reachability bit: does the clustering objective prefer the bit?
+label value the sender uses for it). Also prints how often each sender's first label equals
+that bit (up to renaming) and, for ``into: input`` runs (labels of observations), how often
+its labels equal the bit at each step over the run's replay. A receiver that acts on its
+messages changes return when the labels are replaced. Last, on three replay samples of the
+run's own buffer drawn as its clustering draws them, each sender's Eq. 13 loss
+(``clustering_loss`` on the Eq. 5 vectors of the run's final critic, with the run's
+``mi_given``) of its labels and of the reachability bit: does the clustering objective prefer
+the bit?
 
     python benchmarks/maze_label_use.py runs/ladder_maze/rgmcomm_s0/version_0
 """
@@ -113,14 +115,30 @@ def eq13_labels_vs_bit(model, data, size: int, steps: int, samples: int = 3) -> 
     return torch.stack(losses).view(samples, 2, -1).mean(0)
 
 
+@torch.no_grad()
+def replay_agreement(model, data, size: int, steps: int) -> torch.Tensor:
+    """``[n, steps]``: per sender and step, the share of the replay's observations whose
+    label equals the reachability bit, up to renaming (``into: input`` runs)."""
+    buffer = data.buffer
+    obs = buffer[: len(buffer)][OBS]
+    obs = obs.reshape(-1, *obs.shape[-2:])
+    obs = obs[obs.abs().sum((-1, -2)) > 0]  # padding rows are all zero
+    same = model.net.comm.label_logits(obs).argmax(-1) == observed_reachability(obs, size, steps)
+    t = obs[..., size * size :].argmax(-1)
+    share = torch.stack([torch.stack([same[t[:, i] == k, i].float().mean() for k in range(steps)])
+                         for i in range(obs.shape[-2])])
+    return torch.maximum(share, 1 - share)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args()
     print("| run | " + " | ".join(f"return, labels {m}" for m in MODES)
           + " | first label = reachability (sender 0 / 1) | Eq. 13 loss, labels / bit "
+          "(sender 0; sender 1) | label = reachability over the replay, steps 0/1/2 "
           "(sender 0; sender 1) |")
-    print("| --- |" + " ---: |" * (len(MODES) + 2))
+    print("| --- |" + " ---: |" * (len(MODES) + 3))
     for run in args.runs:
         model, data = load_run(run, replay=True)
         if not hasattr(model.net.comm, "label_logits"):
@@ -134,9 +152,13 @@ def main() -> None:
         results = [play(model, env, starts, mode) for mode in MODES]
         agree = results[0][1]
         loss = eq13_labels_vs_bit(model, data, probe.size, probe.steps)
+        steps = "-"
+        if model.net.comm.into == "input":
+            share = replay_agreement(model, data, probe.size, probe.steps)
+            steps = "; ".join("/".join(f"{v:.2f}" for v in row) for row in share.tolist())
         print(f"| {run} | " + " | ".join(f"{r[0]:.3f}" for r in results)
               + f" | {agree[0]:.2f} / {agree[1]:.2f} | {loss[0, 0]:.3f} / {loss[1, 0]:.3f}; "
-              f"{loss[0, 1]:.3f} / {loss[1, 1]:.3f} |")
+              f"{loss[0, 1]:.3f} / {loss[1, 1]:.3f} | {steps} |")
 
 
 if __name__ == "__main__":

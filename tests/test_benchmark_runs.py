@@ -4,7 +4,8 @@ run's ``version_k`` directory or its parent, and one line naming what is there o
 hand-written run; ``benchmarks/update_cost.breakdown`` on a profiled call; the hospital
 read-out's per-receiver shares and its routing probe on hand-made data; the base-round
 attention read-out's weights and their sharpness; the maze diagnostic's bit of each state and
-its exact-bit labels, uninformative until a late update."""
+its exact-bit labels, uninformative until a late update; the labels' per-step agreement with
+the bit over a replay."""
 
 from __future__ import annotations
 
@@ -17,18 +18,21 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, matrix_dfl_step
+from tensordict import TensorDict
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from base_attention_use import base_weights, sharpness  # noqa: E402
 from hospital_decisions import balanced_accuracy, run_directory, shares  # noqa: E402
 from late_evaluations import late_figures  # noqa: E402
 from learning_signals import windowed  # noqa: E402
+from maze_label_use import replay_agreement  # noqa: E402
 from maze_true_bit import Bits, patch_observation_labels  # noqa: E402
 from update_cost import breakdown  # noqa: E402
 
 from seqcomm.agent import RNNAgent  # noqa: E402
 from seqcomm.comm.ordering import order_entropy, precedence_from_order  # noqa: E402
 from seqcomm.comm.rgmcomm import RGMComm  # noqa: E402
+from seqcomm.envs.base import OBS  # noqa: E402
 from seqcomm.rgmcomm_learner import RGMCommLearner  # noqa: E402
 
 
@@ -223,3 +227,20 @@ def test_exact_bit_labels_are_uninformative_until_the_late_update(monkeypatch):
     assert torch.equal(heard(), early)
     RGMCommLearner.training_step(argparse.Namespace(global_step=5), None)
     assert torch.equal(heard(), bit)
+
+
+def test_replay_agreement_is_per_step_and_up_to_renaming():
+    cell = torch.arange(16).repeat(3)
+    t = torch.arange(3).repeat_interleave(16)
+    obs = maze_obs(torch.stack([cell, cell], -1), torch.stack([t, t], -1))  # [48, 2, 20]
+    bit = (cell // 4 + cell % 4 <= 3 - t).long()
+    labels = torch.stack([torch.where(t == 1, 1 - bit, bit), torch.where(t == 2, 0, bit)], -1)
+    comm = argparse.Namespace(
+        label_logits=lambda o: torch.nn.functional.one_hot(labels[: len(o)], 2).float())
+    model = argparse.Namespace(net=argparse.Namespace(comm=comm))
+    padded = torch.cat([obs, torch.zeros(4, 2, 20)])  # padding rows are dropped
+    data = argparse.Namespace(buffer=TensorDict({OBS: padded}, batch_size=[52]))
+    share = replay_agreement(model, data, 4, 3)
+    at_two = (bit[t == 2] == 0).float().mean()
+    expected = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, max(at_two, 1 - at_two)]])
+    assert at_two < 0.9 and torch.allclose(share, expected)
