@@ -17,7 +17,9 @@ own observation (label 1 = yes). Three placements (``--into``):
   sender's observation: RGMComm's channel and learner with perfect labels from the start.
   With ``--late U`` the labels are a fixed random labelling of the observations (as
   uninformative as labels before the clustering has found anything) until update ``U``, then
-  the bits: do receivers take right labels that arrive late?
+  the bits: do receivers take right labels that arrive late? With ``--exact-steps K`` only
+  observations of the first ``K`` steps get their bit, the others the random labelling: do
+  the labels of later steps matter?
 
     python benchmarks/maze_true_bit.py --into input --seed_everything=0 \
         --trainer.default_root_dir=runs/maze_true_bit --run_name=true_bit_input_s0
@@ -97,9 +99,10 @@ def patch_labels() -> None:
     RNNAgent.encode, RNNAgent.unroll, RGMComm.label_logits = kept_encode, kept_unroll, bit_logits
 
 
-def patch_observation_labels(late: int = 0) -> None:
-    """RGMComm's label logits (``into: input``: they read observations) become the bits, from
-    update ``late`` on; before it, a fixed random label per (cell, step) observation."""
+def patch_observation_labels(late: int = 0, exact_steps: int = STEPS) -> None:
+    """RGMComm's label logits (``into: input``: they read observations) become the bits of
+    the first ``exact_steps`` steps' observations from update ``late`` on; before it and
+    elsewhere, a fixed random label per (cell, step) observation."""
     draw = torch.Generator().manual_seed(7)
     noise = torch.randint(0, 2, (SIZE * SIZE + STEPS + 1,), generator=draw)
     step = {"now": 0}
@@ -110,9 +113,9 @@ def patch_observation_labels(late: int = 0) -> None:
         return train(self, dataloader_iter)
 
     def bit_logits(self, obs):
-        bits = reachability(obs)
-        if step["now"] < late:  # cell and step one-hots: parity of their random bits
-            bits = ((obs > 0).long() * noise).sum(-1) % 2
+        random = ((obs > 0).long() * noise).sum(-1) % 2  # parity of the cell's and step's
+        exact = (obs[..., SIZE * SIZE :].argmax(-1) < exact_steps) & (step["now"] >= late)
+        bits = torch.where(exact, reachability(obs), random)
         return torch.nn.functional.one_hot(bits, self.n_labels).to(obs.dtype)
 
     RGMCommLearner.training_step, RGMComm.label_logits = counted, bit_logits
@@ -148,11 +151,12 @@ def arguments(into: str) -> list[str]:
 
 
 if __name__ == "__main__":
-    argv, into, late = sys.argv[1:], "head", 0
-    if "--late" in argv:
-        k = argv.index("--late")
-        late = int(argv[k + 1])
-        del argv[k : k + 2]
+    argv, into, numbers = sys.argv[1:], "head", {"--late": 0, "--exact-steps": STEPS}
+    for flag in numbers:
+        if flag in argv:
+            k = argv.index(flag)
+            numbers[flag] = int(argv[k + 1])
+            del argv[k : k + 2]
     if "--into" in argv:
         k = argv.index("--into")
         into = argv[k + 1] if k + 1 < len(argv) else ""
@@ -163,7 +167,7 @@ if __name__ == "__main__":
     if into == "input":
         patch_inputs()
     elif into == "labels_input":
-        patch_observation_labels(late)
+        patch_observation_labels(numbers["--late"], numbers["--exact-steps"])
     else:
         patch_labels()
     main(["fit", "--config", "conf/maze.yaml", *arguments(into), "--wandb", "false", *argv])

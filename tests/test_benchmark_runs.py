@@ -208,7 +208,7 @@ def test_each_maze_state_hears_its_own_steps_bit_not_the_last_encoded():
         bits(torch.zeros(1, 2, 8))
 
 
-def test_exact_bit_labels_are_uninformative_until_the_late_update(monkeypatch):
+def test_exact_bit_labels_are_uninformative_until_the_late_update_and_after_exact_steps(monkeypatch):
     monkeypatch.setattr(RGMComm, "label_logits", RGMComm.label_logits)  # restored afterwards
     monkeypatch.setattr(RGMCommLearner, "training_step", lambda self, batches: None)
     patch_observation_labels(late=5)
@@ -227,6 +227,9 @@ def test_exact_bit_labels_are_uninformative_until_the_late_update(monkeypatch):
     assert torch.equal(heard(), early)
     RGMCommLearner.training_step(argparse.Namespace(global_step=5), None)
     assert torch.equal(heard(), bit)
+    patch_observation_labels(late=0, exact_steps=1)  # the bit at the first step only
+    first = (t == 0)[:, None].expand_as(bit)
+    assert torch.equal(heard(), torch.where(first, bit, early))
 
 
 def test_replay_agreement_is_per_step_and_up_to_renaming():
