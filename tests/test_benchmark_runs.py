@@ -208,7 +208,7 @@ def test_each_maze_state_hears_its_own_steps_bit_not_the_last_encoded():
         bits(torch.zeros(1, 2, 8))
 
 
-def test_exact_bit_labels_are_uninformative_until_the_late_update_and_after_exact_steps(monkeypatch):
+def test_exact_bit_labels_are_random_before_the_late_update_and_after_exact_steps(monkeypatch):
     monkeypatch.setattr(RGMComm, "label_logits", RGMComm.label_logits)  # restored afterwards
     monkeypatch.setattr(RGMCommLearner, "training_step", lambda self, batches: None)
     patch_observation_labels(late=5)
