@@ -7,7 +7,8 @@ trained only by the clustering loss of Eq. 13 on the Eq. 5 vectors of a replay s
 
 - ``online`` (the paper's Algorithm 2): labels are delivered from the start and re-clustered
   every ``cluster_every`` updates while the policy trains (the label function warm-starts
-  from its previous parameters, so labels keep their identity between re-clusterings).
+  from its previous parameters, so labels keep their identity between re-clusterings), to
+  the end or, with ``cluster_until``, until that share of the budget (the labels then stay).
 - ``staged`` (the official code's stages 1-3): the policy and critic train with the empty
   message until ``stage_fraction`` of the run's env steps while the labels are clustered,
   undelivered, every ``cluster_every`` updates (the official stage 2 iterates its clustering
@@ -76,6 +77,9 @@ class RGMCommLearner(QLearner):
         stage_fraction: share of the env-step budget trained before clustering (``staged``).
         stage_restart: at the stage, re-initialise the receivers (utility head, label
             embeddings, mixer; online and target) and restart epsilon's anneal (``staged``).
+        cluster_until: ``online``: the share of the env-step budget after which the labels
+            are no longer re-clustered; ``None``: to the end (the paper). Receivers that hear
+            labels in flux read them on fewer seeds (docs/results.md section 62).
         cluster_steps: Adam steps of the label function per clustering.
         cluster_restarts: fresh initialisations tried beside the warm start per clustering
             (Eq. 13 has local minima, and a saturated label function cannot leave one).
@@ -128,6 +132,7 @@ class RGMCommLearner(QLearner):
         cluster_start: int = 0,
         stage_fraction: float = 0.5,
         stage_restart: bool = True,
+        cluster_until: float | None = None,
         cluster_steps: int = 50,
         cluster_restarts: int = 8,
         cluster_lr: float = 1e-2,
@@ -152,6 +157,8 @@ class RGMCommLearner(QLearner):
             raise ValueError("RGMCommLearner needs model.comm: seqcomm.comm.rgmcomm.RGMComm")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule={schedule!r}; choose one of {SCHEDULES}")
+        if cluster_until is not None and not (0 < cluster_until <= 1 and schedule == "online"):
+            raise ValueError(f"cluster_until={cluster_until}: in (0, 1], with schedule=online")
         if min(cluster_every, cluster_steps, cluster_samples, top_pairs) < 1:
             raise ValueError("cluster_every, cluster_steps, cluster_samples, top_pairs >= 1")
         if activation not in ACTIVATIONS:
@@ -219,9 +226,11 @@ class RGMCommLearner(QLearner):
 
     def due(self) -> bool:
         """Cluster now? Every ``cluster_every`` updates from ``cluster_start``; ``staged``
-        also at the stage, and never after it."""
-        hp = self.hparams
+        also at the stage, and never after it; ``online`` not after ``cluster_until``."""
+        hp, data = self.hparams, self.trainer.datamodule
         if hp.schedule == "staged" and bool(self.clustered):
+            return False
+        if hp.cluster_until is not None and data.frames >= hp.cluster_until * data.total_frames:
             return False
         step = self.global_step - hp.cluster_start
         return (step >= 0 and step % hp.cluster_every == 0) or self.stage_reached()

@@ -302,6 +302,21 @@ def test_staged_schedule_delivers_nothing_before_clustering():
     assert model.net.comm(h)[0].abs().sum() > 0
 
 
+def test_online_clustering_stops_at_cluster_until(monkeypatch):
+    data = SimpleNamespace(frames=0, total_frames=1000)
+    trainer = SimpleNamespace(datamodule=data)
+    model, to_the_end = _learner(cluster_until=0.5), _learner()
+    monkeypatch.setattr(type(model), "trainer", property(lambda self: trainer))
+    assert model.due() and to_the_end.due()
+    data.frames = 499
+    assert model.due()
+    data.frames = 500
+    assert not model.due() and to_the_end.due()
+    for bad in ({"cluster_until": 0.0}, {"cluster_until": 0.5, "schedule": "staged"}):
+        with pytest.raises(ValueError, match="cluster_until"):
+            _learner(**bad)
+
+
 @pytest.mark.parametrize("into", ["head", "input"])
 def test_staged_restart_gives_the_frozen_labels_new_receivers(monkeypatch, into):
     """At the stage the utility head, label embeddings and mixer start over (target too),
