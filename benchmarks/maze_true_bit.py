@@ -155,7 +155,11 @@ if __name__ == "__main__":
     for flag in numbers:
         if flag in argv:
             k = argv.index(flag)
-            numbers[flag] = int(argv[k + 1])
+            value = argv[k + 1] if k + 1 < len(argv) else ""
+            if not value.isdigit():
+                print(f"maze_true_bit: {flag} {value!r}; give a whole number", file=sys.stderr)
+                sys.exit(2)
+            numbers[flag] = int(value)
             del argv[k : k + 2]
     if "--into" in argv:
         k = argv.index("--into")
