@@ -27,7 +27,7 @@ own observation (label 1 = yes). Three placements (``--into``):
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import torch
 from maze_label_use import observed_reachability
@@ -151,27 +151,16 @@ def arguments(into: str) -> list[str]:
 
 
 if __name__ == "__main__":
-    argv, into, numbers = sys.argv[1:], "head", {"--late": 0, "--exact-steps": STEPS}
-    for flag in numbers:
-        if flag in argv:
-            k = argv.index(flag)
-            value = argv[k + 1] if k + 1 < len(argv) else ""
-            if not value.isdigit():
-                print(f"maze_true_bit: {flag} {value!r}; give a whole number", file=sys.stderr)
-                sys.exit(2)
-            numbers[flag] = int(value)
-            del argv[k : k + 2]
-    if "--into" in argv:
-        k = argv.index("--into")
-        into = argv[k + 1] if k + 1 < len(argv) else ""
-        del argv[k : k + 2]
-    if into not in PLACEMENTS:
-        print(f"maze_true_bit: --into {into!r}; choose one of {PLACEMENTS}", file=sys.stderr)
-        sys.exit(2)
-    if into == "input":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
+                                     epilog="other arguments go to seqcomm fit")
+    parser.add_argument("--into", choices=PLACEMENTS, default="head")
+    parser.add_argument("--late", type=int, default=0)
+    parser.add_argument("--exact-steps", type=int, default=STEPS)
+    args, rest = parser.parse_known_args()
+    if args.into == "input":
         patch_inputs()
-    elif into == "labels_input":
-        patch_observation_labels(numbers["--late"], numbers["--exact-steps"])
+    elif args.into == "labels_input":
+        patch_observation_labels(args.late, args.exact_steps)
     else:
         patch_labels()
-    main(["fit", "--config", "conf/maze.yaml", *arguments(into), "--wandb", "false", *argv])
+    main(["fit", "--config", "conf/maze.yaml", *arguments(args.into), "--wandb", "false", *rest])

@@ -279,6 +279,8 @@ class QLearner(L.LightningModule):
 
 @torch.no_grad()
 def polyak(target: torch.nn.Module, online: torch.nn.Module, tau: float) -> None:
-    """``target <- (1 - tau) target + tau online``, parameter by parameter."""
-    for p_t, p in zip(target.parameters(), online.parameters(), strict=True):
-        p_t.lerp_(p, tau)
+    """``target <- (1 - tau) target + tau online``, every parameter in one multi-tensor op."""
+    targets, onlines = list(target.parameters()), list(online.parameters())
+    if len(targets) != len(onlines):
+        raise ValueError(f"polyak: {len(targets)} target parameters, {len(onlines)} online")
+    torch._foreach_lerp_(targets, onlines, tau)
