@@ -89,6 +89,8 @@ def test_best_joint_score_is_the_max_over_available_joint_actions(critic_cls):
         value = critic.score(state, F.one_hot(action, A).float().expand(5, 2, n, A))
         expected = torch.where(available, torch.maximum(expected, value), expected)
     torch.testing.assert_close(best, expected)
+    with torch.no_grad():  # the learner's path (in-place activations where the critic has them)
+        torch.testing.assert_close(critic.best_joint_score(state, mask), expected)
 
 
 def test_factored_utilities_are_the_mlp_on_state_and_id_without_copying_the_state():

@@ -86,7 +86,7 @@ class TeamCritic(nn.Module):
         return first, first.weight[:, : -n * A], first.weight[:, -n * A :].T.reshape(n, A, -1)
 
     def best_joint_score(self, state: torch.Tensor, mask: torch.Tensor,
-                         max_elements: int = 2**24) -> torch.Tensor:
+                         max_elements: int = 2**18) -> torch.Tensor:
         """``max_a score(state, a)`` over the joint actions available under ``mask [*B, n, A]``,
         ``[*B, 1]`` in standardised units; every one of the ``A^n`` joint actions is scored,
         through the first layer's additive split as in ``switch_values`` (blocks of samples
@@ -101,10 +101,17 @@ class TeamCritic(nn.Module):
         avail = flat_m[:, torch.arange(n, device=state.device), joints].all(-1)  # [N, J]
         block = max(1, max_elements // (joints.shape[0] * joint_z.shape[-1]))
         best = torch.cat([
-            self.net[1:]((flat_s[s : s + block] @ w_state.T + first.bias).unsqueeze(-2) + joint_z)
+            self.rest((flat_s[s : s + block] @ w_state.T + first.bias).unsqueeze(-2) + joint_z)
             .squeeze(-1).masked_fill(~avail[s : s + block], float("-inf")).amax(-1)
             for s in range(0, flat_s.shape[0], block)])
         return best.view(*state.shape[:-1], 1)
+
+    def rest(self, z: torch.Tensor) -> torch.Tensor:
+        """The layers after the first on its pre-activation ``z``; without a graph the ReLUs
+        run in place (the same values, two fewer copies of ``z``)."""
+        if torch.is_grad_enabled():
+            return self.net[1:](z)
+        return self.net[4](self.net[2](z.relu_()).relu_())
 
     def switch_values(self, state: torch.Tensor, action: torch.Tensor,
                       agents: torch.Tensor | None = None) -> torch.Tensor:
@@ -123,10 +130,7 @@ class TeamCritic(nn.Module):
         if agents is not None:
             taken, w_act = taken[..., agents, :], w_act[agents]
         z = z[..., None, None, :] - taken.unsqueeze(-2) + w_act  # [*B, n, A, H]
-        if torch.is_grad_enabled():
-            return self.unscale(self.net[1:](z).squeeze(-1))
-        # without a graph the ReLUs run in place: the same values, two fewer [*B, n, A, H]
-        return self.unscale(self.net[4](self.net[2](z.relu_()).relu_()).squeeze(-1))
+        return self.unscale(self.rest(z).squeeze(-1))
 
 
 #: A team critic configured by class_path; the learner supplies (state_dim, n_agents, n_actions).
