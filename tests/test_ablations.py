@@ -414,6 +414,8 @@ BASELINES = {  # method file(s) stacked on the matrix game -> comm/bits_per_step
                lambda c: 32.0 * (msg_args(c)["key_dim"] + msg_args(c)["value_dim"])),
     "omd": (["conf/methods/omd.yaml"], lambda c: 0.0),
     "rgmcomm": (["conf/methods/rgmcomm.yaml"], lambda c: math.log2(msg_args(c)["n_labels"])),
+    "rgmcomm_qstar": (["conf/methods/rgmcomm.yaml", "conf/methods/rgmcomm_qstar.yaml"],
+                      lambda c: math.log2(msg_args(c)["n_labels"])),
     # hidden-state message + intention value (floats), and the leader's action: 1 of 2 agents
     # sends log2 2 bits on the matrix game
     "seqcomm": (["conf/methods/seqcomm.yaml"],
@@ -434,6 +436,10 @@ def test_baseline_trains_on_matrix(name, fit):
         assert hp["full_obs"] is True
     if name == "omd":  # the world model without messages
         assert hp["comm"] is None and "dfl/cg_residual" in metrics
+    if name == "rgmcomm_qstar":  # the setting reaches the learner: Q*'s own target critic
+        assert (hp["critic_target"], hp["cluster_until"]) == ("optimal", 0.3)
+        critic = values(metrics, "loss/critic")
+        assert critic and all(math.isfinite(v) for v in critic)
     if name == "rgmcomm":  # labels trained by the clustering loss, no world model
         for key in ("loss/cluster", "comm/epsilon", "comm/q_max", "comm/return_gap_bound"):
             assert all(math.isfinite(v) for v in values(metrics, key))
