@@ -38,12 +38,12 @@ from seqcomm.comm.rgmcomm import RGMComm
 from seqcomm.rgmcomm_learner import RGMCommLearner
 from seqcomm.team_q import TeamQ
 
-SIZE, STEPS = 4, 3  # conf/maze.yaml
+SIZE, STEPS = 4, 3  # conf/maze.yaml; --size and --steps run another maze
 PLACEMENTS = ("head", "head_q", "input", "labels_input")
 
 
 def reachability(obs: torch.Tensor) -> torch.Tensor:
-    """``[*B, n]`` bits from the 4x4, 3-step maze's observations."""
+    """``[*B, n]`` bits from the ``SIZE`` x ``SIZE``, ``STEPS``-step maze's observations."""
     if obs.shape[-1] != SIZE * SIZE + STEPS + 1:
         raise SystemExit(f"maze_true_bit: expected the {SIZE}x{SIZE}, {STEPS}-step maze")
     return observed_reachability(obs, SIZE, STEPS)
@@ -99,10 +99,11 @@ def patch_labels() -> None:
     RNNAgent.encode, RNNAgent.unroll, RGMComm.label_logits = kept_encode, kept_unroll, bit_logits
 
 
-def patch_observation_labels(late: int = 0, exact_steps: int = STEPS) -> None:
+def patch_observation_labels(late: int = 0, exact_steps: int | None = None) -> None:
     """RGMComm's label logits (``into: input``: they read observations) become the bits of
     the first ``exact_steps`` steps' observations from update ``late`` on; before it and
     elsewhere, a fixed random label per (cell, step) observation."""
+    exact_steps = STEPS if exact_steps is None else exact_steps
     draw = torch.Generator().manual_seed(7)
     noise = torch.randint(0, 2, (SIZE * SIZE + STEPS + 1,), generator=draw)
     step = {"now": 0}
@@ -155,8 +156,12 @@ if __name__ == "__main__":
                                      epilog="other arguments go to seqcomm fit")
     parser.add_argument("--into", choices=PLACEMENTS, default="head")
     parser.add_argument("--late", type=int, default=0)
-    parser.add_argument("--exact-steps", type=int, default=STEPS)
+    parser.add_argument("--exact-steps", type=int, default=None, help="default: every step")
+    parser.add_argument("--size", type=int, default=SIZE, help="the maze's side")
+    parser.add_argument("--steps", type=int, default=STEPS, help="the maze's moves")
     args, rest = parser.parse_known_args()
+    SIZE, STEPS = args.size, args.steps
+    rest = [f"--data.env.init_args.size={SIZE}", f"--data.env.init_args.steps={STEPS}", *rest]
     if args.into == "input":
         patch_inputs()
     elif args.into == "labels_input":

@@ -21,6 +21,7 @@ from conftest import ROOT, matrix_dfl_step
 from tensordict import TensorDict
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import maze_true_bit  # noqa: E402
 from base_attention_use import base_weights, sharpness  # noqa: E402
 from hospital_decisions import balanced_accuracy, run_directory, shares  # noqa: E402
 from late_evaluations import late_figures  # noqa: E402
@@ -182,10 +183,10 @@ def test_world_model_rules_step_the_model_only_and_restore_the_settings():
     assert max(ratios.values()) <= 0.01 + 1e-4
 
 
-def maze_obs(cell: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """4x4, 3-step maze observations: own cell one-hot, then the step one-hot."""
-    return torch.cat([torch.nn.functional.one_hot(cell, 16),
-                      torch.nn.functional.one_hot(t, 4)], -1).float()
+def maze_obs(cell: torch.Tensor, t: torch.Tensor, size: int = 4, steps: int = 3) -> torch.Tensor:
+    """Maze observations (4x4, 3 steps unless told): own cell one-hot, then the step one-hot."""
+    return torch.cat([torch.nn.functional.one_hot(cell, size * size),
+                      torch.nn.functional.one_hot(t, steps + 1)], -1).float()
 
 
 def test_each_maze_state_hears_its_own_steps_bit_not_the_last_encoded():
@@ -230,6 +231,22 @@ def test_exact_bit_labels_are_random_before_the_late_update_and_after_exact_step
     patch_observation_labels(late=0, exact_steps=1)  # the bit at the first step only
     first = (t == 0)[:, None].expand_as(bit)
     assert torch.equal(heard(), torch.where(first, bit, early))
+
+
+def test_exact_bit_labels_on_another_maze_size(monkeypatch):
+    """``--size 5 --steps 4``: the bit is whether the high corner is within the moves left."""
+    monkeypatch.setattr(RGMComm, "label_logits", RGMComm.label_logits)
+    monkeypatch.setattr(RGMCommLearner, "training_step", RGMCommLearner.training_step)
+    monkeypatch.setattr(maze_true_bit, "SIZE", 5)
+    monkeypatch.setattr(maze_true_bit, "STEPS", 4)
+    patch_observation_labels()
+    comm = RGMComm(n_agents=2, n_labels=2, into="input")
+    comm.observe(30)
+    cell, t = torch.arange(25).repeat(4), torch.arange(4).repeat_interleave(25)
+    obs = maze_obs(torch.stack([cell, cell.flip(0)], -1), torch.stack([t, t], -1), 5, 4)
+    bit = (obs[..., :25].argmax(-1) // 5 + obs[..., :25].argmax(-1) % 5 <= 4 - t[:, None])
+    assert 0 < bit.float().mean() < 1 and torch.equal(comm.heard(obs)[1].labels.argmax(-1),
+                                                      bit.long())
 
 
 def test_replay_agreement_is_per_step_and_up_to_renaming():
