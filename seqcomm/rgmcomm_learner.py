@@ -50,7 +50,7 @@ from seqcomm.comm.rgmcomm import (
 from seqcomm.dfl.critic import CriticFactory, TeamCritic
 from seqcomm.dfl.label_lookahead import pool_best_actions, sender_group_ids
 from seqcomm.dfl.value_aware import action_spread, masked_log_softmax
-from seqcomm.distributed import broadcast_module
+from seqcomm.distributed import average_across_ranks, broadcast_module
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE
 from seqcomm.learner import NEXT, QLearner, polyak
 
@@ -80,6 +80,12 @@ class RGMCommLearner(QLearner):
         cluster_until: ``online``: the share of the env-step budget after which the labels
             are no longer re-clustered; ``None``: to the end (the paper). Receivers that hear
             labels in flux read them on fewer seeds (docs/results.md section 62).
+        settle: ``online``: the labels are no longer re-clustered once ``settle_rounds``
+            clusterings in a row each changed at most this share of their sample's labels
+            (``comm/label_change``, averaged over DDP ranks); ``None``: never. Unlike
+            ``cluster_until`` it waits for labels still in flux at a fixed share of the run
+            (a 5x5 maze's at 30%, docs/results.md section 63).
+        settle_rounds: how many such clusterings in a row.
         cluster_steps: Adam steps of the label function per clustering.
         cluster_restarts: fresh initialisations tried beside the warm start per clustering
             (Eq. 13 has local minima, and a saturated label function cannot leave one).
@@ -133,6 +139,8 @@ class RGMCommLearner(QLearner):
         stage_fraction: float = 0.5,
         stage_restart: bool = True,
         cluster_until: float | None = None,
+        settle: float | None = None,
+        settle_rounds: int = 3,
         cluster_steps: int = 50,
         cluster_restarts: int = 8,
         cluster_lr: float = 1e-2,
@@ -159,6 +167,10 @@ class RGMCommLearner(QLearner):
             raise ValueError(f"schedule={schedule!r}; choose one of {SCHEDULES}")
         if cluster_until is not None and not (0 < cluster_until <= 1 and schedule == "online"):
             raise ValueError(f"cluster_until={cluster_until}: in (0, 1], with schedule=online")
+        if settle is not None and not (0 <= settle < 1 and schedule == "online"):
+            raise ValueError(f"settle={settle}: in [0, 1), with schedule=online")
+        if settle_rounds < 1:
+            raise ValueError(f"settle_rounds={settle_rounds}: at least 1")
         if min(cluster_every, cluster_steps, cluster_samples, top_pairs) < 1:
             raise ValueError("cluster_every, cluster_steps, cluster_samples, top_pairs >= 1")
         if activation not in ACTIVATIONS:
@@ -189,6 +201,8 @@ class RGMCommLearner(QLearner):
         self.register_buffer("clustered", torch.zeros((), dtype=torch.bool))
         # staged: this rank's env steps when it clustered (where epsilon's anneal restarts)
         self.register_buffer("stage_frames", torch.zeros((), dtype=torch.long))
+        # settle: clusterings in a row that changed at most `settle` of the labels
+        self.register_buffer("calm_rounds", torch.zeros((), dtype=torch.long))
         self.set_delivery(schedule == "online")
         self.cluster_logs: dict[str, float] = {}
 
@@ -226,14 +240,27 @@ class RGMCommLearner(QLearner):
 
     def due(self) -> bool:
         """Cluster now? Every ``cluster_every`` updates from ``cluster_start``; ``staged``
-        also at the stage, and never after it; ``online`` not after ``cluster_until``."""
+        also at the stage, and never after it; ``online`` not after ``cluster_until`` nor once
+        the labels have settled."""
         hp, data = self.hparams, self.trainer.datamodule
         if hp.schedule == "staged" and bool(self.clustered):
+            return False
+        if hp.settle is not None and int(self.calm_rounds) >= hp.settle_rounds:
             return False
         if hp.cluster_until is not None and data.frames >= hp.cluster_until * data.total_frames:
             return False
         step = self.global_step - hp.cluster_start
         return (step >= 0 and step % hp.cluster_every == 0) or self.stage_reached()
+
+    def count_calm(self, changed: float) -> None:
+        """``settle``: one more calm clustering in a row, or none (one count on all ranks)."""
+        if self.hparams.settle is None:
+            return
+        changed = average_across_ranks(torch.tensor(changed, dtype=torch.float64,
+                                                   device=self.device)).item()
+        calm = changed <= self.hparams.settle
+        self.calm_rounds.fill_(int(self.calm_rounds) + 1 if calm else 0)
+        self.cluster_logs["comm/calm_rounds"] = float(self.calm_rounds)
 
     def stage_reached(self) -> bool:
         """``staged``: this update freezes the labels (``stage_fraction`` of the budget)."""
@@ -331,6 +358,7 @@ class RGMCommLearner(QLearner):
             self.cluster_logs = self.cluster()
             # each DDP rank clustered its own replay sample: all take rank 0's labels
             broadcast_module(self.net.comm.label_head)
+            self.count_calm(self.cluster_logs["comm/label_change"])
             if self.stage_reached():
                 self.clustered.fill_(True)
                 self.freeze_labels()

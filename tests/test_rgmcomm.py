@@ -317,6 +317,27 @@ def test_online_clustering_stops_at_cluster_until(monkeypatch):
             _learner(**bad)
 
 
+def test_online_clustering_stops_once_the_labels_settle(monkeypatch):
+    """``settle``: re-clustering stops after ``settle_rounds`` clusterings in a row that each
+    changed at most ``settle`` of the labels; a busier one in between starts the count again."""
+    data = SimpleNamespace(frames=0, total_frames=1000)
+    trainer = SimpleNamespace(datamodule=data)
+    model = _learner(settle=0.1, settle_rounds=2)
+    monkeypatch.setattr(type(model), "trainer", property(lambda self: trainer))
+    for changed, due_after in [(0.3, True), (0.05, True), (0.2, True), (0.1, True),
+                               (0.0, False)]:
+        assert model.due()
+        model.cluster_logs = {}
+        model.count_calm(changed)
+        assert model.due() is due_after
+    assert int(model.state_dict()["calm_rounds"]) == 2  # resumes settled
+    for bad in ({"settle": 1.0}, {"settle": 0.1, "schedule": "staged"}):
+        with pytest.raises(ValueError, match="settle"):
+            _learner(**bad)
+    with pytest.raises(ValueError, match="settle_rounds"):
+        _learner(settle=0.1, settle_rounds=0)
+
+
 @pytest.mark.parametrize("into", ["head", "input"])
 def test_staged_restart_gives_the_frozen_labels_new_receivers(monkeypatch, into):
     """At the stage the utility head, label embeddings and mixer start over (target too),
