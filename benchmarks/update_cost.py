@@ -47,6 +47,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 HOSPITAL, METHOD = "conf/hospital.yaml", "conf/methods/seqcomm_dfl.yaml"
 RGMCOMM, QSTAR = "conf/methods/rgmcomm.yaml", "conf/methods/rgmcomm_qstar.yaml"
+NO_MAP = ["--model.init_args.label_map=false"]  # no labels.json / labels.png in the cwd
 MAPS = ("3m", "8m", "27m_vs_30m")
 BATCH = 32  # episode chunks per update (PyMARL's 32 episodes)
 
@@ -85,9 +86,9 @@ ROWS: dict[str, tuple[str, str, list[str], list[str]]] = {
                   _dfl("world_model_gradient=unrolled", "k_inner=5")),
     "td_steps": ("hospital", "SeqComm-DFL, its TD steps alone (dfl_every huge)",
                  [HOSPITAL, METHOD], [*CG5, *_dfl(f"dfl_every={10**9}")]),
-    "rgmcomm": ("hospital", "RGMComm, its method file", [HOSPITAL, RGMCOMM], []),
+    "rgmcomm": ("hospital", "RGMComm, its method file", [HOSPITAL, RGMCOMM], NO_MAP),
     "rgmcomm_qstar": ("hospital", "RGMComm with rgmcomm_qstar.yaml (the Q* critic)",
-                      [HOSPITAL, RGMCOMM, QSTAR], []),
+                      [HOSPITAL, RGMCOMM, QSTAR], NO_MAP),
 }
 for _k in (4, 8):  # the decision-focused update on every k-th: the mean over whole cycles
     ROWS[f"cg5e{_k}"] = ("hospital", f"SeqComm-DFL, implicit cg 5, dfl_every {_k}",
@@ -101,9 +102,10 @@ for _map in MAPS:
                              f"microcombat {_map}", [_conf, METHOD], [*CG5, *K2])
     ROWS[f"cg5k2r2_{_map}"] = ("agents", f"SeqComm-DFL implicit cg 5, 2 senders, 2 receivers, "
                                f"microcombat {_map}", [_conf, METHOD], [*CG5, *K2, *R2])
-ROWS["rgm_3m"] = ("agents", "RGMComm, microcombat 3m", ["conf/microcombat_3m.yaml", RGMCOMM], [])
+ROWS["rgm_3m"] = ("agents", "RGMComm, microcombat 3m", ["conf/microcombat_3m.yaml", RGMCOMM],
+                  NO_MAP)
 ROWS["rgmq_3m"] = ("agents", "RGMComm with rgmcomm_qstar.yaml, microcombat 3m",
-                   ["conf/microcombat_3m.yaml", RGMCOMM, QSTAR], [])
+                   ["conf/microcombat_3m.yaml", RGMCOMM, QSTAR], NO_MAP)
 
 
 # -- one row, in its own process -------------------------------------------------------------
