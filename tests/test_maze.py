@@ -143,3 +143,28 @@ def test_reference_policies_bracket_communication_gain():
     assert full["return"] > no_comm["return"] + 0.1
     assert no_comm["return"] > rand["return"] + 0.1
     assert full["success"] == 1.0
+
+
+
+def test_optimal_returns_are_the_best_committed_landmarks_and_full_information():
+    """3x3, 2 steps: against every pair of policies that commit each start cell to a landmark
+    (brute force) and full information's better landmark per pair of start cells; 4x4, 3
+    steps: the task's documented 0.5 and 0.707."""
+    env = Maze(1, size=3, steps=2)
+    no_comm, full = env.optimal_returns()
+    cells = [(int(c) // 3, int(c) % 3) for c in env.start_cells]
+    high = [r + c <= 2 for r, c in cells]
+    low = [abs(r - 1) + abs(c - 1) <= 2 for r, c in cells]
+    n = len(cells)
+
+    def value(p1, p2) -> float:
+        return sum(1.0 * (h1 and h2 and high[i] and high[j])
+                   + 0.5 * (not h1 and not h2 and low[i] and low[j])
+                   for i, h1 in enumerate(p1) for j, h2 in enumerate(p2)) / n**2
+
+    policies = list(itertools.product([True, False], repeat=n))  # True: the high landmark
+    assert no_comm == pytest.approx(max(value(p, q) for p in policies for q in policies))
+    assert full == pytest.approx(sum(max(1.0 * (high[i] and high[j]), 0.5 * (low[i] and low[j]))
+                                     for i in range(n) for j in range(n)) / n**2)
+    no_comm, full = Maze(1).optimal_returns()
+    assert (no_comm, round(full, 3)) == (0.5, 0.707)

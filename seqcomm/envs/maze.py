@@ -100,6 +100,28 @@ class Maze(MultiAgentEnv):
         self.high_met = torch.zeros(num_envs, dtype=torch.bool, device=dev)
         self.low_met = torch.zeros_like(self.high_met)
 
+    def optimal_returns(self) -> tuple[float, float]:
+        """Expected returns of the best team without communication and with full information.
+
+        An agent that sees only its own cell (and the step) can only commit, per start cell,
+        to one landmark; the team is paid when both commit to the same one and both reach it
+        in ``steps`` moves. So the no-communication team's return is ``(high A1 A2 + low B1
+        B2) / n^2`` with ``A`` (``B``) an agent's start cells sent to, and within reach of,
+        the high (low) landmark: only cells within reach of both are a choice, and ``A + B``
+        is fixed, so every split is scored. With full information each pair of start cells
+        meets on its better reachable landmark. 4x4, 3 steps: 0.5 and 0.707."""
+        rc = torch.stack([self.start_cells // self.size, self.start_cells % self.size], -1)
+        high = (rc - self.high_cell).abs().sum(-1) <= self.steps
+        low = (rc - self.low_cell).abs().sum(-1) <= self.steps
+        n2 = len(self.start_cells) ** 2
+        pair = torch.maximum(self.high_reward * (high[:, None] & high[None, :]),
+                             self.low_reward * (low[:, None] & low[None, :]))
+        both = int((high & low).sum())
+        a = int((high & ~low).sum()) + torch.arange(both + 1, dtype=torch.float64)
+        b = int((low & ~high).sum()) + both - torch.arange(both + 1, dtype=torch.float64)
+        split = self.high_reward * a[:, None] * a + self.low_reward * b[:, None] * b
+        return split.max().item() / n2, pair.sum().item() / n2
+
     def _flat(self, rc: torch.Tensor) -> torch.Tensor:
         return rc[..., 0] * self.size + rc[..., 1]
 
