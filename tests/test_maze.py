@@ -145,7 +145,6 @@ def test_reference_policies_bracket_communication_gain():
     assert full["success"] == 1.0
 
 
-
 def test_optimal_returns_are_the_best_committed_landmarks_and_full_information():
     """3x3, 2 steps: against every pair of policies that commit each start cell to a landmark
     (brute force) and full information's better landmark per pair of start cells; 4x4, 3
