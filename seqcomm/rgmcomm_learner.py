@@ -107,7 +107,8 @@ class RGMCommLearner(QLearner):
             labels stall at saddles, e.g. two clusters where four labels score lower.
         critic: the critic ``Q(o, a)`` on joint observations (``class_path`` of
             ``seqcomm.dfl.critic.TeamCritic`` with its ``hidden_dim``, ``normalize``,
-            ``norm_rate``); the learner passes the joint observation's size as its state size.
+            ``norm_rate``; the Eq. 5 vectors are scored through its MLP's first layer, so no
+            other critic); the learner passes the joint observation's size as its state size.
         critic_lr: its Adam rate.
         critic_steps: the critic's regression steps per update: on the update's batch, then
             on fresh replay batches (``critic_target=optimal`` only: its targets need no team
@@ -121,8 +122,8 @@ class RGMCommLearner(QLearner):
             observations, ``r + gamma max_a' Q_c^-(o', a')`` over every available joint
             action, with a Polyak target critic); a team that has settled without messages
             makes ``Q_policy``'s vectors blind to what a message could change
-            (docs/results.md section 19). The MLP critic scores every joint action (at most
-            4096); the factored critic maximises per agent.
+            (docs/results.md section 19). It scores every joint action (at most 4096; an
+            update costs 28x QMIX's on hospital, docs/results.md section 63).
         receiver_weight: weight of ``receiver_loss``, the paper's actor trained against its
             centralised critic, on the QMIX backbone (0: TD alone trains the receivers).
         label_map: write ``labels.json`` / ``labels.png`` into the run directory at the end.
@@ -187,15 +188,19 @@ class RGMCommLearner(QLearner):
         self.save_hyperparameters(ignore=["comm", "critic"])
         info = self.info
         self.critic = critic(info.n_agents * info.obs_dim, info.n_agents, info.n_actions)
+        net = getattr(self.critic, "net", None)
+        if not (isinstance(net, torch.nn.Sequential) and isinstance(net[0], torch.nn.Linear)):
+            # eq5_vectors scores the Eq. 5 pairs through the MLP's first layer
+            raise ValueError(f"RGMComm's critic must be the MLP critic "
+                             f"(seqcomm.dfl.critic.TeamCritic), got {type(self.critic).__name__}")
         self.target_critic = None
         if critic_target == "optimal":
             joints = info.n_actions ** info.n_agents
-            if self.critic.enumerates_joint_actions and joints > MAX_JOINT_ACTIONS:
+            if joints > MAX_JOINT_ACTIONS:
                 raise ValueError(
-                    f"critic_target=optimal with this critic scores all {info.n_actions}^"
-                    f"{info.n_agents} joint actions per next state, more than "
-                    f"{MAX_JOINT_ACTIONS}; use critic_target=policy or the factored critic "
-                    "(class_path seqcomm.dfl.factored_critic.FactoredCritic)")
+                    f"critic_target=optimal scores all {info.n_actions}^{info.n_agents} joint "
+                    f"actions per next state, more than {MAX_JOINT_ACTIONS}; use "
+                    "critic_target=policy")
             self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         # staged: 1 once the labels are clustered and frozen (a buffer, so it resumes)
         self.register_buffer("clustered", torch.zeros((), dtype=torch.bool))

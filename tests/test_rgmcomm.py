@@ -33,6 +33,7 @@ from seqcomm.comm.rgmcomm import (
     return_gap_bound,
 )
 from seqcomm.dfl.critic import TeamCritic
+from seqcomm.dfl.factored_critic import FactoredCritic
 from seqcomm.dfl.label_lookahead import pool_best_actions
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE, env_info
 from seqcomm.envs.matrix import RGMCOMM_TABLE, MatrixGame, best_message_value, random_table
@@ -315,6 +316,17 @@ def test_online_clustering_stops_at_cluster_until(monkeypatch):
     for bad in ({"cluster_until": 0.0}, {"cluster_until": 0.5, "schedule": "staged"}):
         with pytest.raises(ValueError, match="cluster_until"):
             _learner(**bad)
+
+
+def test_the_critic_must_be_the_mlp_the_eq5_vectors_read():
+    """The factored critic has no first layer on (observations, actions) to score pairs by."""
+    with pytest.raises(ValueError, match=r"TeamCritic\), got FactoredCritic"):
+        _learner(critic=FactoredCritic)
+    many = dataclasses.replace(env_info(MatrixGame(1)), n_agents=5, n_actions=6)  # 7776
+    with pytest.raises(ValueError, match="more than 4096"):
+        RGMCommLearner(env_info=many, hidden_dim=16, critic_target="optimal",
+                       comm=lambda H, n: RGMComm(H, n, n_labels=2))
+    assert _learner(critic_target="optimal").target_critic is not None
 
 
 def test_online_clustering_stops_once_the_labels_settle(monkeypatch):
