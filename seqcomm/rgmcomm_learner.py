@@ -123,7 +123,7 @@ class RGMCommLearner(QLearner):
             action, with a Polyak target critic); a team that has settled without messages
             makes ``Q_policy``'s vectors blind to what a message could change
             (docs/results.md section 19). It scores every joint action (at most 4096; an
-            update costs 28x QMIX's on hospital, docs/results.md section 63).
+            update costs 19x QMIX's on hospital, docs/results.md section 63).
         receiver_weight: weight of ``receiver_loss``, the paper's actor trained against its
             centralised critic, on the QMIX backbone (0: TD alone trains the receivers).
         label_map: write ``labels.json`` / ``labels.png`` into the run directory at the end.
