@@ -39,12 +39,12 @@ from seqcomm.comm.q_vectors import (
     local_group_ids,
     receiver_conditional,
 )
+from seqcomm.comm.return_gap import ReturnGapObjective
 from seqcomm.comm.rgmcomm import (
+    Eq13Objective,
     LabelHeads,
     RGMComm,
     average_cosine_distance,
-    clustering_loss,
-    refine_labelling,
     return_gap_bound,
 )
 from seqcomm.dfl.critic import CriticFactory, TeamCritic
@@ -62,6 +62,9 @@ InformationGiven = Literal["nothing", "receivers"]
 INFORMATION_GIVEN: tuple[str, ...] = get_args(InformationGiven)
 Activation = Literal["product", "weighted"]
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
+Objective = Literal["eq13", "return_gap"]
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
+ClusteringObjective = Eq13Objective | ReturnGapObjective
 MAX_JOINT_ACTIONS = 4096  # critic_target optimal scores every joint action of a next state
 
 
@@ -96,6 +99,12 @@ class RGMCommLearner(QLearner):
         activation: ``product``: the paper's ``f`` of each Eq. 5 vector, ``f(Q d)``.
             ``weighted``: ``d f(Q)``, the activated values weighted by ``d(o_-i | o_i)``
             (``QVectors.activated``; docs/results.md section 60).
+        objective: what the label function minimises. ``eq13``: the paper's clustering loss
+            (its Eq. 13, a bound on the return gap; ``activation``, ``mi_weight`` and
+            ``mi_given`` below). ``return_gap``: the value the labelling loses under the
+            critic (``seqcomm.comm.return_gap``): receivers play their best response to each
+            (observation, label) pool; no information term. Eq. 13's minimiser is not the
+            best message on 15 of 40 random matrix tables (docs/results.md section 31).
         mi_weight: ``lambda`` of Eq. 13 (see ``clustering_loss``).
         mi_given: ``nothing``: the paper's information term ``I(o; m)``. ``receivers``:
             ``I(o; m | o_-i)``, the information the labels add to what the receivers observe
@@ -149,6 +158,7 @@ class RGMCommLearner(QLearner):
         top_pairs: int = 16,
         pair_prior: float = 1.0,
         activation: Activation = "product",
+        objective: Objective = "eq13",
         mi_weight: float = 1.0,
         mi_given: InformationGiven = "nothing",
         refine: bool = True,
@@ -176,6 +186,8 @@ class RGMCommLearner(QLearner):
             raise ValueError("cluster_every, cluster_steps, cluster_samples, top_pairs >= 1")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation={activation!r}; choose one of {ACTIVATIONS}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective={objective!r}; choose one of {OBJECTIVES}")
         if mi_given not in INFORMATION_GIVEN:
             raise ValueError(f"mi_given={mi_given!r}; choose one of {INFORMATION_GIVEN}")
         if critic_target not in CRITIC_TARGETS:
@@ -318,13 +330,19 @@ class RGMCommLearner(QLearner):
         x_distinct = x.gather(1, reps.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         head = self.net.comm.label_head
         opt = self.optimizers()[2].optimizer  # raw: Lightning counts one step per update
-        given = (receiver_conditional(group, qv.receiver_group, hp.pair_prior)
-                 if hp.mi_given == "receivers" else None)
+        if hp.objective == "eq13":
+            given = (receiver_conditional(group, qv.receiver_group, hp.pair_prior)
+                     if hp.mi_given == "receivers" else None)
+            objective = Eq13Objective(x_distinct, weight, sender_group_ids(inputs),
+                                      hp.mi_weight, given)
+        else:
+            values, pair_group = qv.pair_values()
+            values = values.gather(1, reps.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
+            objective = ReturnGapObjective(values, weight, pair_group)
         with torch.no_grad():
             before = head(inputs).argmax(-1)  # [G, n]
-        best = cluster_labels(head, opt, inputs, x_distinct, weight, hp.cluster_steps,
-                              hp.cluster_lr, hp.cluster_restarts, hp.mi_weight, hp.refine,
-                              given)
+        best = cluster_labels(head, opt, inputs, objective, hp.cluster_steps, hp.cluster_lr,
+                              hp.cluster_restarts, hp.refine)
         with torch.no_grad():
             labels = head(sender).argmax(-1)
             changed = (weight * (head(inputs).argmax(-1) != before).T).sum(-1).mean().item()
@@ -479,76 +497,73 @@ class RGMCommLearner(QLearner):
 
 
 def fit_labels(head: LabelHeads, opt: torch.optim.Optimizer, h: torch.Tensor,
-               x: torch.Tensor, weight: torch.Tensor, steps: int, mi_weight: float,
-               given: torch.Tensor | None = None) -> torch.Tensor:
-    """``steps`` Adam steps of Eq. 13 on ``head`` (inputs ``h [N, n, H]``, activated vectors
-    ``x [n, N, D]``, ``weight [n, N]`` and ``given`` as in ``clustering_loss``); returns the
-    loss of its hard labels per sender ``[n]``."""
+               objective: ClusteringObjective, steps: int) -> torch.Tensor:
+    """``steps`` Adam steps of ``objective.loss`` on ``head`` (inputs ``h [N, n, H]``);
+    returns the loss of its hard labels per sender ``[n]``."""
     with torch.enable_grad():
         for _ in range(steps):
-            loss = clustering_loss(torch.softmax(head(h), -1).transpose(0, 1), x, weight,
-                                   mi_weight, given)
+            loss = objective.loss(torch.softmax(head(h), -1).transpose(0, 1))
             opt.zero_grad()
             loss.sum().backward()
             opt.step()
     with torch.no_grad():
-        hard = F.one_hot(head(h).argmax(-1), head.b2.shape[-1]).to(x.dtype)
-        return clustering_loss(hard.transpose(0, 1), x, weight, mi_weight, given)
+        return objective.loss(hard_labels(head, h).transpose(0, 1))
+
+
+def hard_labels(head: LabelHeads, h: torch.Tensor) -> torch.Tensor:
+    """``[N, n, M]`` one-hots of the head's labels of ``h``."""
+    return F.one_hot(head(h).argmax(-1), head.b2.shape[-1]).to(h.dtype)
 
 
 def cluster_labels(head: LabelHeads, opt: torch.optim.Optimizer, h: torch.Tensor,
-                   x: torch.Tensor, weight: torch.Tensor, steps: int, lr: float,
-                   restarts: int, mi_weight: float, refine: bool = False,
-                   given: torch.Tensor | None = None) -> torch.Tensor:
-    """Fit ``head`` warm-started and from ``restarts`` fresh initialisations; per sender the
-    lowest hard-label loss wins (Eq. 13 has local minima, e.g. a 3-1 split of the matrix
-    game's four observations); with ``refine``, Hartigan's local search on the hard labels
-    follows (``refine_head``); labels are then renamed to agree with those in use. Inputs
-    ``h [N, n, .]`` with weights ``weight [n, N]`` (``clustering_loss``). Returns the winning
-    losses ``[n]``."""
+                   objective: ClusteringObjective, steps: int, lr: float, restarts: int,
+                   refine: bool = False) -> torch.Tensor:
+    """Fit ``head`` on ``objective`` (``Eq13Objective`` or ``ReturnGapObjective`` over the
+    inputs ``h [N, n, .]``) warm-started and from ``restarts`` fresh initialisations; per
+    sender the lowest hard-label loss wins (Eq. 13 has local minima, e.g. a 3-1 split of the
+    matrix game's four observations); with ``refine``, the objective's local search on the
+    hard labels follows (``refine_head``); labels are then renamed to agree with those in
+    use (inputs weighted by ``objective.weight``). Returns the winning losses ``[n]``."""
     with torch.no_grad():
         old = head(h).argmax(-1)
-    best = fit_labels(head, opt, h, x, weight, steps, mi_weight, given)
+    best = fit_labels(head, opt, h, objective, steps)
     for _ in range(restarts):
         fresh = copy.deepcopy(head)
         fresh.reset_parameters()
-        loss = fit_labels(fresh, torch.optim.Adam(fresh.parameters(), lr), h, x, weight,
-                          steps, mi_weight, given)
+        loss = fit_labels(fresh, torch.optim.Adam(fresh.parameters(), lr), h, objective, steps)
         better = loss < best - 1e-6
         if better.any():
             head.take(fresh, better)
             opt.state.clear()
             best = torch.where(better, loss, best)
     if refine:
-        best = refine_head(head, opt, h, x, weight, best, steps, mi_weight, given)
+        best = refine_head(head, opt, h, objective, best, steps)
     with torch.no_grad():
         head.permute_labels(label_renaming(old, head(h).argmax(-1), head.b2.shape[-1],
-                                           weight.T))
+                                           objective.weight.T))
     return best
 
 
-def refine_head(head: LabelHeads, opt: torch.optim.Optimizer, h: torch.Tensor, x: torch.Tensor,
-                weight: torch.Tensor, best: torch.Tensor, steps: int, mi_weight: float,
-                given: torch.Tensor | None = None) -> torch.Tensor:
-    """Hartigan's local search from the head's hard labels (``refine_labelling``; groups are
-    identical sender states), then ``steps`` cross-entropy steps of the head towards the
-    refined labels; a sender keeps them only where its hard-label loss falls."""
+def refine_head(head: LabelHeads, opt: torch.optim.Optimizer, h: torch.Tensor,
+                objective: ClusteringObjective, best: torch.Tensor, steps: int) -> torch.Tensor:
+    """The objective's local search from the head's hard labels (``refine``), then ``steps``
+    cross-entropy steps of the head towards the refined labels (inputs weighted by
+    ``objective.weight``); a sender keeps them only where its hard-label loss falls."""
     n_labels = head.b2.shape[-1]
     with torch.no_grad():
-        target = refine_labelling(head(h).argmax(-1).T, x, sender_group_ids(h), n_labels,
-                                  mi_weight, given=given, weight=weight)
+        target = objective.refine(head(h).argmax(-1).T, n_labels)
+    weight = objective.weight.T.flatten()
     trial = copy.deepcopy(head)
     trial_opt = torch.optim.Adam(trial.parameters(), opt.param_groups[0]["lr"])
     with torch.enable_grad():
         for _ in range(steps):
             loss = (F.cross_entropy(trial(h).flatten(0, 1), target.T.flatten(), reduction="none")
-                    * weight.T.flatten()).sum()
+                    * weight).sum()
             trial_opt.zero_grad()
             loss.backward()
             trial_opt.step()
     with torch.no_grad():
-        hard = F.one_hot(trial(h).argmax(-1), n_labels).to(x.dtype)
-        loss = clustering_loss(hard.transpose(0, 1), x, weight, mi_weight, given)
+        loss = objective.loss(hard_labels(trial, h).transpose(0, 1))
     better = loss < best - 1e-6
     if better.any():
         head.take(trial, better)

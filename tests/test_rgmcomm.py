@@ -21,6 +21,7 @@ from seqcomm.comm.q_vectors import (
     receiver_conditional,
 )
 from seqcomm.comm.rgmcomm import (
+    Eq13Objective,
     LabelHeads,
     RGMComm,
     activate_q,
@@ -34,7 +35,7 @@ from seqcomm.comm.rgmcomm import (
 )
 from seqcomm.dfl.critic import TeamCritic
 from seqcomm.dfl.factored_critic import FactoredCritic
-from seqcomm.dfl.label_lookahead import pool_best_actions
+from seqcomm.dfl.label_lookahead import pool_best_actions, sender_group_ids
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE, env_info
 from seqcomm.envs.matrix import RGMCOMM_TABLE, MatrixGame, best_message_value, random_table
 from seqcomm.rgmcomm_learner import (
@@ -190,8 +191,8 @@ def test_label_functions_learn_the_split_with_restarts():
         heads = LabelHeads(2, 8, 64, 2)
         h = torch.randn(4, 2, 8)
         opt = torch.optim.Adam(heads.parameters(), lr=1e-2)
-        best = cluster_labels(heads, opt, h, x, torch.full((2, 4), 0.25), steps=150,
-                              lr=1e-2, restarts=8, mi_weight=1.0)
+        objective = Eq13Objective(x, torch.full((2, 4), 0.25), sender_group_ids(h))
+        best = cluster_labels(heads, opt, h, objective, steps=150, lr=1e-2, restarts=8)
         for i in range(2):
             lab = heads(h)[:, i].argmax(-1).tolist()
             assert lab[0] == lab[2] != lab[1] == lab[3], (seed, i, lab)
@@ -438,8 +439,8 @@ def test_refine_head_splits_a_two_cluster_head_into_four_labels():
         loss.backward()
         opt.step()
     before = clustering_loss(F.one_hot(heads(h).argmax(-1), 4).float().transpose(0, 1), x)
-    best = refine_head(heads, opt, h, x, torch.full((2, 4), 0.25), before.detach(), 200,
-                       1.0)
+    objective = Eq13Objective(x, torch.full((2, 4), 0.25), sender_group_ids(h))
+    best = refine_head(heads, opt, h, objective, before.detach(), 200)
     for i in range(2):
         assert sorted(heads(h)[:, i].argmax(-1).tolist()) == [0, 1, 2, 3]
     assert torch.all(best < before - 0.2)

@@ -47,6 +47,22 @@ class QVectors:
         """``[n, N, K2 * A]`` Eq. 5's vectors, ``Q(o_i, o_-i, a) d(o_-i | o_i)``."""
         return self.q * self.weights
 
+    def pair_values(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[n, N, K2]`` each pair's ``d(o_-i | o_i) max_a Q(o_i, o_-i, a, a_-i)`` over the
+        sender's available actions (0 where the pair does not exist), and ``[n, K2]`` ids of
+        the pairs' receivers' observations, ``0 .. K2 - 1`` with ``K2`` for missing pairs
+        (what ``seqcomm.comm.return_gap.ReturnGapObjective`` reads)."""
+        n, N = self.q.shape[:2]
+        K2 = self.pairs.shape[-1]
+        valid = self.valid.view(n, N, K2, -1)
+        best = self.q.view(n, N, K2, -1).masked_fill(~valid, -torch.inf).amax(-1)
+        weight = self.weights.view(n, N, K2, -1).amax(-1)
+        exists = valid.any(-1).any(1)  # [n, K2]
+        values = torch.where(valid.any(-1), best * weight, torch.zeros_like(best))
+        receivers = self.receiver_group.gather(1, self.pairs)  # [n, K2]
+        local = local_group_ids(receivers.unsqueeze(-1))
+        return values, torch.where(exists, local, torch.full_like(local, K2))
+
     def activated(self, activation: str = "product") -> torch.Tensor:
         """``[n, N, K2 * A]`` what Eq. 13 clusters: ``product``, the paper's ``f(Q d)``
         (``activate_q``), or ``weighted``, ``d f(Q)``. ``f`` centres each vector, so the

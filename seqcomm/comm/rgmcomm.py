@@ -171,6 +171,26 @@ def refine_labelling(labels: torch.Tensor, q_vectors: torch.Tensor, groups: torc
     return glab.gather(-1, groups)
 
 
+class Eq13Objective:
+    """Eq. 13 (``clustering_loss``) and its Hartigan refinement (``refine_labelling``) over
+    fixed activated vectors ``x [n, G, D]`` of ``G`` inputs with ``weight [n, G]``, ``groups
+    [n, G]`` of identical inputs, ``mi_weight`` and ``given`` as in ``clustering_loss``."""
+
+    def __init__(self, x: torch.Tensor, weight: torch.Tensor, groups: torch.Tensor,
+                 mi_weight: float = 1.0, given: torch.Tensor | None = None) -> None:
+        self.x, self.weight, self.groups = x, weight, groups
+        self.mi_weight, self.given = mi_weight, given
+
+    def loss(self, probs: torch.Tensor) -> torch.Tensor:
+        """``[n]`` Eq. 13 of label distributions ``probs [n, G, M]``."""
+        return clustering_loss(probs, self.x, self.weight, self.mi_weight, self.given)
+
+    def refine(self, labels: torch.Tensor, n_labels: int) -> torch.Tensor:
+        """Hartigan's local search from hard labels ``[n, G]``."""
+        return refine_labelling(labels, self.x, self.groups, n_labels, self.mi_weight,
+                                given=self.given, weight=self.weight)
+
+
 def conditional_information_change(given: torch.Tensor, member: torch.Tensor,
                                    own: torch.Tensor, glab: torch.Tensor) -> torch.Tensor:
     """``[n, G, M]``: the change of ``I(o; m | o_-i)`` (hard labels; ``given [n, S, N]``'s rows
