@@ -392,6 +392,7 @@ def test_staged_restart_gives_the_frozen_labels_new_receivers(monkeypatch, into)
     ("online", ["--model.init_args.mi_given=receivers", "--model.init_args.critic_target=optimal"]),
     ("staged", ["--model.init_args.comm.init_args.into=input",
                 "--model.init_args.receiver_weight=1.0"]),
+    ("online", ["--model.init_args.objective=return_gap", "--model.init_args.top_pairs=64"]),
 ])
 def test_fit_logs_return_gap_and_writes_label_map(fit_matrix, schedule, options):
     run = fit_matrix("--config", METHOD, f"--data.total_frames={matrix_frames(3)}",
@@ -402,6 +403,8 @@ def test_fit_logs_return_gap_and_writes_label_map(fit_matrix, schedule, options)
     for key in ("loss/cluster", "comm/epsilon", "comm/q_max", "comm/return_gap_bound"):
         assert key in metrics and all(math.isfinite(v) for v in metrics[key].values())
     assert all(0.0 <= v <= 1.0 for v in metrics["comm/label_change"].values())
+    if "--model.init_args.objective=return_gap" in options:  # a gap: never below full info
+        assert all(v >= -1e-4 for v in metrics["loss/cluster"].values())
     png = run / "labels.png"
     assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
     assert (run / "labels.json").exists()
@@ -646,6 +649,8 @@ def test_weighted_activation_keeps_observations_that_never_occur_together_apart(
                           cosine_distance_matrix(constant.activated("product")), atol=1e-5)
     with pytest.raises(ValueError, match="activation"):
         _learner(activation="tanh")
+    with pytest.raises(ValueError, match="objective"):
+        _learner(objective="kmeans")
 
 
 def test_critic_steps_and_critic_tau_train_the_optimal_critic_more_often(fit_matrix):
