@@ -9,10 +9,9 @@ label value the sender uses for it). Also prints how often each sender's first l
 that bit (up to renaming) and, for ``into: input`` runs (labels of observations), how often
 its labels equal the bit at each step over the run's replay. A receiver that acts on its
 messages changes return when the labels are replaced. Last, on three replay samples of the
-run's own buffer drawn as its clustering draws them, each sender's Eq. 13 loss
-(``clustering_loss`` on the Eq. 5 vectors of the run's final critic, with the run's
-``mi_given``) of its labels and of the reachability bit: does the clustering objective prefer
-the bit?
+run's own buffer drawn as its clustering draws them, each sender's clustering loss (the run's
+``objective``, Eq. 13 or the return gap, on the Eq. 5 vectors of the run's final critic) of
+its labels and of the reachability bit: does the clustering objective prefer the bit?
 
     python benchmarks/maze_label_use.py runs/ladder_maze/rgmcomm_s0/version_0
 """
@@ -26,9 +25,9 @@ from pathlib import Path
 import torch
 from hospital_decisions import load_run, run_directory, ward
 from tensordict import TensorDict
+from torch.nn import functional as F
 
-from seqcomm.comm.q_vectors import receiver_conditional
-from seqcomm.comm.rgmcomm import clustering_loss
+from seqcomm.comm.q_vectors import group_representatives, local_group_ids
 from seqcomm.envs.base import ACTION, MASK, OBS, STATE
 from seqcomm.envs.maze import Maze
 from seqcomm.team_q import masked_argmax
@@ -95,23 +94,20 @@ def observed_reachability(obs: torch.Tensor, size: int, steps: int) -> torch.Ten
 
 
 @torch.no_grad()
-def eq13_labels_vs_bit(model, data, size: int, steps: int, samples: int = 3) -> torch.Tensor:
-    """``[2 (labels, bit), n]``: mean over ``samples`` replay samples of each sender's Eq. 13
-    loss of its hard labels and of the reachability bit, on the clustering's own inputs."""
+def objective_labels_vs_bit(model, data, size: int, steps: int, samples: int = 3) -> torch.Tensor:
+    """``[2 (labels, bit), n]``: mean over ``samples`` replay samples of each sender's
+    clustering loss (the run's ``objective``, ``RGMCommLearner.objective_of``) of its hard
+    labels and of the reachability bit, on the clustering's own inputs."""
     torch.manual_seed(0)
-    comm, hp = model.net.comm, model.hparams
+    comm = model.net.comm
     losses = []
     for _ in range(samples):
         sample = model.cluster_sample(data.buffer)
-        qv, x = model.cluster_vectors(sample)  # [n, N, D]
-        h, obs = sample["sender"], sample[OBS]
-        each = torch.arange(x.shape[1]).expand(x.shape[:2])
-        given = (receiver_conditional(each, qv.receiver_group, hp.pair_prior)
-                 if hp.mi_given == "receivers" else None)
-        for labels in (comm.label_logits(h).argmax(-1),
-                       observed_reachability(obs, size, steps)):
-            probs = torch.nn.functional.one_hot(labels.T, comm.n_labels).to(x.dtype)
-            losses.append(clustering_loss(probs, x, mi_weight=hp.mi_weight, given=given))
+        objective, inputs = model.objective_of(sample, *model.cluster_vectors(sample))
+        reps = group_representatives(local_group_ids(sample["sender"].transpose(0, 1)))
+        bit = observed_reachability(sample[OBS], size, steps)  # [N, n]
+        for labels in (comm.label_logits(inputs).argmax(-1).T, bit.T.gather(1, reps)):
+            losses.append(objective.loss(F.one_hot(labels, comm.n_labels).to(inputs.dtype)))
     return torch.stack(losses).view(samples, 2, -1).mean(0)
 
 
@@ -135,8 +131,8 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     args = parser.parse_args()
     print("| run | " + " | ".join(f"return, labels {m}" for m in MODES)
-          + " | first label = reachability (sender 0 / 1) | Eq. 13 loss, labels / bit "
-          "(sender 0; sender 1) | label = reachability over the replay, steps 0/1/2 "
+          + " | first label = reachability (sender 0 / 1) | clustering loss, labels / bit "
+          "(sender 0; sender 1) | label = reachability over the replay, at each step "
           "(sender 0; sender 1) |")
     print("| --- |" + " ---: |" * (len(MODES) + 3))
     for run in args.runs:
@@ -151,7 +147,7 @@ def main() -> None:
         env = Maze(num_envs=len(pairs), **maze)
         results = [play(model, env, starts, mode) for mode in MODES]
         agree = results[0][1]
-        loss = eq13_labels_vs_bit(model, data, probe.size, probe.steps)
+        loss = objective_labels_vs_bit(model, data, probe.size, probe.steps)
         steps = "-"
         if model.net.comm.into == "input":
             share = replay_agreement(model, data, probe.size, probe.steps)

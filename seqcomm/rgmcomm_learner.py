@@ -313,41 +313,48 @@ class RGMCommLearner(QLearner):
 
     def cluster(self) -> dict[str, float]:
         """Eq. 5 vectors of a replay sample, then ``cluster_steps`` Adam steps of the label
-        functions on Eq. 13 (all senders at once) over the distinct inputs of the label
-        functions weighted by their counts, warm-started and from ``cluster_restarts`` fresh
-        initialisations; per sender the lowest loss of the hard labels wins, its labels
-        renamed to agree most with the labels in use. Returns the return-gap quantities and
-        ``comm/label_change``, the share of the sample whose label this clustering changed."""
+        functions on the clustering objective (all senders at once; ``objective_of``),
+        warm-started and from ``cluster_restarts`` fresh initialisations; per sender the
+        lowest loss of the hard labels wins, its labels renamed to agree most with the labels
+        in use. Returns the return-gap quantities and ``comm/label_change``, the share of the
+        sample whose label this clustering changed."""
         hp = self.hparams
         sample = self.cluster_sample()
         qv, x = self.cluster_vectors(sample)
-        sender = sample["sender"].detach()  # [N, n, .]: what the label functions read
-        # equal inputs have equal labels and equal Eq. 5 vectors: Eq. 13 over distinct ones
-        group = local_group_ids(sender.transpose(0, 1))  # [n, N]
-        reps = group_representatives(group)  # [n, G]
-        weight = group_counts(group, reps.shape[-1]) / group.shape[-1]
-        inputs = sender[reps.T, torch.arange(reps.shape[0], device=reps.device)]  # [G, n, .]
-        x_distinct = x.gather(1, reps.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        objective, inputs = self.objective_of(sample, qv, x)
         head = self.net.comm.label_head
         opt = self.optimizers()[2].optimizer  # raw: Lightning counts one step per update
-        if hp.objective == "eq13":
-            given = (receiver_conditional(group, qv.receiver_group, hp.pair_prior)
-                     if hp.mi_given == "receivers" else None)
-            objective = Eq13Objective(x_distinct, weight, sender_group_ids(inputs),
-                                      hp.mi_weight, given)
-        else:
-            values, pair_group = qv.pair_values()
-            values = values.gather(1, reps.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
-            objective = ReturnGapObjective(values, weight, pair_group)
         with torch.no_grad():
             before = head(inputs).argmax(-1)  # [G, n]
         best = cluster_labels(head, opt, inputs, objective, hp.cluster_steps, hp.cluster_lr,
                               hp.cluster_restarts, hp.refine)
         with torch.no_grad():
-            labels = head(sender).argmax(-1)
-            changed = (weight * (head(inputs).argmax(-1) != before).T).sum(-1).mean().item()
+            labels = head(sample["sender"]).argmax(-1)
+            changed = (objective.weight * (head(inputs).argmax(-1) != before).T).sum(-1)
         return {**self.gap_quantities(qv.values, x, labels.T, best.mean().item()),
-                "comm/label_change": changed}
+                "comm/label_change": changed.mean().item()}
+
+    @torch.no_grad()
+    def objective_of(self, sample: TensorDictBase, qv: QVectors,
+                     x: torch.Tensor) -> tuple[ClusteringObjective, torch.Tensor]:
+        """The ``objective`` over the distinct inputs of the label functions in a
+        ``cluster_sample`` (equal inputs have equal labels and equal Eq. 5 vectors), weighted
+        by their counts, and those inputs ``[G, n, .]`` (``G`` the most distinct of any
+        sender; rows past a sender's own count repeat its first input with weight 0)."""
+        hp = self.hparams
+        sender = sample["sender"].detach()  # [N, n, .]: what the label functions read
+        group = local_group_ids(sender.transpose(0, 1))  # [n, N]
+        reps = group_representatives(group)  # [n, G]
+        weight = group_counts(group, reps.shape[-1]) / group.shape[-1]
+        inputs = sender[reps.T, torch.arange(reps.shape[0], device=reps.device)]  # [G, n, .]
+        if hp.objective == "return_gap":
+            values, pair_group = qv.pair_values()
+            values = values.gather(1, reps.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
+            return ReturnGapObjective(values, weight, pair_group), inputs
+        given = (receiver_conditional(group, qv.receiver_group, hp.pair_prior)
+                 if hp.mi_given == "receivers" else None)
+        x = x.gather(1, reps.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        return Eq13Objective(x, weight, sender_group_ids(inputs), hp.mi_weight, given), inputs
 
     @torch.no_grad()
     def gap_quantities(self, values: torch.Tensor, activated: torch.Tensor,
