@@ -416,6 +416,8 @@ BASELINES = {  # method file(s) stacked on the matrix game -> comm/bits_per_step
     "rgmcomm": (["conf/methods/rgmcomm.yaml"], lambda c: math.log2(msg_args(c)["n_labels"])),
     "rgmcomm_qstar": (["conf/methods/rgmcomm.yaml", "conf/methods/rgmcomm_qstar.yaml"],
                       lambda c: math.log2(msg_args(c)["n_labels"])),
+    "rgmcomm_return_gap": (["conf/methods/rgmcomm.yaml", "conf/methods/rgmcomm_return_gap.yaml"],
+                           lambda c: math.log2(msg_args(c)["n_labels"])),
     # hidden-state message + intention value (floats), and the leader's action: 1 of 2 agents
     # sends log2 2 bits on the matrix game
     "seqcomm": (["conf/methods/seqcomm.yaml"],
@@ -440,6 +442,9 @@ def test_baseline_trains_on_matrix(name, fit):
         assert (hp["critic_target"], hp["cluster_until"]) == ("optimal", 0.3)
         critic = values(metrics, "loss/critic")
         assert critic and all(math.isfinite(v) for v in critic)
+    if name == "rgmcomm_return_gap":  # the setting reaches the learner: a gap, never negative
+        assert (hp["objective"], hp["cluster_samples"]) == ("return_gap", 8192)
+        assert all(v >= -1e-4 for v in values(metrics, "loss/cluster"))
     if name == "rgmcomm":  # labels trained by the clustering loss, no world model
         for key in ("loss/cluster", "comm/epsilon", "comm/q_max", "comm/return_gap_bound"):
             assert all(math.isfinite(v) for v in values(metrics, key))
