@@ -3,7 +3,9 @@ and on seeded random tables of the same shape (2 observations x 2 actions for ag
 4 observations for agent 2).
 
 The configuration must not be tuned to the paper's table: on every table it should reach the
-brute-force best 1-bit value (``seqcomm.envs.matrix.best_message_value``). Each cell is one
+brute-force best 1-bit value (``seqcomm.envs.matrix.best_message_value``). For RGMComm the
+last column counts the runs whose final labels (``labels.json``) are the best message, whatever
+the receivers made of them. Each cell is one
 ``seqcomm fit`` with the exact evaluation (all 8 observation pairs), model-free as in
 ``tests/test_matrix_comm.py``.
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from seqcomm.envs.matrix import (
     RGMCOMM_TABLE,
     best_message_value,
+    message_value,
     no_comm_value,
     random_table,
 )
@@ -69,12 +72,12 @@ def main() -> None:
     root = args.root or str(REPO / "runs" / f"matrix_one_bit{suffix}")
     frames = 64 + (args.updates - 1) * 32  # conf/matrix.yaml: 32 copies, 64 warm-up chunks
     print("| table | no comm | best 1 bit | " + " | ".join(f"seed {s}" for s in args.seeds)
-          + " | reached |")
-    print("| --- |" + " ---: |" * (len(args.seeds) + 3))
+          + " | reached | labels at the best message |")
+    print("| --- |" + " ---: |" * (len(args.seeds) + 4))
     for table in args.tables:
         values = RGMCOMM_TABLE if table == "rgmcomm" else random_table(*args.shape, int(table))
         best, _ = best_message_value(values, 2)
-        got = []
+        got, labelled = [], []
         for seed in args.seeds:
             name = f"table_{table}_s{seed}"
             cmd = [sys.executable, "-m", "seqcomm.cli", "fit"]
@@ -89,10 +92,27 @@ def main() -> None:
             summary = Path(root) / name / "version_0" / "summary.json"
             got.append(json.loads(summary.read_text())["eval"]["return"]
                        if summary.exists() else None)
+            labelled.append(labels_value(summary.parent / "labels.json", values))
         cells = ["failed" if g is None else f"{g:.3f}" for g in got]
         hits = sum(g is not None and abs(g - best) < 0.05 for g in got)
+        labels = (f"{sum(abs(v - best) < 0.05 for v in labelled if v is not None)}/{len(got)}"
+                  if any(v is not None for v in labelled) else "-")
         print(f"| {table} | {no_comm_value(values):.3f} | {best:.3f} | " + " | ".join(cells)
-              + f" | {hits}/{len(got)} |", flush=True)
+              + f" | {hits}/{len(got)} | {labels} |", flush=True)
+
+
+def labels_value(path: Path, table) -> float | None:
+    """The message value of agent 2's final labels in an RGMComm run's ``labels.json`` (its
+    observations are named by their one-hot index, ``n_obs1 + o2``); None without one."""
+    if not path.exists():
+        return None
+    sender = json.loads(path.read_text())[1]
+    n_obs1, n_obs2 = table.shape[0], table.shape[2]
+    by_obs = {int(name) - n_obs1: label for name, label in zip(sender["obs"], sender["label"],
+                                                                strict=True)}
+    if sorted(by_obs) != list(range(n_obs2)):
+        return None
+    return message_value(table, tuple(by_obs[o] for o in range(n_obs2)))
 
 
 if __name__ == "__main__":
