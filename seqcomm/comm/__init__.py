@@ -5,7 +5,9 @@ from seqcomm.comm.base import Communication, MessageOutput, NoComm
 from seqcomm.comm.commnet import CommNet
 from seqcomm.comm.messages import MessageEncoder, masked_attention, straight_through_gumbel
 from seqcomm.comm.ordering import Ordering, guidance_potential, order_entropy
+from seqcomm.comm.return_gap import ReturnGapObjective
 from seqcomm.comm.rgmcomm import (
+    Eq13Objective,
     RGMComm,
     average_cosine_distance,
     clustering_loss,
@@ -17,11 +19,13 @@ from seqcomm.comm.tarmac import TarMAC
 __all__ = [
     "CommNet",
     "Communication",
+    "Eq13Objective",
     "MessageEncoder",
     "MessageOutput",
     "NoComm",
     "Ordering",
     "RGMComm",
+    "ReturnGapObjective",
     "SeqCommMessenger",
     "TarMAC",
     "average_cosine_distance",
