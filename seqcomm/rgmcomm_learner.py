@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args
 
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -64,8 +64,19 @@ Activation = Literal["product", "weighted"]
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 Objective = Literal["eq13", "return_gap"]
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
-ClusteringObjective = Eq13Objective | ReturnGapObjective
 MAX_JOINT_ACTIONS = 4096  # critic_target optimal scores every joint action of a next state
+
+
+class ClusteringObjective(Protocol):
+    """What ``cluster_labels`` trains a label head on (``Eq13Objective``,
+    ``ReturnGapObjective``): ``loss`` of label distributions ``[n, G, M]`` per sender ``[n]``,
+    a local search ``refine`` of hard labels ``[n, G]``, and the inputs' ``weight [n, G]``."""
+
+    weight: torch.Tensor
+
+    def loss(self, probs: torch.Tensor) -> torch.Tensor: ...
+
+    def refine(self, labels: torch.Tensor, n_labels: int) -> torch.Tensor: ...
 
 
 class RGMCommLearner(QLearner):
